@@ -1,0 +1,45 @@
+"""soundnet-cli: sound representations learned from unlabeled video (SoundNet, NIPS 2016).
+
+Importing this package is cheap; torch loads only when a model is built::
+
+    import soundnet_cli
+    model = soundnet_cli.load_student("soundnet8", pretrained=True)
+    wave = soundnet_cli.load_audio("dog.wav")
+    feats = model.forward_features(torch.from_numpy(wave.samples), ["pool5"])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import SoundnetError
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from .audio import load_audio
+    from .checkpoints import load_checkpoint, save_checkpoint
+    from .models import list_students, load_student
+    from .plugins import get_plugins
+    from .predict import predict_waveform
+
+_LAZY = {
+    "load_student": "models",
+    "list_students": "models",
+    "load_audio": "audio",
+    "load_checkpoint": "checkpoints",
+    "save_checkpoint": "checkpoints",
+    "get_plugins": "plugins",
+    "predict_waveform": "predict",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'soundnet_cli' has no attribute {name!r}")
+
+
+__all__ = ["SoundnetError", "__version__", "hookimpl", *_LAZY]

@@ -1,0 +1,1 @@
+"""Builtin plugins: ordinary hookimpl modules, loaded through the "soundnet" entry-point group."""

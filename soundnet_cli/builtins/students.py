@@ -1,0 +1,26 @@
+"""Registers the builtin students. Imports nothing heavy: torch loads when a factory runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..hookspecs import Register, hookimpl
+
+
+def _soundnet8(**kwargs: Any) -> Any:
+    from ..students import soundnet8
+
+    return soundnet8(**kwargs)
+
+
+def _soundnet5(**kwargs: Any) -> Any:
+    from ..students import soundnet5
+
+    return soundnet5(**kwargs)
+
+
+@hookimpl
+def register_students(register: Register) -> None:
+    register("soundnet8", _soundnet8,
+             description="SoundNet-8 (the paper's main student; official weights available)")
+    register("soundnet5", _soundnet5, description="SoundNet-5 (the paper's Table 2)")

@@ -1,0 +1,41 @@
+"""Errors a user can act on. The CLI prints their message on one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class SoundnetError(Exception):
+    """Base class: the message says what went wrong and what to do about it."""
+
+
+class UsageProblem(SoundnetError):
+    """A bad value given by the user (unknown name, bad layer); the CLI exits with code 2."""
+
+
+class UnknownNameError(UsageProblem):
+    """A name that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, known: list[str], close: list[str]) -> None:
+        self.kind, self.name, self.known, self.close = kind, name, known, close
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listing = ", ".join(known) if known else "none registered"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known {kind}s: {listing}.")
+
+
+class DuplicateNameError(SoundnetError):
+    """Two plugins registered the same name."""
+
+
+class LayerError(UsageProblem):
+    """A feature layer the model does not have."""
+
+
+class AudioError(SoundnetError):
+    """An audio file that cannot be used (unreadable, empty, non-finite, too short)."""
+
+
+class WeightsError(SoundnetError):
+    """Missing, corrupt or untrusted model weights."""
+
+
+class CheckpointError(SoundnetError):
+    """A checkpoint file that cannot be read or does not fit the model."""

@@ -1,0 +1,56 @@
+"""The hook specifications every soundnet plugin implements a subset of.
+
+Each ``register_*`` hook receives a ``register`` callback; a plugin calls it once per component::
+
+    @soundnet_cli.hookimpl
+    def register_students(register):
+        register("tiny", build_tiny, description="A 3-layer student for quick tests")
+
+The core owns validation (names, duplicates); see docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    import typer
+
+PROJECT = "soundnet"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The callback handed to ``register_*`` hooks."""
+
+    def __call__(self, name: str, factory: Any, *, description: str = "") -> None: ...
+
+
+@hookspec
+def register_students(register: Register) -> None:
+    """Register student networks.
+
+    ``factory(**kwargs)`` returns a ``torch.nn.Module`` with ``feature_info`` (a list of
+    :class:`soundnet_cli.students.FeatureInfo`) and ``forward_features(wave, layers)``; students
+    with output heads accept ``heads=[HeadSpec(...)]``.
+    """
+
+
+@hookspec
+def register_teachers(register: Register) -> None:
+    """Register vision teachers: ``factory(**kwargs)`` returns a teacher module that declares its
+    heads and frame transform and returns class probabilities per head for a batch of frames."""
+
+
+@hookspec
+def register_probes(register: Register) -> None:
+    """Register probe classifiers: ``factory(**params)`` returns an object with scikit-learn's
+    estimator API (``fit``, ``decision_function``, ``predict``)."""
+
+
+@hookspec
+def register_commands(app: typer.Typer) -> None:
+    """Add commands to the ``soundnet`` CLI: ``@app.command()`` on functions of your own."""

@@ -1,0 +1,52 @@
+"""Build students by name or from a checkpoint: the library's entry point to models."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import WeightsError
+from .plugins import get_plugins
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .students import HeadSpec
+
+# Pretrained tags are separate from architectures: a tag names weights for one architecture.
+PRETRAINED_TAGS = {"soundnet8": "official"}
+
+
+def load_student(name_or_checkpoint: str | os.PathLike[str] = "soundnet8", *,
+                 pretrained: bool = False, heads: Sequence[HeadSpec] | None = None,
+                 device: str | torch.device = "cpu",
+                 announce: Callable[[str], None] | None = None) -> nn.Module:
+    """A student in eval mode.
+
+    ``load_student("soundnet8", pretrained=True)`` gives the authors' model (fetched once and
+    cached); ``load_student("run/student.safetensors")`` loads a checkpoint; any other registered
+    name builds that architecture freshly initialised, with ``heads`` if given.
+    """
+    from .checkpoints import load_checkpoint
+
+    text = os.fspath(name_or_checkpoint)
+    if text.endswith(".safetensors") or Path(text).is_file():
+        return load_checkpoint(text, device=device)
+    registry = get_plugins().students
+    entry = registry.get(text)
+    if pretrained:
+        if text not in PRETRAINED_TAGS:
+            raise WeightsError(f"no pretrained weights are published for {text!r}; "
+                               f"pretrained students: {', '.join(PRETRAINED_TAGS)}")
+        from .pretrained import ensure_official
+
+        return load_checkpoint(ensure_official(announce=announce), device=device)
+    kwargs: dict[str, Any] = {"heads": tuple(heads)} if heads is not None else {}
+    return entry.factory(**kwargs).to(device).eval()
+
+
+def list_students() -> list[str]:
+    return get_plugins().students.names()

@@ -1,0 +1,16 @@
+"""Student networks: 1-D convolutional nets on the raw waveform."""
+
+from .base import ConvLayer, ConvStudent, FeatureInfo, HeadLayer, HeadSpec, PoolLayer
+from .soundnet import PRETRAINED_HEADS, soundnet5, soundnet8
+
+__all__ = [
+    "PRETRAINED_HEADS",
+    "ConvLayer",
+    "ConvStudent",
+    "FeatureInfo",
+    "HeadLayer",
+    "HeadSpec",
+    "PoolLayer",
+    "soundnet5",
+    "soundnet8",
+]

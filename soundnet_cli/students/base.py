@@ -1,0 +1,259 @@
+"""Fully convolutional 1-D students built from a layer table, with named feature taps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import AudioError, LayerError, SoundnetError
+
+SAMPLE_RATE = 22050
+BN_EPS = 1e-5
+HEAD_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One output head (one per teacher head): a name and its categories."""
+
+    name: str
+    size: int
+    categories: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not HEAD_NAME.match(self.name):
+            raise SoundnetError(f"head name {self.name!r} must be lower-case letters, digits, - or _")
+        if self.size < 1:
+            raise SoundnetError(f"head {self.name!r} needs at least one category")
+        if self.categories is not None and len(self.categories) != self.size:
+            raise SoundnetError(
+                f"head {self.name!r}: {len(self.categories)} category names for {self.size} outputs"
+            )
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """A feature tap. ``stride`` and ``receptive_field`` are in input samples; ``offset`` is the
+    input sample (negative inside the zero padding) where step 0's receptive field begins."""
+
+    name: str
+    channels: int
+    stride: int
+    receptive_field: int
+    offset: int
+
+    def step_centres(self, steps: int, sample_rate: int = SAMPLE_RATE) -> list[float]:
+        """Centre of each time step's receptive field, in seconds."""
+        half = (self.receptive_field - 1) / 2
+        return [(self.offset + i * self.stride + half) / sample_rate for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """Conv1d, then BatchNorm and ReLU."""
+
+    name: str
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class PoolLayer:
+    """Max-pool with kernel = stride, as the authors' release."""
+
+    name: str
+    kernel: int
+
+
+@dataclass(frozen=True)
+class HeadLayer:
+    """The output conv: one Conv1d per head, no BatchNorm, log-softmax over categories."""
+
+    name: str
+    kernel: int
+    stride: int
+    padding: int
+
+
+Layer = ConvLayer | PoolLayer
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, in_channels: int, spec: ConvLayer) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding)
+        self.bn = nn.BatchNorm1d(spec.out_channels, eps=BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class ConvStudent(nn.Module):
+    """A SoundNet-style student: conv/pool body, then one output conv per head.
+
+    ``forward(wave)`` returns ``{head: log-probabilities (batch, categories, time)}``;
+    ``forward_features(wave, layers)`` returns the requested taps, each (batch, channels, time).
+    The tap named after the head layer (``conv8`` for SoundNet-8) is the heads' logits,
+    concatenated over heads in order.
+    """
+
+    def __init__(self, architecture: str, body: Sequence[Layer], head: HeadLayer,
+                 heads: Sequence[HeadSpec], sample_rate: int = SAMPLE_RATE) -> None:
+        super().__init__()
+        if not heads:
+            raise SoundnetError(f"{architecture} needs at least one output head")
+        names = [h.name for h in heads]
+        if len(set(names)) != len(names):
+            raise SoundnetError(f"head names must be unique, got {names}")
+        self.architecture = architecture
+        self.sample_rate = sample_rate
+        self.body_spec = tuple(body)
+        self.head_spec = head
+        self.head_specs = tuple(heads)
+        self.blocks = nn.ModuleDict()
+        channels = 1
+        for layer in self.body_spec:
+            if isinstance(layer, ConvLayer):
+                self.blocks[layer.name] = ConvBlock(channels, layer)
+                channels = layer.out_channels
+            else:
+                self.blocks[layer.name] = nn.MaxPool1d(layer.kernel, layer.kernel)
+        self.heads = nn.ModuleDict({
+            h.name: nn.Conv1d(channels, h.size, head.kernel, head.stride, head.padding)
+            for h in self.head_specs
+        })
+        self.feature_info = self._describe_taps()
+        self._tap_index = {info.name: i for i, info in enumerate(self.feature_info)}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: weights N(0, 0.01), biases 0, BN weight N(1, 0.02)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm1d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+                module.reset_running_stats()
+
+    # -- geometry -----------------------------------------------------------------------------
+    def _geometry(self) -> list[tuple[str, int, int, int]]:
+        """(name, kernel, stride, padding) of every tap, in order."""
+        rows = [(layer.name, layer.kernel, layer.kernel, 0) if isinstance(layer, PoolLayer)
+                else (layer.name, layer.kernel, layer.stride, layer.padding)
+                for layer in self.body_spec]
+        rows.append((self.head_spec.name, self.head_spec.kernel, self.head_spec.stride,
+                     self.head_spec.padding))
+        return rows
+
+    def _describe_taps(self) -> list[FeatureInfo]:
+        infos = []
+        stride, field, offset, channels = 1, 1, 0, 1
+        head_channels = sum(h.size for h in self.head_specs)
+        for layer, (name, kernel, step, pad) in zip(
+                [*self.body_spec, self.head_spec], self._geometry(), strict=True):
+            field += (kernel - 1) * stride
+            offset -= pad * stride
+            stride *= step
+            if isinstance(layer, ConvLayer):
+                channels = layer.out_channels
+            elif isinstance(layer, HeadLayer):
+                channels = head_channels
+            infos.append(FeatureInfo(name, channels, stride, field, offset))
+        return infos
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [info.name for info in self.feature_info]
+
+    def feature(self, name: str) -> FeatureInfo:
+        return self.feature_info[self._tap_index_of(name)]
+
+    def _tap_index_of(self, name: str) -> int:
+        try:
+            return self._tap_index[name]
+        except KeyError:
+            raise LayerError(
+                f"{self.architecture} has no layer {name!r}; valid layers: "
+                f"{', '.join(self.layer_names)}"
+            ) from None
+
+    def output_length(self, layer: str, samples: int) -> int:
+        """Time steps that ``layer`` gives for an input of ``samples`` (0 when too short)."""
+        length = samples
+        # A pool with kernel = stride is a conv with no padding, as far as lengths go.
+        for _, kernel, step, pad in self._geometry()[: self._tap_index_of(layer) + 1]:
+            length = (length + 2 * pad - kernel) // step + 1
+            if length <= 0:
+                return 0
+        return length
+
+    def min_samples(self, layer: str) -> int:
+        """The shortest input that gives ``layer`` at least one time step."""
+        needed = 1
+        for _, kernel, step, pad in reversed(self._geometry()[: self._tap_index_of(layer) + 1]):
+            needed = max(1, (needed - 1) * step + kernel - 2 * pad)
+        return needed
+
+    # -- forward ------------------------------------------------------------------------------
+    @staticmethod
+    def _as_batch(wave: torch.Tensor) -> torch.Tensor:
+        if wave.dim() == 1:
+            return wave[None, None]
+        if wave.dim() == 2:
+            return wave[:, None]
+        if wave.dim() == 3 and wave.shape[1] == 1:
+            return wave
+        raise SoundnetError(
+            f"expected a waveform shaped (samples,), (batch, samples) or (batch, 1, samples); "
+            f"got {tuple(wave.shape)}"
+        )
+
+    def forward_features(self, wave: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Run the network up to the last requested layer and return those taps."""
+        if isinstance(layers, str):
+            layers = [layers]
+        if not layers:
+            raise LayerError(f"no layer requested; valid layers: {', '.join(self.layer_names)}")
+        last = max(self._tap_index_of(name) for name in layers)
+        x = self._as_batch(wave)
+        last_name = self.feature_info[last].name
+        if self.output_length(last_name, x.shape[-1]) == 0:
+            need = self.min_samples(last_name)
+            raise AudioError(
+                f"input of {x.shape[-1]} samples ({x.shape[-1] / self.sample_rate:.3f} s) is too "
+                f"short for layer {last_name!r}, which needs at least {need} samples "
+                f"({need / self.sample_rate:.3f} s)"
+            )
+        wanted = set(layers)
+        taps: dict[str, torch.Tensor] = {}
+        for index, (name, block) in enumerate(self.blocks.items()):
+            x = block(x)
+            if name in wanted:
+                taps[name] = x
+            if index == last:
+                return taps
+        logits = [head(x) for head in self.heads.values()]
+        taps[self.head_spec.name] = torch.cat(logits, dim=1)
+        return taps
+
+    def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Log-probabilities per head, each (batch, categories, time)."""
+        x = self._as_batch(wave)
+        need = self.min_samples(self.head_spec.name)
+        if x.shape[-1] < need or self.output_length(self.head_spec.name, x.shape[-1]) == 0:
+            raise AudioError(
+                f"input of {x.shape[-1]} samples is too short for the output heads, which need "
+                f"at least {need} samples ({need / self.sample_rate:.2f} s)"
+            )
+        for block in self.blocks.values():
+            x = block(x)
+        return {name: F.log_softmax(head(x), dim=1) for name, head in self.heads.items()}
