@@ -50,3 +50,20 @@ def load_student(name_or_checkpoint: str | os.PathLike[str] = "soundnet8", *,
 
 def list_students() -> list[str]:
     return get_plugins().students.names()
+
+
+def resolve_device(spec: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` as given."""
+    import torch
+
+    from .errors import UsageProblem
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageProblem(f"device {spec!r} asked for, but CUDA is not available here")
+        return spec
+    raise UsageProblem(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")

@@ -1,0 +1,80 @@
+"""What every command shares: consoles, the error funnel, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from ..errors import SoundnetError, UsageProblem
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class _State:
+    debug: bool = os.environ.get("SOUNDNET_DEBUG", "") not in {"", "0"}
+
+
+state = _State()
+
+
+def error(message: str) -> None:
+    err.print(Text.assemble(("Error: ", "bold red"), message))
+
+
+def warn(message: str) -> None:
+    err.print(Text.assemble(("Warning: ", "yellow"), message))
+
+
+def info(message: str) -> None:
+    err.print(Text(message, style="dim"))
+
+
+def print_json(payload: Any) -> None:
+    """Plain JSON on stdout (no colour codes), for scripts."""
+    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one line on stderr and a meaningful exit code.
+
+    Exit codes: 1 for errors (``Error: ...``), 2 for usage errors (unknown name, bad layer),
+    130 when interrupted. ``--debug`` shows the traceback instead.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except UsageProblem as exc:
+            if state.debug:
+                raise
+            raise typer.BadParameter(str(exc)) from exc
+        except SoundnetError as exc:
+            if state.debug:
+                raise
+            error(str(exc))
+            raise typer.Exit(1) from exc
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # a bug: say so briefly, traceback only with --debug
+            if state.debug:
+                raise
+            error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+            raise typer.Exit(1) from exc
+
+    return wrapper  # type: ignore[return-value]

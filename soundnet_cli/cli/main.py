@@ -1,0 +1,72 @@
+"""The `soundnet` app: global options, builtin commands, plugin commands, and the entry point."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .. import __version__
+from ..plugins import disable, get_plugins
+from . import _common, plugins, predict, weights
+
+HELP = """SoundNet: sound representations learned from unlabeled video.
+
+Examples:
+
+* `soundnet predict clip.wav` (top objects and scenes in the sound)
+
+* `soundnet weights fetch` (the authors' pretrained SoundNet-8)
+
+* `soundnet plugins --json` (what is installed and what it registers)
+"""
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"soundnet-cli {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(name="soundnet", help=HELP, no_args_is_help=True,
+                      rich_markup_mode="markdown", context_settings={"help_option_names": ["-h", "--help"]},
+                      pretty_exceptions_show_locals=False)
+
+    @app.callback()
+    def root(
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+        disable_plugin: list[str] = typer.Option(
+            [], "--disable-plugin", metavar="NAME",
+            help="Block a plugin by name (repeatable); also SOUNDNET_DISABLE_PLUGINS=a,b."),
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="Print the version and exit."),
+    ) -> None:
+        _common.state.debug = debug or _common.state.debug
+        if disable_plugin:
+            disable(disable_plugin)
+        for failed in get_plugins().failures():
+            _common.warn(f"plugin {failed.name!r} skipped: {'; '.join(failed.errors)}")
+
+    predict.register(app)
+    weights.register(app)
+    plugins.register(app)
+    get_plugins().add_commands(app)
+    return app
+
+
+def _disabled_in(argv: list[str]) -> list[str]:
+    """--disable-plugin values, read before the app is built so that blocked plugins add no
+    commands."""
+    names = []
+    for i, arg in enumerate(argv):
+        if arg == "--disable-plugin" and i + 1 < len(argv):
+            names.append(argv[i + 1])
+        elif arg.startswith("--disable-plugin="):
+            names.append(arg.split("=", 1)[1])
+    return names
+
+
+def main() -> None:
+    disable(_disabled_in(sys.argv[1:]))
+    build_app()(prog_name="soundnet")

