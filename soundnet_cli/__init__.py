@@ -42,4 +42,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'soundnet_cli' has no attribute {name!r}")
 
 
-__all__ = ["SoundnetError", "__version__", "hookimpl", *_LAZY]
+__all__ = [
+    "SoundnetError",
+    "__version__",
+    "get_plugins",
+    "hookimpl",
+    "list_students",
+    "load_audio",
+    "load_checkpoint",
+    "load_student",
+    "predict_waveform",
+    "save_checkpoint",
+]

@@ -71,8 +71,9 @@ def resample(wave: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE)
     return out.numpy()
 
 
-def load_audio(path: str | os.PathLike[str], *, mix: Mix = "first",
-               sample_rate: int = SAMPLE_RATE) -> Waveform:
+def load_audio(
+    path: str | os.PathLike[str], *, mix: Mix = "first", sample_rate: int = SAMPLE_RATE
+) -> Waveform:
     """Decode ``path`` and return the model-ready waveform; raises AudioError naming the file."""
     data, rate = decode(path)
     mono = resample(to_mono(data, mix), rate, sample_rate)

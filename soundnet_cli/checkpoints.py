@@ -56,26 +56,40 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _encode_heads(heads: tuple[HeadSpec, ...]) -> str:
-    return json.dumps([
-        {"name": h.name, "size": h.size,
-         "categories": list(h.categories) if h.categories is not None else None}
-        for h in heads
-    ])
+    return json.dumps(
+        [
+            {
+                "name": h.name,
+                "size": h.size,
+                "categories": list(h.categories) if h.categories is not None else None,
+            }
+            for h in heads
+        ]
+    )
 
 
 def _decode_heads(raw: str) -> tuple[HeadSpec, ...]:
     from .students import HeadSpec
 
     return tuple(
-        HeadSpec(h["name"], int(h["size"]),
-                 tuple(h["categories"]) if h.get("categories") is not None else None)
+        HeadSpec(
+            h["name"],
+            int(h["size"]),
+            tuple(h["categories"]) if h.get("categories") is not None else None,
+        )
         for h in json.loads(raw)
     )
 
 
-def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike[str], *, architecture: str,
-               heads: tuple[HeadSpec, ...], sample_rate: int,
-               provenance: dict[str, Any] | None = None) -> Path:
+def save_state(
+    state: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    architecture: str,
+    heads: tuple[HeadSpec, ...],
+    sample_rate: int,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write tensors and metadata atomically to ``path``."""
     from safetensors.torch import save_file
 
@@ -92,8 +106,9 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike[str], *, 
     return Path(path)
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str],
-                    provenance: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: Any, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None
+) -> Path:
     """Save a student (it must have ``architecture``, ``head_specs`` and ``sample_rate``)."""
     try:
         architecture = model.architecture
@@ -101,8 +116,14 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str],
         rate = int(model.sample_rate)
     except AttributeError as exc:
         raise CheckpointError(f"cannot save this model: {exc}") from exc
-    return save_state(model.state_dict(), path, architecture=str(architecture),
-                      heads=heads, sample_rate=rate, provenance=provenance)
+    return save_state(
+        model.state_dict(),
+        path,
+        architecture=str(architecture),
+        heads=heads,
+        sample_rate=rate,
+        provenance=provenance,
+    )
 
 
 def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
@@ -123,14 +144,22 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
             f"expected {FORMAT!r})"
         )
     try:
-        return CheckpointInfo(path, meta["architecture"], _decode_heads(meta["heads"]),
-                              int(meta["sample_rate"]), json.loads(meta.get("provenance", "{}")))
+        return CheckpointInfo(
+            path,
+            meta["architecture"],
+            _decode_heads(meta["heads"]),
+            int(meta["sample_rate"]),
+            json.loads(meta.get("provenance", "{}")),
+        )
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from exc
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                    ) -> nn.Module:
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """Build the checkpoint's architecture (from the registry) and load its weights."""
     from safetensors.torch import load_file
 

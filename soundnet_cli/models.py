@@ -20,10 +20,14 @@ if TYPE_CHECKING:
 PRETRAINED_TAGS = {"soundnet8": "official"}
 
 
-def load_student(name_or_checkpoint: str | os.PathLike[str] = "soundnet8", *,
-                 pretrained: bool = False, heads: Sequence[HeadSpec] | None = None,
-                 device: str | torch.device = "cpu",
-                 announce: Callable[[str], None] | None = None) -> nn.Module:
+def load_student(
+    name_or_checkpoint: str | os.PathLike[str] = "soundnet8",
+    *,
+    pretrained: bool = False,
+    heads: Sequence[HeadSpec] | None = None,
+    device: str | torch.device = "cpu",
+    announce: Callable[[str], None] | None = None,
+) -> nn.Module:
     """A student in eval mode.
 
     ``load_student("soundnet8", pretrained=True)`` gives the authors' model (fetched once and
@@ -39,8 +43,10 @@ def load_student(name_or_checkpoint: str | os.PathLike[str] = "soundnet8", *,
     entry = registry.get(text)
     if pretrained:
         if text not in PRETRAINED_TAGS:
-            raise WeightsError(f"no pretrained weights are published for {text!r}; "
-                               f"pretrained students: {', '.join(PRETRAINED_TAGS)}")
+            raise WeightsError(
+                f"no pretrained weights are published for {text!r}; "
+                f"pretrained students: {', '.join(PRETRAINED_TAGS)}"
+            )
         from .pretrained import ensure_official
 
         return load_checkpoint(ensure_official(announce=announce), device=device)

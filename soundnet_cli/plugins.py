@@ -7,6 +7,7 @@ as anyone else's. A plugin that fails to import, or whose hook fails, is recorde
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable, Iterable
@@ -126,6 +127,11 @@ def _core_version() -> str:
     return __version__
 
 
+def installed_entry_points() -> list[metadata.EntryPoint]:
+    """Entry points in the "soundnet" group of every installed distribution."""
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
 def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
     """Load builtins and installed plugins, then collect what each registers."""
     blocked = set(disabled) | disabled_from_env()
@@ -133,8 +139,14 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
 
-    def add(name: str, module_name: str, loader: Callable[[], ModuleType], builtin: bool,
-            dist: str | None, version: str | None) -> None:
+    def add(
+        name: str,
+        module_name: str,
+        loader: Callable[[], ModuleType],
+        builtin: bool,
+        dist: str | None,
+        version: str | None,
+    ) -> None:
         info = PluginInfo(name, module_name, dist, version, builtin)
         infos[name] = info
         if name in blocked:
@@ -147,10 +159,16 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
             _fail(info, f"failed to load: {_describe(exc)}")
 
     for name, module_name in BUILTIN_PLUGINS.items():
-        add(name, module_name, lambda m=module_name: importlib.import_module(m), True,
-            CORE_DISTRIBUTION, _core_version())
+        add(
+            name,
+            module_name,
+            functools.partial(importlib.import_module, module_name),
+            True,
+            CORE_DISTRIBUTION,
+            _core_version(),
+        )
 
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in installed_entry_points():
         if ep.name in infos:  # our own builtins, or a name already taken
             continue
         dist, version = _distribution_of(ep)
@@ -162,23 +180,29 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
     return Plugins(pm, registries, infos)
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
-             infos: dict[str, PluginInfo]) -> None:
+def _collect(
+    pm: pluggy.PluginManager, hook_name: str, registry: Registry, infos: dict[str, PluginInfo]
+) -> None:
     """Call one register_* hook plugin by plugin; a plugin's registrations land all or none."""
     hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # pluggy lists later-registered first
+    for impl in hook.get_hookimpls():  # registration order: builtins first
         info = infos[impl.plugin_name]
         if info.status != "loaded":
             continue
         pending: list[tuple[str, Any, str]] = []
 
-        def register(name: str, factory: Any, *, description: str = "",
-                     _pending: list[tuple[str, Any, str]] = pending) -> None:
+        def register(
+            name: str,
+            factory: Any,
+            *,
+            description: str = "",
+            _pending: list[tuple[str, Any, str]] = pending,
+        ) -> None:
             _pending.append((name, factory, description))
 
         try:
             impl.function(register=register)
-            staged = Registry(registry.kind)
+            staged = Registry(registry.kind)  # validates names and duplicates within the plugin
             for name, factory, description in pending:
                 registry.ensure_free(name, impl.plugin_name)
                 staged.add(name, factory, description=description, plugin=impl.plugin_name)
@@ -188,10 +212,9 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
         except Exception as exc:
             _fail(info, f"{hook_name} failed: {_describe(exc)}")
             continue
-        for entry in staged:
-            registry.add(entry.name, entry.factory, description=entry.description,
-                         plugin=entry.plugin)
-        info.registered.setdefault(registry.kind, []).extend(e.name for e in staged)
+        for name, factory, description in pending:
+            registry.add(name, factory, description=description, plugin=impl.plugin_name)
+        info.registered.setdefault(registry.kind, []).extend(name for name, _, _ in pending)
 
 
 _loaded: Plugins | None = None

@@ -11,7 +11,7 @@ from .audio import Waveform, tile
 from .errors import SoundnetError
 
 if TYPE_CHECKING:
-    from torch import nn
+    pass
 
 TRAINING_SECONDS = 20.0  # clips shorter than the training length are tiled to it
 
@@ -41,16 +41,21 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         def head(h: HeadPrediction) -> dict[str, Any]:
-            return {"head": h.head, "top": [{"label": label, "probability": round(p, 6)}
-                                            for label, p in zip(h.labels, h.probabilities,
-                                                                strict=True)]}
+            return {
+                "head": h.head,
+                "top": [
+                    {"label": label, "probability": round(p, 6)}
+                    for label, p in zip(h.labels, h.probabilities, strict=True)
+                ],
+            }
 
         return {
             "path": self.path,
             "duration": round(self.duration, 4),
             "tiled_to": self.tiled_to,
-            "steps": [{"time": round(s.time, 3), "heads": [head(h) for h in s.heads]}
-                      for s in self.steps],
+            "steps": [
+                {"time": round(s.time, 3), "heads": [head(h) for h in s.heads]} for s in self.steps
+            ],
             "summary": [head(h) for h in self.summary],
         }
 
@@ -60,15 +65,16 @@ def _top(head: str, probs: np.ndarray, names: list[str], k: int) -> HeadPredicti
     return HeadPrediction(head, [names[i] for i in order], [float(probs[i]) for i in order])
 
 
-def predict_waveform(model: nn.Module, wave: Waveform, *, top_k: int = 5,
-                     path: str = "") -> Prediction:
+def predict_waveform(model: Any, wave: Waveform, *, top_k: int = 5, path: str = "") -> Prediction:
     """Predict one waveform, tiling it circularly to 20 s if it is shorter (see PAPER "Edges")."""
     import torch
 
     heads = getattr(model, "head_specs", None)
     if not heads or any(h.categories is None for h in heads):
-        raise SoundnetError("this model has no named output categories to predict; use a "
-                            "pretrained model or a distilled checkpoint")
+        raise SoundnetError(
+            "this model has no named output categories to predict; use a "
+            "pretrained model or a distilled checkpoint"
+        )
     samples = wave.samples
     target = int(round(TRAINING_SECONDS * wave.sample_rate))
     tiled_to = None
@@ -84,9 +90,16 @@ def predict_waveform(model: nn.Module, wave: Waveform, *, top_k: int = 5,
     times = info.step_centres(steps, wave.sample_rate)
     result = Prediction(path, wave.duration, tiled_to)
     for t in range(steps):
-        result.steps.append(StepPrediction(times[t], [
-            _top(h.name, per_head[h.name][:, t], list(h.categories or ()), top_k) for h in heads
-        ]))
-    result.summary = [_top(h.name, per_head[h.name].mean(axis=1), list(h.categories or ()), top_k)
-                      for h in heads]
+        result.steps.append(
+            StepPrediction(
+                times[t],
+                [
+                    _top(h.name, per_head[h.name][:, t], list(h.categories or ()), top_k)
+                    for h in heads
+                ],
+            )
+        )
+    result.summary = [
+        _top(h.name, per_head[h.name].mean(axis=1), list(h.categories or ()), top_k) for h in heads
+    ]
     return result

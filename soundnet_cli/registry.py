@@ -37,7 +37,9 @@ class Registry:
                 "kebab-case, like 'soundnet8' or 'vgg16-places'"
             )
         if not callable(factory):
-            raise SoundnetError(f"plugin {plugin!r}: the factory for {self.kind} {name!r} is not callable")
+            raise SoundnetError(
+                f"plugin {plugin!r}: the factory for {self.kind} {name!r} is not callable"
+            )
         self.ensure_free(name, plugin)
         self._entries[name] = Entry(name, factory, description, plugin)
 

@@ -52,8 +52,10 @@ def read_sound8(data: bytes) -> dict[str, dict[str, np.ndarray]]:
     stream = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(stream)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
         if read_header is None:
             raise WeightsError(f"unsupported .npy version {version}")
         _, _, dtype = read_header(stream)
@@ -72,7 +74,9 @@ def read_sound8(data: bytes) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _check_layout(params: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    needed = {name: ("weights", "biases", "gamma", "beta", "mean", "var") for name in CONV_LAYERS}
+    needed: dict[str, tuple[str, ...]] = {
+        name: ("weights", "biases", "gamma", "beta", "mean", "var") for name in CONV_LAYERS
+    }
     needed.update({key: ("weights", "biases") for key in HEAD_KEYS.values()})
     for layer, keys in needed.items():
         entry = params.get(layer)

@@ -21,6 +21,9 @@ def _soundnet5(**kwargs: Any) -> Any:
 
 @hookimpl
 def register_students(register: Register) -> None:
-    register("soundnet8", _soundnet8,
-             description="SoundNet-8 (the paper's main student; official weights available)")
+    register(
+        "soundnet8",
+        _soundnet8,
+        description="SoundNet-8 (the paper's main student; official weights available)",
+    )
     register("soundnet5", _soundnet5, description="SoundNet-5 (the paper's Table 2)")

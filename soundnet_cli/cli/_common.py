@@ -29,15 +29,15 @@ state = _State()
 
 
 def error(message: str) -> None:
-    err.print(Text.assemble(("Error: ", "bold red"), message))
+    err.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(Text.assemble(("Warning: ", "yellow"), message))
+    err.print(Text.assemble(("Warning: ", "yellow"), message), soft_wrap=True)
 
 
 def info(message: str) -> None:
-    err.print(Text(message, style="dim"))
+    err.print(Text(message, style="dim"), soft_wrap=True)
 
 
 def print_json(payload: Any) -> None:

@@ -17,12 +17,26 @@ from . import _common
 
 
 def file_progress(enabled: bool = True) -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=_common.err, transient=True, disable=not enabled)
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_common.err,
+        transient=True,
+        disable=not (enabled and _common.err.is_terminal),
+    )
 
 
 def download_progress(enabled: bool = True) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=_common.err,
-                    transient=True, disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=_common.err,
+        transient=True,
+        disable=not (enabled and _common.err.is_terminal),
+    )

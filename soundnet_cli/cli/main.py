@@ -29,18 +29,27 @@ def _version(value: bool) -> None:
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(name="soundnet", help=HELP, no_args_is_help=True,
-                      rich_markup_mode="markdown", context_settings={"help_option_names": ["-h", "--help"]},
-                      pretty_exceptions_show_locals=False)
+    app = typer.Typer(
+        name="soundnet",
+        help=HELP,
+        no_args_is_help=True,
+        rich_markup_mode="markdown",
+        context_settings={"help_option_names": ["-h", "--help"]},
+        pretty_exceptions_show_locals=False,
+    )
 
     @app.callback()
     def root(
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
         disable_plugin: list[str] = typer.Option(
-            [], "--disable-plugin", metavar="NAME",
-            help="Block a plugin by name (repeatable); also SOUNDNET_DISABLE_PLUGINS=a,b."),
-        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                     help="Print the version and exit."),
+            [],
+            "--disable-plugin",
+            metavar="NAME",
+            help="Block a plugin by name (repeatable); also SOUNDNET_DISABLE_PLUGINS=a,b.",
+        ),
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ) -> None:
         _common.state.debug = debug or _common.state.debug
         if disable_plugin:

@@ -9,7 +9,6 @@ from rich.text import Text
 from ..plugins import get_plugins
 from . import _common
 
-
 STATUS_STYLE = {"loaded": "green", "blocked": "yellow", "failed": "red"}
 
 
@@ -34,14 +33,17 @@ def plugins_command(
     for column in ("plugin", "distribution", "version", "status", "registers"):
         table.add_column(column)
     for i in infos:
-        registers = "; ".join(f"{kind}s: {', '.join(names)}" for kind, names in i.registered.items())
+        registers = "; ".join(
+            f"{kind}s: {', '.join(names)}" for kind, names in i.registered.items()
+        )
         if i.adds_commands:
             registers = f"{registers}; commands" if registers else "commands"
         status = Text(i.status, style=STATUS_STYLE.get(i.status, ""))
         if i.errors:
             status.append(": " + "; ".join(i.errors))
-        table.add_row(i.name, i.distribution or "-", i.version or "-", status,
-                      Text(registers or "-"))
+        table.add_row(
+            i.name, i.distribution or "-", i.version or "-", status, Text(registers or "-")
+        )
     _common.out.print(table)
 
 

