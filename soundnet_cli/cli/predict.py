@@ -73,9 +73,11 @@ def predict_command(
                     _common.error(str(exc))
             else:
                 results.append(result.as_dict())
-                if not json_output:
-                    _render(result.as_dict(), steps)
+                if not json_output and steps:
+                    _render(result.as_dict())
             bar.advance(task)
+    if not json_output and not steps and results:
+        _render_summaries(results)
     if json_output:
         _common.print_json({"results": results, "errors": failures})
     elif len(files) > 1:
@@ -92,7 +94,7 @@ def _cell(head: dict[str, Any]) -> Text:
     return Text(", ".join(f"{_short(t['label'])} {t['probability']:.2f}" for t in head["top"]))
 
 
-def _render(result: dict[str, Any], show_steps: bool) -> None:
+def _render(result: dict[str, Any]) -> None:
     title = f"{result['path']}  ({result['duration']:.2f} s"
     if result["tiled_to"]:
         title += f", tiled to {result['tiled_to']:.0f} s, the training length"
@@ -102,15 +104,27 @@ def _render(result: dict[str, Any], show_steps: bool) -> None:
     table.add_column("time (s)", justify="right")
     for head in heads:
         table.add_column(head)
-    if show_steps:
-        for step in result["steps"]:
-            table.add_row(f"{step['time']:.1f}", *(_cell(h) for h in step["heads"]))
+    for step in result["steps"]:
+        table.add_row(f"{step['time']:.1f}", *(_cell(h) for h in step["heads"]))
     table.add_row(
         Text("mean", style="bold"),
         *(_cell(h) for h in result["summary"]),
         style="bold",
         end_section=True,
     )
+    _common.out.print(table)
+
+
+def _render_summaries(results: list[dict[str, Any]]) -> None:
+    """One row per file: the whole-file mean of every head."""
+    table = Table(
+        title="mean over time steps (clips under 20 s tiled to 20 s)", title_justify="left"
+    )
+    table.add_column("file")
+    for head in results[0]["summary"]:
+        table.add_column(head["head"])
+    for result in results:
+        table.add_row(Text(Path(result["path"]).name), *(_cell(h) for h in result["summary"]))
     _common.out.print(table)
 
 
