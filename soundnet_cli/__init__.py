@@ -19,6 +19,7 @@ from .hookspecs import hookimpl
 if TYPE_CHECKING:
     from .audio import load_audio
     from .checkpoints import load_checkpoint, save_checkpoint
+    from .extract import extract, extract_array
     from .models import list_students, load_student
     from .plugins import get_plugins
     from .predict import predict_waveform
@@ -31,6 +32,8 @@ _LAZY = {
     "save_checkpoint": "checkpoints",
     "get_plugins": "plugins",
     "predict_waveform": "predict",
+    "extract": "extract",
+    "extract_array": "extract",
 }
 
 
@@ -45,6 +48,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "SoundnetError",
     "__version__",
+    "extract",
+    "extract_array",
     "get_plugins",
     "hookimpl",
     "list_students",

@@ -51,7 +51,7 @@ def decode(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def to_mono(data: np.ndarray, mix: Mix = "first") -> np.ndarray:
+def to_mono(data: np.ndarray, mix: str = "first") -> np.ndarray:
     """First channel (the authors' release) or the mean of all channels."""
     if mix == "first":
         return np.ascontiguousarray(data[:, 0])

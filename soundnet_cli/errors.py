@@ -39,3 +39,7 @@ class WeightsError(SoundnetError):
 
 class CheckpointError(SoundnetError):
     """A checkpoint file that cannot be read or does not fit the model."""
+
+
+class VideoError(SoundnetError):
+    """A video file that cannot be used (no audio or video stream, corrupt, too short)."""

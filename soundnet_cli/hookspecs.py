@@ -52,5 +52,12 @@ def register_probes(register: Register) -> None:
 
 
 @hookspec
+def register_datasets(register: Register) -> None:
+    """Register evaluation datasets: ``factory()`` returns a
+    :class:`soundnet_cli.datasets.Dataset` that lists a root folder's clips with labels and
+    folds and says how the paper's protocol treats them (clip length, window length)."""
+
+
+@hookspec
 def register_commands(app: typer.Typer) -> None:
     """Add commands to the ``soundnet`` CLI: ``@app.command()`` on functions of your own."""

@@ -73,3 +73,22 @@ def resolve_device(spec: str = "auto") -> str:
             raise UsageProblem(f"device {spec!r} asked for, but CUDA is not available here")
         return spec
     raise UsageProblem(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+def model_device(model: Any) -> torch.device:
+    """Where a model's parameters (or, for parameter-free extractors, buffers) live."""
+    import torch
+
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def default_layer(model: Any) -> str:
+    """The layer to use when none is given: the model's ``default_layer``, else ``pool5`` (the
+    paper's best for SoundNet-8) when it has one, else its last feature tap."""
+    chosen = getattr(model, "default_layer", None)
+    if chosen:
+        return str(chosen)
+    names = [info.name for info in model.feature_info]
+    return "pool5" if "pool5" in names else names[-1]

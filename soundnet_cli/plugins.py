@@ -29,12 +29,16 @@ CORE_DISTRIBUTION = "soundnet-cli"
 # Same names and modules as pyproject.toml's entry-point table (a test keeps them in step).
 BUILTIN_PLUGINS: dict[str, str] = {
     "builtin-students": "soundnet_cli.builtins.students",
+    "builtin-probes": "soundnet_cli.builtins.probes",
+    "builtin-datasets": "soundnet_cli.builtins.datasets",
+    "builtin-teachers": "soundnet_cli.builtins.teachers",
 }
 
 COMPONENT_HOOKS: dict[str, str] = {
     "student": "register_students",
     "teacher": "register_teachers",
     "probe": "register_probes",
+    "dataset": "register_datasets",
 }
 
 
@@ -85,6 +89,10 @@ class Plugins:
     @property
     def probes(self) -> Registry:
         return self.registries["probe"]
+
+    @property
+    def datasets(self) -> Registry:
+        return self.registries["dataset"]
 
     def failures(self) -> list[PluginInfo]:
         return [info for info in self.infos.values() if info.status == "failed"]

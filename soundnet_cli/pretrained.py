@@ -129,11 +129,16 @@ def download(
     url: str,
     target: Path,
     *,
-    expected_sha256: str,
+    expected_sha256: str | None,
     progress: Progress | None = None,
     timeout: float = 60.0,
-) -> None:
-    """Stream ``url`` to ``target``; raise WeightsError unless its sha256 is as expected."""
+    hint: str = HOW_TO_GET,
+) -> str:
+    """Stream ``url`` to ``target``; raise WeightsError unless its sha256 is as expected.
+
+    ``expected_sha256=None`` skips the check (for sources that publish no hash, or only a
+    prefix the caller checks); the sha256 is returned either way. ``hint`` ends error messages.
+    """
     digest = hashlib.sha256()
     try:
         with _open(url, timeout) as response, open(target, "wb") as out:
@@ -147,12 +152,13 @@ def download(
                 if progress:
                     progress(done, total_bytes)
     except (urllib.error.URLError, OSError) as exc:
-        raise WeightsError(f"download of {url} failed ({_reason(exc)}); {HOW_TO_GET}") from exc
-    if digest.hexdigest() != expected_sha256:
+        raise WeightsError(f"download of {url} failed ({_reason(exc)}); {hint}") from exc
+    if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
         raise WeightsError(
             f"{url}: sha256 {digest.hexdigest()} does not match the pinned {expected_sha256}; "
             "the file was not used"
         )
+    return digest.hexdigest()
 
 
 def _read_member(archive: tarfile.TarFile, suffix: str) -> bytes:

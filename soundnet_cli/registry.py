@@ -11,6 +11,8 @@ from typing import Any
 from .errors import DuplicateNameError, SoundnetError, UnknownNameError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
+# A family: a kebab-case prefix ending in ":" (``timm:``) that stands for every ``timm:<variant>``.
+FAMILY_PATTERN = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*:$")
 
 
 @dataclass(frozen=True)
@@ -22,19 +24,29 @@ class Entry:
     description: str
     plugin: str
 
+    @property
+    def is_family(self) -> bool:
+        return self.name.endswith(":")
+
 
 class Registry:
-    """Components of one kind, keyed by kebab-case name."""
+    """Components of one kind, keyed by kebab-case name.
+
+    A name ending in ``:`` registers a family: ``timm:`` answers for ``timm:resnet18`` and any
+    other ``timm:<variant>``, and its factory receives ``variant="resnet18"``.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
     def add(self, name: str, factory: Callable[..., Any], *, description: str, plugin: str) -> None:
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not (
+            NAME_PATTERN.match(name) or FAMILY_PATTERN.match(name)
+        ):
             raise SoundnetError(
                 f"plugin {plugin!r} tried to register {self.kind} {name!r}: names are lower-case "
-                "kebab-case, like 'soundnet8' or 'vgg16-places'"
+                "kebab-case, like 'soundnet8' or 'vgg16-places' (or a family prefix like 'timm:')"
             )
         if not callable(factory):
             raise SoundnetError(
@@ -53,15 +65,23 @@ class Registry:
             )
 
     def get(self, name: str) -> Entry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            known = sorted(self._entries)
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            raise UnknownNameError(self.kind, name, known, close) from None
+        """The entry for ``name``; for ``family:variant``, the family's entry."""
+        entry = self._entries.get(name)
+        if entry is not None and not entry.is_family:
+            return entry
+        prefix, colon, variant = name.partition(":")
+        family = self._entries.get(prefix + colon) if colon and variant else None
+        if family is not None:
+            return family
+        known = sorted(self._entries)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        raise UnknownNameError(self.kind, name, known, close) from None
 
     def create(self, name: str, **kwargs: Any) -> Any:
-        return self.get(name).factory(**kwargs)
+        entry = self.get(name)
+        if entry.is_family:
+            return entry.factory(variant=name.partition(":")[2], **kwargs)
+        return entry.factory(**kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

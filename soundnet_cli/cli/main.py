@@ -8,7 +8,10 @@ import typer
 
 from .. import __version__
 from ..plugins import disable, get_plugins
-from . import _common, plugins, predict, weights
+from . import _common, evaluate, extract, plugins, predict, probe, weights
+from . import corpus as corpus_cmd
+from . import distill as distill_cmd
+from . import prepare as prepare_cmd
 
 HELP = """SoundNet: sound representations learned from unlabeled video.
 
@@ -58,8 +61,14 @@ def build_app() -> typer.Typer:
             _common.warn(f"plugin {failed.name!r} skipped: {'; '.join(failed.errors)}")
 
     predict.register(app)
+    extract.register(app)
     weights.register(app)
     plugins.register(app)
+    probe.register(app)
+    evaluate.register(app)
+    prepare_cmd.register(app)
+    corpus_cmd.register(app)
+    distill_cmd.register(app)
     get_plugins().add_commands(app)
     return app
 

@@ -115,6 +115,7 @@ class ConvStudent(nn.Module):
         head: HeadLayer,
         heads: Sequence[HeadSpec],
         sample_rate: int = SAMPLE_RATE,
+        default_layer: str | None = None,
     ) -> None:
         super().__init__()
         if not heads:
@@ -143,6 +144,9 @@ class ConvStudent(nn.Module):
         )
         self.feature_info = self._describe_taps()
         self._tap_index = {info.name: i for i, info in enumerate(self.feature_info)}
+        # the layer commands use when none is given (features for probes, HEAR embeddings)
+        self.default_layer = default_layer or self.body_spec[-1].name
+        self._tap_index_of(self.default_layer)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -37,9 +37,9 @@ SOUNDNET5_HEAD = HeadLayer("conv5", 16, 12, 4)
 
 def soundnet8(heads: Sequence[HeadSpec] = PRETRAINED_HEADS) -> ConvStudent:
     """SoundNet-8: seven conv+BN+ReLU layers, three max-pools, and one conv8 output per head."""
-    return ConvStudent("soundnet8", SOUNDNET8_BODY, SOUNDNET8_HEAD, heads)
+    return ConvStudent("soundnet8", SOUNDNET8_BODY, SOUNDNET8_HEAD, heads, default_layer="pool5")
 
 
 def soundnet5(heads: Sequence[HeadSpec] = PRETRAINED_HEADS) -> ConvStudent:
     """SoundNet-5 (the paper's Table 2): four conv+BN+ReLU layers, three pools, conv5 heads."""
-    return ConvStudent("soundnet5", SOUNDNET5_BODY, SOUNDNET5_HEAD, heads)
+    return ConvStudent("soundnet5", SOUNDNET5_BODY, SOUNDNET5_HEAD, heads, default_layer="pool3")

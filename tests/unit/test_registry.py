@@ -48,3 +48,24 @@ def test_names_must_be_kebab_case(bad):
 def test_factory_must_be_callable():
     with pytest.raises(SoundnetError, match="not callable"):
         Registry("probe").add("svm", 3, description="", plugin="p")  # type: ignore[arg-type]
+
+
+def test_family_prefix_answers_for_every_variant():
+    reg = Registry("teacher")
+    reg.add("timm:", factory, description="any timm model", plugin="p")
+    reg.add("vgg16-places", factory, description="", plugin="p")
+    assert reg.get("timm:resnet18").name == "timm:"
+    assert reg.create("timm:resnet18", random_init=True) == {
+        "variant": "resnet18",
+        "random_init": True,
+    }
+    assert reg.create("vgg16-places") == {}
+    for bad in ("timm:", "timm", "other:resnet18"):
+        with pytest.raises(UnknownNameError):
+            reg.get(bad)
+
+
+@pytest.mark.parametrize("bad", ["Timm:", "timm::", ":x", "timm:x"])
+def test_family_names_are_a_prefix_and_a_colon(bad):
+    with pytest.raises(SoundnetError, match="kebab-case"):
+        Registry("teacher").add(bad, factory, description="", plugin="p")

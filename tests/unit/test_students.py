@@ -209,3 +209,22 @@ def test_bad_heads_are_refused():
         HeadSpec("a", 2, ("x",))
     with pytest.raises(SoundnetError, match="at least one"):
         soundnet8(heads=[])
+
+
+def test_default_layers():
+    from soundnet_cli.models import default_layer
+
+    assert soundnet8().default_layer == "pool5" and default_layer(soundnet8()) == "pool5"
+    assert default_layer(soundnet5()) == "pool3"
+    with pytest.raises(LayerError):
+        from soundnet_cli.students import ConvStudent
+        from soundnet_cli.students.soundnet import SOUNDNET8_BODY, SOUNDNET8_HEAD
+
+        ConvStudent("x", SOUNDNET8_BODY, SOUNDNET8_HEAD, [HeadSpec("a", 2)], default_layer="fc7")
+
+
+def test_model_device_without_parameters():
+    from soundnet_cli.models import model_device
+
+    assert model_device(torch.nn.Identity()).type == "cpu"
+    assert model_device(torch.nn.BatchNorm1d(2)).type == "cpu"

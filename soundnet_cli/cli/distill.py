@@ -1,0 +1,223 @@
+"""`soundnet distill`: train a sound student from the vision teachers' posteriors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from . import _common
+
+
+def distill_command(
+    source: Path = typer.Argument(
+        None, help="A corpus (from `soundnet prepare`), or a folder of videos to prepare first."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="The run directory (new)."),
+    resume: Path = typer.Option(
+        None, "--resume", metavar="RUN_DIR", help="Continue the run in RUN_DIR from its checkpoint."
+    ),
+    student: str = typer.Option(None, "--student", help="Student architecture [soundnet8]."),
+    teacher: list[str] = typer.Option(
+        [],
+        "--teacher",
+        "-t",
+        metavar="NAME",
+        help="Learn this teacher's heads (repeatable; default: every head of the corpus). "
+        "With a folder of videos: the teachers to prepare it with.",
+    ),
+    config_file: Path = typer.Option(
+        None, "--config", metavar="FILE.toml", help="Hyper-parameters from a TOML file."
+    ),
+    loss: str = typer.Option(None, "--loss", help="kl (the paper) or l2 (the ablation) [kl]."),
+    kl_scale: float = typer.Option(None, "--kl-scale", help="Loss multiplier [250, the release]."),
+    lr: float = typer.Option(None, "--lr", help="Adam learning rate [0.001]."),
+    beta1: float = typer.Option(None, "--beta1", help="Adam beta1 [0.9]."),
+    beta2: float = typer.Option(None, "--beta2", help="Adam beta2 [0.999]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Global batch size [64]."),
+    steps: int = typer.Option(None, "--steps", help="Training steps [100000]."),
+    crop_seconds: float = typer.Option(None, "--crop-seconds", help="Crop length [20]."),
+    seed: int = typer.Option(None, "--seed", help="Seed for init, order and crops [0]."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps [1000]."),
+    log_every: int = typer.Option(None, "--log-every", help="Steps between metrics lines [10]."),
+    eval_every: int = typer.Option(
+        None, "--eval-every", help="Steps between agreement checks [500]."
+    ),
+    held_out: float = typer.Option(None, "--held-out", help="Fraction of videos held out [0.05]."),
+    workers: int = typer.Option(None, "--workers", help="DataLoader worker processes [2]."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
+    compile_model: bool = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the student [off]."
+    ),
+    teacher_weights: list[str] = typer.Option(
+        [], "--teacher-weights", metavar="NAME=PATH", help="When preparing: local teacher weights."
+    ),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="When preparing: random-init teachers (dry runs)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
+) -> None:
+    """Train a sound student to predict the vision teachers' posteriors (the paper's method).
+
+    KL(teacher || student) per head and time step, Adam (lr 0.001, beta1 0.9), batch 64, 20-s
+    crops, the paper's initialisation. Metrics go to RUN_DIR/metrics.jsonl, checkpoints to
+    RUN_DIR/checkpoints/last.pt, and the student to RUN_DIR/student.safetensors, which
+    `extract`, `predict` and `evaluate` accept. Given a folder of videos, it prepares a corpus
+    in RUN_DIR/corpus first. Under `torchrun` it trains with DDP.
+
+    Examples:
+
+    * `soundnet distill corpus/ --out run/`
+
+    * `soundnet distill ./videos --teacher vgg16-places --out run/`
+
+    * `soundnet distill corpus/ --teacher vgg16-imagenet --loss l2 --steps 20000 --out run-l2/`
+
+    * `soundnet distill --resume run/`
+
+    * `torchrun --nproc-per-node 8 -m soundnet_cli distill corpus/ --batch-size 512 --out run/`
+    """
+    from ..distill import DistillConfig, read_run, read_toml
+    from ..errors import UsageProblem
+
+    flags = {
+        "student": student,
+        "loss": loss,
+        "kl_scale": kl_scale,
+        "lr": lr,
+        "beta1": beta1,
+        "beta2": beta2,
+        "batch_size": batch_size,
+        "steps": steps,
+        "crop_seconds": crop_seconds,
+        "seed": seed,
+        "checkpoint_every": checkpoint_every,
+        "log_every": log_every,
+        "eval_every": eval_every,
+        "held_out": held_out,
+        "workers": workers,
+        "device": device,
+        "compile": compile_model,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    if resume is not None:
+        if source is not None or out is not None:
+            raise UsageProblem("--resume RUN_DIR continues a run: give no CORPUS or --out")
+        corpus, recorded = read_run(resume)
+        changed = set(given) - {"steps", "workers", "device", "log_every", "eval_every"}
+        if changed:
+            raise UsageProblem(
+                f"a resumed run keeps its settings; only --steps, --workers, --device, "
+                f"--log-every and --eval-every may change (got {', '.join(sorted(changed))})"
+            )
+        config = DistillConfig.from_mapping(given, recorded)
+        run_dir = resume
+    else:
+        if source is None or out is None:
+            raise UsageProblem("give a CORPUS (or a folder of videos) and --out RUN_DIR")
+        base = DistillConfig.from_mapping(read_toml(config_file)) if config_file else None
+        config = DistillConfig.from_mapping(given | {"teachers": tuple(teacher)}, base)
+        run_dir = out
+        corpus = _corpus_for(source, run_dir, config, teacher_weights, random_init)
+    config.check()
+    summary = _train(corpus, run_dir, config, resume is not None, json_output)
+    if json_output:
+        _common.print_json(summary)
+    else:
+        agreement = summary["agreement"] or {}
+        text = ", ".join(
+            f"{h} {a:.1%} (chance {summary['chance'].get(h, float('nan')):.1%})"
+            for h, a in agreement.items()
+        )
+        _common.out.print(
+            f"{run_dir}: {summary['steps']} steps, final loss {summary['final_loss'] or 0:.4f}; "
+            f"student: {summary['student']}" + (f"; held-out agreement: {text}" if text else ""),
+            soft_wrap=True,
+        )
+
+
+def _corpus_for(
+    source: Path, run_dir: Path, config: Any, weights: list[str], random_init: bool
+) -> Path:
+    """The corpus itself, or one prepared from a folder of videos into RUN_DIR/corpus."""
+    from ..corpus import is_corpus
+    from ..errors import UsageProblem
+
+    if is_corpus(source):
+        return source
+    from ..models import resolve_device
+    from ..prepare import PrepareSettings, prepare_corpus
+    from ..teachers import get_teachers, parse_weight_specs
+    from ..video import find_videos
+
+    if not config.teachers:
+        raise UsageProblem(f"{source} is not a corpus; to prepare one, name the --teacher(s)")
+    videos = find_videos([source])
+    if not videos:
+        raise UsageProblem(f"{source} is neither a corpus nor a folder with videos")
+    teachers = get_teachers(
+        list(config.teachers),
+        weights=parse_weight_specs(weights),
+        random_init=random_init,
+        announce=_common.info,
+    )
+    target = resolve_device(config.device)
+    for model in teachers:
+        model.to(target)
+    corpus = run_dir / "corpus"
+    _common.info(f"preparing {len(videos)} videos into {corpus}")
+    report = prepare_corpus(videos, corpus, teachers, PrepareSettings())
+    for failure in report.failed:
+        _common.warn(f"skipped: {failure['reason']}")
+    return corpus
+
+
+def _train(
+    corpus: Path, run_dir: Path, config: Any, resume: bool, json_output: bool
+) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from ..distill import distill
+
+    bar = Progress(
+        TextColumn("distilling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+        console=_common.err,
+        transient=True,
+        disable=json_output or not _common.err.is_terminal,
+    )
+    with bar:
+        task = bar.add_task("distill", total=config.steps, status="")
+
+        def on_step(m: Any) -> None:
+            bar.update(
+                task,
+                completed=m.step,
+                status=f"loss {m.loss:.4f}, {m.samples_per_s:.1f} samples/s, "
+                f"data wait {m.data_wait:.0%}",
+            )
+
+        result = distill(corpus, run_dir, config, resume=resume, on_step=on_step)
+    return {
+        "run_dir": str(run_dir),
+        "corpus": str(corpus),
+        "steps": result.steps,
+        "final_loss": result.losses[-1][1] if result.losses else None,
+        "student": str(result.student) if result.student else None,
+        "agreement": result.agreement,
+        "chance": result.chance or {},
+    }
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(_common.handle_errors(distill_command))

@@ -1,0 +1,169 @@
+"""`soundnet evaluate`: the paper's protocols on ESC-50, ESC-10 and DCASE 2013."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import TaskID
+from rich.table import Table
+
+from . import _common
+from ._progress import file_progress
+
+if TYPE_CHECKING:
+    from ..evaluate import EvaluationReport
+
+
+def evaluate_command(
+    dataset: str = typer.Argument(..., help="esc50, esc10, dcase2013, or a plugin's dataset."),
+    root: Path = typer.Argument(..., help="The dataset folder (see docs/commands/evaluate.md)."),
+    layers: list[str] = typer.Option(
+        None,
+        "--layer",
+        "-l",
+        help="Feature layer (default: the model's, pool5 for "
+        "SoundNet-8); repeat for a sweep (features are computed once).",
+    ),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="A student checkpoint."),
+    student: str = typer.Option(
+        None,
+        "--student",
+        help="A registered student (fresh, seed 0) "
+        "or feature extractor such as mfcc; default: the official "
+        "SoundNet-8.",
+    ),
+    probe: str = typer.Option("linear-svm", "--probe", help="A registered probe."),
+    c_value: str = typer.Option(
+        "0.01", "--C", help="Probe regularisation, or 'auto' (inner cross-validation over a grid)."
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Where report.json and the confusion "
+        "matrices go (default: ./soundnet-evaluate-DATASET).",
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute features even if cached."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Reproduce the paper's evaluations: a linear probe on frozen features.
+
+    The protocol of PAPER.md: ESC clips repeated to 10 s, 1-s windows (5-s for DCASE), decision
+    values averaged over a clip's windows; leave-one-fold-out over the folds present, or grouped
+    stratified 5-fold cross-validation when only one fold is there. Prints accuracy per split
+    and layer with mean and std, and writes report.json and a confusion-matrix PNG per layer.
+
+    Examples:
+
+    * `soundnet evaluate esc10 data/ESC-50`
+
+    * `soundnet evaluate esc50 data/ESC-50 -l conv4 -l conv5 -l pool5 -l conv6 -l conv7 -l conv8`
+
+    * `soundnet evaluate esc50 data/ESC-50 --checkpoint run/student.safetensors --json`
+
+    * `soundnet evaluate dcase2013 data/dcase2013 --C auto`
+    """
+    from ..atomic import atomic_path
+    from ..errors import UsageProblem
+    from ..evaluate import evaluate
+    from ..figures import confusion_matrix_png
+    from ..models import default_layer, resolve_device
+    from ..plugins import get_plugins
+    from ._model import load_model
+
+    C = _parse_c(c_value)
+    get_plugins().probes.get(probe)  # unknown names fail before any work
+    data = get_plugins().datasets.create(dataset)
+    if not root.is_dir():
+        raise UsageProblem(f"{root} is not a folder")
+    import torch
+
+    torch.manual_seed(0)  # students without weights get the same features (and cache) each run
+    model = load_model(checkpoint, student, device)
+    layers = layers or [default_layer(model)]
+    out = out or Path(f"soundnet-evaluate-{dataset}")
+    with file_progress(enabled=not json_output) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        report = evaluate(
+            data,
+            root,
+            model,
+            layers,
+            probe=probe,
+            C=C,
+            use_cache=not no_cache,
+            device=resolve_device(device),
+            progress=progress,
+        )
+    payload = report.as_dict()
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(payload, indent=2))
+    figures = {}
+    for layer in report.layers:
+        mean, _ = report.layer_summary(layer)
+        figures[layer] = str(
+            confusion_matrix_png(
+                report.confusion(layer),
+                report.classes,
+                out / f"confusion-{layer}.png",
+                f"{dataset} · {report.model} · {layer} · accuracy {mean:.1%}",
+            )
+        )
+    payload["files"] = {"report": str(out / "report.json"), "confusion": figures}
+    if json_output:
+        _common.print_json(payload)
+        return
+    _render(report)
+    _common.err.print(f"report: {out / 'report.json'}; confusion matrices: {out}/confusion-*.png")
+
+
+def _parse_c(value: str) -> float | str:
+    from ..errors import UsageProblem
+
+    if value == "auto":
+        return value
+    try:
+        c = float(value)
+    except ValueError:
+        raise UsageProblem(f"--C must be a positive number or 'auto', not {value!r}") from None
+    if c <= 0:
+        raise UsageProblem(f"--C must be positive, not {value}")
+    return c
+
+
+def _render(report: EvaluationReport) -> None:
+    _common.out.print(
+        f"{report.dataset}: clip accuracy of {report.probe} (C={report.C}) on "
+        f"features of {report.model}"
+    )
+    table = Table()
+    table.add_column("split")
+    for layer in report.layers:
+        table.add_column(layer, justify="right")
+    for split in dict.fromkeys(r.split for r in report.results):
+        row = {r.layer: r for r in report.results if r.split == split}
+        table.add_row(split, *(f"{row[layer].accuracy:.1%}" for layer in report.layers))
+    table.add_row(
+        "mean ± std",
+        *("{:.1%} ± {:.1%}".format(*report.layer_summary(layer)) for layer in report.layers),
+        style="bold",
+        end_section=True,
+    )
+    _common.out.print(table)
+    _common.err.print(
+        f"features {report.seconds['features']:.0f} s, probes {report.seconds['probes']:.0f} s"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(_common.handle_errors(evaluate_command))

@@ -1,0 +1,211 @@
+"""`soundnet prepare`: decode videos and label their frames with vision teachers into a corpus."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from . import _common
+
+
+def prepare_command(
+    videos: list[Path] = typer.Argument(
+        ..., help="Video files or directories (searched recursively)."
+    ),
+    teacher: list[str] = typer.Option(
+        ...,
+        "--teacher",
+        "-t",
+        metavar="NAME",
+        help="A vision teacher (repeatable): vgg16-imagenet, vgg16-places, alexnet-imagenet, "
+        "alexnet-places, resnet50-places, timm:<model>, or a plugin's.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="The corpus directory (created or resumed)."),
+    clip_seconds: float = typer.Option(
+        20.0, "--clip-seconds", help="Clip length; longer videos are cut into clips."
+    ),
+    frame_interval: float = typer.Option(
+        5.0, "--frame-interval", help="Seconds between labelled frames (one per interval)."
+    ),
+    frame_at: str = typer.Option(
+        "centre", "--frame-at", help="Where in each interval the frame is taken: centre or start."
+    ),
+    teacher_weights: list[str] = typer.Option(
+        [],
+        "--teacher-weights",
+        metavar="NAME=PATH",
+        help="Local weights for a teacher (repeatable), instead of downloading them.",
+    ),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="Randomly initialised teachers (tests and dry runs)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Frames per teacher batch."),
+    workers: int = typer.Option(
+        min(4, os.cpu_count() or 1), "--workers", min=0, help="Decode threads (0: decode inline)."
+    ),
+    shard_mb: float = typer.Option(
+        128.0, "--shard-mb", min=0.001, help="Commit a shard when this many MB are buffered."
+    ),
+    mix: str = typer.Option(
+        "first", "--mix", help="Audio channels: first (as the release) or mean."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try again the videos an earlier run recorded as bad."
+    ),
+    rank: int = typer.Option(
+        None, "--rank", help="This process's share (default: $RANK, as torchrun sets it, or 0)."
+    ),
+    world_size: int = typer.Option(
+        None, "--world-size", help="Number of shares (default: $WORLD_SIZE or 1)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON report for scripts."),
+) -> None:
+    """Turn a folder of videos into a distillation corpus.
+
+    Decodes each video's soundtrack to 22,050 Hz mono int16, takes one frame per
+    `--frame-interval` (seeking, not decoding every frame), labels the frames with every
+    `--teacher` in large batches, and writes the corpus format of docs/commands/prepare.md.
+    Rerunning with the same `--out` resumes: finished videos are skipped. Under `torchrun`, each
+    rank takes its share of the videos and writes its own shards. Bad videos (no audio or video
+    stream, corrupt, shorter than one interval) are recorded with a reason and skipped; the exit
+    code is then 1.
+
+    Examples:
+
+    * `soundnet prepare ./videos --teacher vgg16-imagenet --teacher resnet50-places --out corpus`
+
+    * `soundnet prepare clips/ -t vgg16-places --teacher-weights vgg16-places=w.pth -o corpus`
+
+    * `torchrun --nproc-per-node 4 -m soundnet_cli prepare ./videos -t vgg16-imagenet -o corpus`
+
+    * `soundnet prepare ./videos -t timm:resnet18 --random-init -o /tmp/dry-run --json`
+    """
+    from ..audio import MIX_CHOICES
+    from ..errors import UsageProblem
+    from ..models import resolve_device
+    from ..prepare import PrepareSettings, rank_from_env
+    from ..teachers import get_teachers, parse_weight_specs
+    from ..video import find_videos
+
+    if mix not in MIX_CHOICES:
+        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
+    env_rank, env_world = rank_from_env()
+    rank = env_rank if rank is None else rank
+    world_size = env_world if world_size is None else world_size
+    settings = PrepareSettings(
+        clip_seconds=clip_seconds,
+        frame_interval=frame_interval,
+        frame_at=frame_at,
+        mix=mix,
+        batch_size=batch_size,
+        workers=workers,
+        shard_mb=shard_mb,
+        retry_failed=retry_failed,
+    )
+    settings.check()
+    files = find_videos(videos)
+    if not files:
+        raise UsageProblem("no video files found in the given paths")
+    target = _device_for_rank(resolve_device(device))
+    teachers = get_teachers(
+        teacher,
+        weights=parse_weight_specs(teacher_weights),
+        random_init=random_init,
+        announce=_common.info,
+    )
+    for model in teachers:
+        model.to(target)
+    report = _run(files, out, teachers, settings, rank, world_size, json_output)
+    if json_output:
+        _common.print_json(report.as_dict())
+    else:
+        _summarise(report.as_dict())
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _device_for_rank(device: str) -> str:
+    """Under torchrun each rank takes its own GPU (LOCAL_RANK)."""
+    local = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local is not None and local.isdigit():
+        return f"cuda:{local}"
+    return device
+
+
+def _run(
+    files: list[Path],
+    out: Path,
+    teachers: list[Any],
+    settings: Any,
+    rank: int,
+    world_size: int,
+    json_output: bool,
+) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from ..prepare import prepare_corpus
+
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=_common.err,
+        transient=True,
+        disable=json_output or not _common.err.is_terminal,
+    )
+    with bar:
+        task = bar.add_task(f"preparing (rank {rank}/{world_size})", total=None, rate="")
+
+        def progress(p: Any) -> None:
+            rate = f"{p.videos_per_second:.2f} videos/s, {p.seconds / 3600:.2f} h of video"
+            bar.update(task, total=p.total, completed=p.done + p.failed, rate=rate)
+
+        def failure(path: str, reason: str) -> None:
+            if not json_output:
+                _common.warn(f"skipped: {reason}")
+
+        return prepare_corpus(
+            files,
+            out,
+            teachers,
+            settings,
+            rank=rank,
+            world_size=world_size,
+            on_progress=progress,
+            on_failure=failure,
+        )
+
+
+def _summarise(report: dict[str, Any]) -> None:
+    rate = report["videos_per_s"]
+    speed = (
+        f", {rate:.2f} videos/s, {report['video_seconds_per_s']:.1f} s of video per s"
+        if rate
+        else ""
+    )
+    _common.out.print(
+        f"{report['out']}: {report['prepared']} videos prepared ({report['clips']} clips, "
+        f"{report['hours']:.3f} h), {report['skipped']} already done, "
+        f"{len(report['failed'])} failed{speed}",
+        soft_wrap=True,
+    )
+    if report["failed"]:
+        _common.out.print(
+            f"the bad videos: `soundnet corpus info {report['out']} --failures`", soft_wrap=True
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prepare")(_common.handle_errors(prepare_command))

@@ -1,0 +1,178 @@
+"""`soundnet probe fit` and `soundnet probe predict`: a classifier on SoundNet features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from . import _common
+from ._progress import file_progress
+
+probe_app = typer.Typer(
+    help="Train a probe classifier on features of labeled sounds, and apply it.",
+    no_args_is_help=True,
+)
+
+
+@probe_app.command("fit")
+@_common.handle_errors
+def fit_command(
+    audio: Path = typer.Argument(..., help="Folder the labels' paths are relative to."),
+    labels: Path = typer.Option(
+        ..., "--labels", help="CSV with path and label columns (optional group / src_file column)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Where to write the probe (.npz)."),
+    probe: str = typer.Option("linear-svm", "--probe", help="A registered probe."),
+    layer: str = typer.Option(
+        None, "--layer", help="Feature layer (default: the model's, pool5 for SoundNet-8)."
+    ),
+    window: float = typer.Option(1.0, "--window", min=0.01, help="Window length in seconds."),
+    c_value: str = typer.Option(
+        "0.01",
+        "--C",
+        help="Regularisation, or 'auto' (grouped inner cross-validation over 1e-4..1).",
+    ),
+    repeat_to: float = typer.Option(
+        10.0,
+        "--repeat-to",
+        help="Clips shorter than this many seconds are repeated circularly to it (0: never).",
+    ),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="A student checkpoint."),
+    student: str = typer.Option(
+        None,
+        "--student",
+        help="A registered student or feature extractor; default: the official SoundNet-8.",
+    ),
+    mix: str = typer.Option("first", "--mix", help="first or mean channel."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Train a probe on labeled audio: windows of one layer, the paper's protocol.
+
+    The saved probe is plain arrays and JSON (no pickle); it records the model and layer its
+    features came from, and `probe predict` refuses other features.
+
+    Examples:
+
+    * `soundnet probe fit sounds/ --labels sounds/labels.csv --out dogs.probe.npz`
+
+    * `soundnet probe fit sounds/ --labels labels.csv --C auto --layer conv6 --out p.npz`
+    """
+    import torch
+
+    from .. import probing
+    from ..audio import MIX_CHOICES
+    from ..errors import UsageProblem
+    from ..models import default_layer, resolve_device
+    from ..probes import save_probe
+    from ._model import load_model
+    from .evaluate import _parse_c
+
+    if mix not in MIX_CHOICES:
+        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
+    C = _parse_c(c_value)
+    clips = probing.read_labels(labels, audio)
+    torch.manual_seed(0)
+    model = load_model(checkpoint, student, device)
+    layer = layer or default_layer(model)
+    with file_progress(enabled=not json_output) as bar:
+        task = bar.add_task("features", total=len(clips))
+        clip_probe, meta = probing.fit(
+            clips,
+            model,
+            layer=layer,
+            probe=probe,
+            window_seconds=window,
+            C=C,
+            repeat_to=repeat_to or None,
+            mix=mix,  # type: ignore[arg-type]
+            device=resolve_device(device),
+            source=probing.model_source(checkpoint, student),
+            on_clip=lambda: bar.advance(task),
+        )
+    path = save_probe(out, clip_probe, meta)
+    if json_output:
+        _common.print_json({"path": str(path), **meta})
+        return
+    _common.out.print(
+        f"probe {meta['probe']} (C={meta['params']['C']:g}) on {layer}, "
+        f"{meta['trained_on']} clips, {len(meta['classes'])} classes -> {path}"
+    )
+
+
+@probe_app.command("predict")
+@_common.handle_errors
+def predict_command(
+    probe_path: Path = typer.Argument(..., help="A probe written by `soundnet probe fit`."),
+    paths: list[Path] = typer.Argument(..., help="Audio files or folders (recursive)."),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="The checkpoint the probe was trained on, if it has moved."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Label audio files with a trained probe.
+
+    Uses the model the probe was trained on (recorded in the probe file); features of any other
+    model or layer are refused.
+
+    Examples:
+
+    * `soundnet probe predict dogs.probe.npz new_sounds/`
+
+    * `soundnet probe predict p.npz clip.wav --json | jq '.[0].label'`
+    """
+    import torch
+
+    from .. import probing
+    from ..audio import find_audio
+    from ..errors import UsageProblem
+    from ..models import resolve_device
+    from ..probes import load_probe
+    from ._model import load_model
+
+    probe_file = load_probe(probe_path)
+    files = find_audio(paths)
+    if not files:
+        raise UsageProblem("no audio files found in the given paths")
+    source = probe_file.meta["features"].get("source", {})
+    recorded = source.get("checkpoint")
+    torch.manual_seed(0)
+    model = load_model(
+        checkpoint or (Path(recorded) if recorded else None), source.get("student"), device
+    )
+    with file_progress(enabled=not json_output and len(files) > 1) as bar:
+        task = bar.add_task("predicting", total=len(files))
+        results = probing.predict(
+            probe_file,
+            model,
+            files,
+            device=resolve_device(device),
+            on_clip=lambda: bar.advance(task),
+        )
+    if json_output:
+        _common.print_json([r.as_dict() for r in results])
+        return
+    _render([r.as_dict() for r in results])
+
+
+def _render(results: list[dict[str, Any]]) -> None:
+    table = Table()
+    table.add_column("file")
+    table.add_column("label")
+    table.add_column("runner-up")
+    for result in results:
+        ranked = sorted(result["scores"].items(), key=lambda kv: -kv[1])
+        second = f"{ranked[1][0]} ({ranked[1][1]:+.2f})" if len(ranked) > 1 else "-"
+        table.add_row(
+            Text(result["path"]), Text(f"{result['label']} ({ranked[0][1]:+.2f})"), Text(second)
+        )
+    _common.out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(probe_app, name="probe")

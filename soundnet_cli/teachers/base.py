@@ -1,0 +1,161 @@
+"""The teacher API: heads with category names, a frame transform, probabilities per head.
+
+A teacher wraps an image classifier (``network``) whose logits are the concatenation of its
+heads' logits (one head for every builtin teacher). ``label(frames)`` takes decoded RGB frames
+as uint8 arrays, applies the teacher's own transform, and returns softmax probabilities per head,
+batched on the teacher's device (autocast on CUDA).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SoundnetError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def head_name_for(teacher: str) -> str:
+    """A head name (letters, digits, - and _) from a teacher name: ``timm:resnet18`` ->
+    ``timm-resnet18``."""
+    return re.sub(r"[^a-z0-9_-]+", "-", teacher.lower()).strip("-") or "head"
+
+
+@dataclass(frozen=True)
+class TeacherHead:
+    """One output of a teacher: its name and its category names, in output order."""
+
+    name: str
+    categories: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.categories)
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """Resize, centre crop and normalise RGB frames, as the teacher's weights were trained.
+
+    ``resize`` is the shorter side (an int, aspect kept) or an exact ``(height, width)``.
+    """
+
+    resize: int | tuple[int, int] = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) or (N, 3, H, W) -> float32 (N, 3, crop, crop)."""
+        # torchvision.transforms.functional, as torchvision's own ImageClassification presets
+        import torchvision.transforms.functional as TF
+        from torchvision.transforms import InterpolationMode
+
+        pixels = torch.as_tensor(frames)
+        if pixels.dtype != torch.uint8 or pixels.dim() != 4:
+            raise SoundnetError(f"frames must be uint8 (N, H, W, 3); got {tuple(pixels.shape)}")
+        if pixels.shape[-1] == 3 and pixels.shape[1] != 3:
+            pixels = pixels.permute(0, 3, 1, 2)
+        size = [self.resize] if isinstance(self.resize, int) else list(self.resize)
+        mode = InterpolationMode(self.interpolation)
+        pixels = TF.resize(pixels.contiguous(), size, interpolation=mode, antialias=True)
+        pixels = TF.center_crop(pixels, [self.crop, self.crop])
+        scaled = TF.convert_image_dtype(pixels, torch.float32)
+        return TF.normalize(scaled, list(self.mean), list(self.std))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "resize": self.resize if isinstance(self.resize, int) else list(self.resize),
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+
+class Teacher(nn.Module):
+    """A vision teacher: ``forward(pixels)`` gives probabilities per head for transformed frames;
+    ``label(frames)`` transforms uint8 frames and runs them in batches."""
+
+    def __init__(
+        self,
+        name: str,
+        network: nn.Module,
+        heads: Sequence[TeacherHead],
+        transform: FrameTransform,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not heads:
+            raise SoundnetError(f"teacher {name!r} declares no heads")
+        self.name = name
+        self.network = network.eval()
+        self.heads = tuple(heads)
+        self.transform = transform
+        self.provenance: dict[str, Any] = dict(provenance or {})
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.network(pixels).float()
+        sizes = [h.size for h in self.heads]
+        if logits.shape[-1] != sum(sizes):
+            raise SoundnetError(
+                f"teacher {self.name!r} gives {logits.shape[-1]} outputs, its heads declare "
+                f"{sum(sizes)}"
+            )
+        parts = torch.split(logits, sizes, dim=-1)
+        return {h.name: part.softmax(dim=-1) for h, part in zip(self.heads, parts, strict=True)}
+
+    @torch.inference_mode()
+    def label(
+        self, frames: np.ndarray | torch.Tensor, batch_size: int = 64
+    ) -> dict[str, np.ndarray]:
+        """Probabilities per head, float32 (N, categories), for uint8 RGB frames (N, H, W, 3)."""
+        return self.label_pixels(self.transform(frames), batch_size)
+
+    @torch.inference_mode()
+    def label_pixels(self, pixels: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Probabilities per head for already-transformed frames (N, 3, crop, crop)."""
+        device = self.device
+        chunks: dict[str, list[np.ndarray]] = {h.name: [] for h in self.heads}
+        for start in range(0, len(pixels), max(1, batch_size)):
+            batch = pixels[start : start + batch_size].to(device, non_blocking=True)
+            with torch.autocast(
+                device.type, dtype=_autocast_dtype(), enabled=device.type == "cuda"
+            ):
+                probs = self(batch)
+            for name, p in probs.items():
+                chunks[name].append(p.float().cpu().numpy())
+        return {
+            h.name: np.concatenate(chunks[h.name])
+            if chunks[h.name]
+            else np.zeros((0, h.size), np.float32)
+            for h in self.heads
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What a corpus manifest records about this teacher."""
+        return {
+            "name": self.name,
+            "heads": [{"name": h.name, "categories": list(h.categories)} for h in self.heads],
+            "transform": self.transform.as_dict(),
+            "provenance": self.provenance,
+        }
+
+
+def _autocast_dtype() -> torch.dtype:
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16

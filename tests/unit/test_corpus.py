@@ -1,0 +1,195 @@
+"""The corpus format: exact round trips, shards committed whole, resuming, several ranks."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from soundnet_cli.corpus import (
+    ClipData,
+    Corpus,
+    CorpusError,
+    HeadInfo,
+    Manifest,
+    ShardWriter,
+    VideoRecord,
+    frame_boundary,
+    write_manifest,
+)
+from soundnet_cli.errors import UsageProblem
+
+HEADS = (
+    HeadInfo("objects", "t1", ("cat", "dog", "bird")),
+    HeadInfo("scenes", "t2", ("beach", "forest")),
+)
+
+
+def manifest(**changes) -> Manifest:
+    base = dict(
+        sample_rate=100,
+        clip_seconds=4.0,
+        frame_interval=1.0,
+        frame_at="centre",
+        mix="first",
+        teachers=({"name": "t1", "provenance": {"weights": "a"}}, {"name": "t2"}),
+        heads=HEADS,
+    )
+    return Manifest(**(base | changes))
+
+
+def random_clip(rng, frames: int, start: float = 0.0) -> ClipData:
+    posteriors = {}
+    for head in HEADS:
+        p = rng.random((frames, head.size)).astype(np.float32)
+        posteriors[head.name] = p / p.sum(axis=1, keepdims=True)
+    return ClipData(
+        start,
+        rng.integers(-32768, 32767, frames * 100, dtype=np.int16),
+        [start + k + 0.5 for k in range(frames)],
+        posteriors,
+    )
+
+
+def write_videos(root, m, rank, videos, shard_bytes=1 << 30, seed=0):
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(root, m, rank, shard_bytes)
+    written = {}
+    for key, frames_per_clip in videos:
+        clips = [random_clip(rng, f, 4.0 * i) for i, f in enumerate(frames_per_clip)]
+        writer.add_video(VideoRecord(key, key, float(sum(frames_per_clip))), clips)
+        written[key] = clips
+    writer.flush()
+    return written
+
+
+def test_round_trip_is_exact(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    written = write_videos(tmp_path, m, 0, [("/v/a", [4, 4, 2]), ("/v/b", [3])], shard_bytes=2000)
+    corpus = Corpus(tmp_path)
+    assert corpus.manifest == m
+    assert len(corpus.shards) > 1  # small shards: the video set spans several
+    assert len(corpus) == 4 and set(corpus.videos) == {"/v/a", "/v/b"}
+    seen = {}
+    for sample in corpus:
+        seen.setdefault(sample.ref.video, []).append(sample)
+    for key, clips in written.items():
+        for clip, sample in zip(clips, seen[key], strict=True):
+            assert sample.audio.dtype == np.int16 and np.array_equal(sample.audio, clip.audio)
+            assert list(sample.ref.frame_times) == clip.frame_times
+            assert sample.ref.start == clip.start
+            for head in HEADS:
+                got = sample.posteriors[head.name]
+                assert got.dtype == np.float16
+                assert np.array_equal(got, clip.posteriors[head.name].astype(np.float16))
+    assert corpus.seconds == pytest.approx(13.0)
+    # the arrays are memory maps, and a corpus pickles (for DataLoader workers) without them
+    assert isinstance(corpus[0].audio.base, np.memmap) or isinstance(corpus[0].audio, np.memmap)
+    clone = pickle.loads(pickle.dumps(corpus))
+    assert np.array_equal(clone[3].audio, corpus[3].audio)
+
+
+def test_failures_are_recorded_and_superseded(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    writer = ShardWriter(tmp_path, m, 0)
+    writer.add_failure("/v/bad", "bad.mp4", "bad.mp4: the video has no audio stream")
+    writer.add_failure("/v/flaky", "flaky.mp4", "flaky.mp4: cannot open")
+    writer.flush()
+    write_videos(tmp_path, m, 0, [("/v/flaky", [2])])  # a later retry succeeded
+    corpus = Corpus(tmp_path)
+    assert list(corpus.failures) == ["/v/bad"]
+    assert corpus.failures["/v/bad"]["reason"].endswith("no audio stream")
+    assert corpus.finished() == {"/v/bad", "/v/flaky"}
+
+
+def test_uncommitted_shards_are_invisible_and_cleaned(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    write_videos(tmp_path, m, 0, [("/v/a", [1])])
+    stale = tmp_path / "shards" / ".rank00000-000002.abcd1234.tmp"
+    stale.mkdir()
+    (stale / "audio.npy").write_bytes(b"partial")
+    other_rank = tmp_path / "shards" / ".rank00001-000001.abcd1234.tmp"
+    other_rank.mkdir()
+    assert len(Corpus(tmp_path)) == 1
+    ShardWriter(tmp_path, m, 0)  # a restarted rank 0 removes only its own leftovers
+    assert not stale.exists() and other_rank.exists()
+
+
+def test_shard_numbers_continue_after_a_restart(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    write_videos(tmp_path, m, 3, [("/v/a", [1])])
+    write_videos(tmp_path, m, 3, [("/v/b", [1])])
+    assert Corpus(tmp_path).shards == ["rank00003-000001", "rank00003-000002"]
+
+
+def test_two_ranks_write_disjoint_shards_that_the_reader_unites(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    write_manifest(tmp_path, m)  # the second rank finds the same manifest: fine
+    a = write_videos(tmp_path, m, 0, [("/v/a", [2]), ("/v/c", [1])], seed=1)
+    b = write_videos(tmp_path, m, 1, [("/v/b", [3])], seed=2)
+    corpus = Corpus(tmp_path)
+    assert corpus.shards == ["rank00000-000001", "rank00001-000001"]
+    assert set(corpus.videos) == set(a) | set(b)
+    by_video = {s.ref.video: s for s in corpus}
+    assert np.array_equal(by_video["/v/b"].audio, b["/v/b"][0].audio)
+    assert corpus.summary()["ranks"] == 2
+
+
+def test_settings_must_match_to_resume(tmp_path):
+    write_manifest(tmp_path, manifest())
+    # provenance (where weights came from) may differ; settings may not
+    write_manifest(tmp_path, manifest(teachers=({"name": "t1"}, {"name": "t2"})))
+    with pytest.raises(UsageProblem, match="frame_interval"):
+        write_manifest(tmp_path, manifest(frame_interval=2.0))
+
+
+def test_writer_checks_shapes(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    rng = np.random.default_rng(0)
+    clip = random_clip(rng, 2)
+    clip.audio = clip.audio[:-1]
+    with pytest.raises(CorpusError, match="expected \\(200,\\) int16"):
+        ShardWriter(tmp_path, m).add_video(VideoRecord("/a", "a", 2.0), [clip])
+    clip = random_clip(rng, 2)
+    clip.posteriors["scenes"] = clip.posteriors["scenes"][:1]
+    with pytest.raises(CorpusError, match="scenes"):
+        ShardWriter(tmp_path, m).add_video(VideoRecord("/a", "a", 2.0), [clip])
+
+
+def test_not_a_corpus(tmp_path):
+    with pytest.raises(CorpusError, match="soundnet prepare"):
+        Corpus(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CorpusError, match="not a soundnet corpus"):
+        Corpus(tmp_path)
+
+
+def test_summary_counts_argmax_categories(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    writer = ShardWriter(tmp_path, m)
+    objects = np.array([[0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.1, 0.6, 0.3]], np.float32)
+    scenes = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6]], np.float32)
+    clip = ClipData(
+        0.0, np.zeros(300, np.int16), [0.5, 1.5, 2.5], {"objects": objects, "scenes": scenes}
+    )
+    writer.add_video(VideoRecord("/a", "a", 3.0), [clip])
+    writer.flush()
+    summary = Corpus(tmp_path).summary(top=2)
+    objects_top = summary["heads"][0]["top"]
+    assert [(r["category"], r["frames"]) for r in objects_top] == [("dog", 2), ("cat", 1)]
+    assert summary["heads"][1]["top"][0] == {"category": "beach", "frames": 2, "fraction": 0.6667}
+    assert summary["videos"] == 1 and summary["frames"] == 3
+
+
+def test_frame_boundaries_round_fractional_intervals():
+    m = manifest(sample_rate=22050, frame_interval=0.3, clip_seconds=0.9)
+    assert [frame_boundary(k, m) for k in range(4)] == [0, 6615, 13230, 19845]

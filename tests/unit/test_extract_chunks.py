@@ -1,0 +1,129 @@
+"""Long inputs streamed in blocks and run in overlapping chunks give whole-file features."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from soundnet_cli.audio import load_audio
+from soundnet_cli.extract import (
+    StreamingAudio,
+    chunk_plan,
+    chunked_features,
+    extract_array,
+    step_times,
+)
+from soundnet_cli.inference import optimise
+from soundnet_cli.students import soundnet8
+
+# Chunked and whole-file runs do the same arithmetic in different blocks: float32 rounding only.
+TOLERANCE = 1e-5
+LAYERS = ["conv2", "pool5", "conv7", "conv8"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return soundnet8().eval()
+
+
+@pytest.fixture(scope="module")
+def long_file(tmp_path_factory) -> Path:
+    """Three minutes at 44.1 kHz, stereo: resampling and channel choice both count."""
+    rate, seconds = 44100, 180
+    rng = np.random.default_rng(0)
+    t = np.arange(rate * seconds) / rate
+    left = 0.3 * np.sin(2 * np.pi * 330 * t) * np.sin(2 * np.pi * 0.05 * t)
+    left += 0.05 * rng.standard_normal(len(t))
+    data = np.stack([left, 0.1 * rng.standard_normal(len(t))], axis=1).astype(np.float32)
+    path = tmp_path_factory.mktemp("long") / "long.flac"
+    sf.write(str(path), data, rate, subtype="PCM_24")
+    return path
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_streamed_windows_equal_whole_file_decoding(long_file: Path):
+    whole = load_audio(long_file).samples
+    with StreamingAudio(long_file) as audio:
+        assert audio.samples == len(whole)
+        for start, stop in [(0, 1000), (12345, 400000), (len(whole) - 5000, len(whole) + 100)]:
+            window = audio.window(start, stop)
+            expected = whole[start:stop]
+            assert window.shape == expected.shape
+            assert np.abs(window - expected).max() <= 1e-4 * np.abs(whole).max()
+
+
+@pytest.fixture(scope="module")
+def whole_file_features(model, long_file: Path):
+    fast = optimise(model, layers=LAYERS)
+    return fast, fast.forward_features(torch.from_numpy(load_audio(long_file).samples), LAYERS)
+
+
+@pytest.mark.parametrize(
+    ("chunk_seconds", "layers"), [(15.0, ["conv2", "pool5", "conv7"]), (50.0, LAYERS)]
+)
+def test_chunked_features_equal_whole_file_features(
+    whole_file_features, long_file: Path, chunk_seconds, layers
+):
+    fast, reference = whole_file_features
+    with StreamingAudio(long_file) as audio:
+        parts = list(
+            chunked_features(fast, audio.window, audio.samples, layers, int(chunk_seconds * 22050))
+        )
+    assert len(parts) >= 3
+    for name in layers:
+        ours = np.concatenate([p[name] for p in parts if name in p])
+        expected = reference[name][0].T.numpy()
+        assert ours.shape == expected.shape, name
+        assert rel(ours, expected) <= TOLERANCE, name
+
+
+@pytest.mark.parametrize("samples", [4574, 20000, 441000, 441001, 1_000_003])
+def test_the_plan_covers_every_step_once(model, samples):
+    plan = chunk_plan(model, LAYERS, samples, 50_000)
+    for name in LAYERS:
+        ranges = [c.steps[name][:2] for c in plan if name in c.steps]
+        covered = [i for a, b in ranges for i in range(a, b)]
+        assert covered == list(range(model.output_length(name, samples)))
+    deepest = max(model.feature(n).stride for n in LAYERS)
+    assert all(c.start % deepest == 0 and 0 <= c.start < c.stop <= samples for c in plan)
+
+
+def test_extract_array_chunked_equals_unchunked_and_resamples(model):
+    rng = np.random.default_rng(1)
+    wave = (0.2 * rng.standard_normal(48000 * 40)).astype(np.float32)
+    whole = extract_array(wave, 48000, ["pool5", "conv6"], model=model)
+    chunked = extract_array(wave, 48000, ["pool5", "conv6"], model=model, chunk_seconds=9)
+    for name in whole:
+        assert whole[name].shape == chunked[name].shape
+        assert rel(chunked[name], whole[name]) <= TOLERANCE
+    pooled = extract_array(wave, 48000, ["pool5"], model=model, pool="mean")
+    assert pooled["pool5"].shape == (256,)
+    assert np.allclose(pooled["pool5"], whole["pool5"].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_step_times_equal_feature_info_step_centres(model):
+    for name in LAYERS:
+        info = model.feature(name)
+        assert np.allclose(step_times(info, 50, 22050), info.step_centres(50, 22050))
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 96000, 16000, 8000, 11025])
+def test_sinc_resampler_equals_audio_resample(rate):
+    from soundnet_cli.audio import resample
+    from soundnet_cli.extract import SincResampler
+
+    rng = np.random.default_rng(rate)
+    waves = rng.uniform(-1, 1, (3, rate + 777)).astype(np.float32)
+    resampler = SincResampler(rate)
+    resampler.MAX_TEMPORARY = 5000  # several pieces
+    ours = resampler(torch.from_numpy(waves)).numpy()
+    for row, wave in zip(ours, waves, strict=True):
+        expected = resample(wave, rate)
+        assert row.shape == expected.shape
+        assert np.abs(row - expected).max() <= 5e-5  # float32 sums in another order
