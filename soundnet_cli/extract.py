@@ -20,15 +20,15 @@ while the model runs, and inputs of equal length are batched (never padded).
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) each rank takes every WORLD_SIZE-th input of
 the sorted list; rows go to a shared journal under a file lock, and each rank folds the journal
 into ``manifest.jsonl`` when it finishes, so the last one leaves the complete manifest.
+
+Parts: ``extract_inputs`` (discovery, sharding), ``extract_outputs`` (names, setup, manifest),
+``streaming`` (long files, chunk geometry), ``inference`` (the fast model); this module runs them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import fnmatch
 import json
-import math
 import os
 import sys
 import threading
@@ -36,7 +36,7 @@ import time
 import types
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,369 +44,37 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
 from .atomic import atomic_path
-from .audio import AUDIO_EXTENSIONS, MIX_CHOICES, SAMPLE_RATE, SCALE, Mix, decode, to_mono
+from .audio import MIX_CHOICES, SCALE, Mix, decode, to_mono
 from .errors import AudioError, SoundnetError, UsageProblem
+from .extract_inputs import Source, discover, distributed_rank, shard
+from .extract_outputs import (
+    LayerSink,
+    Manifest,
+    Setup,
+    output_names,
+    record_setup,
+    recovered_row,
+    remove_stale_temporaries,
+    save_npy,
+    scratch_folder,
+)
+from .streaming import (
+    SincResampler,
+    StreamingAudio,
+    check_complete,
+    chunked_features,
+    reason_of,
+    resampled_length,
+    step_times,
+)
 
 if TYPE_CHECKING:
     import torch
 
-MANIFEST = "manifest.jsonl"
-JOURNAL = ".manifest.journal.jsonl"
-LOCK = ".manifest.lock"
-SETUP = "features.json"
 FORMATS = ("npy", "npz")
 POOLS = ("mean", "max")
 DEFAULT_CHUNK_SECONDS = 60.0
-
-
-# -- discovery ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Source:
-    """One input file and the output stem it maps to (posix, relative to OUT)."""
-
-    path: Path
-    key: str
-
-
-def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
-    return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Every file under ``root``, sorted, following directory symlinks but never twice."""
-    seen: set[tuple[int, int]] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop or a second link to one folder
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        for name in sorted(files):
-            yield Path(folder) / name
-
-
-def discover(
-    paths: Sequence[str | os.PathLike[str]],
-    *,
-    extensions: Sequence[str] | None = None,
-    globs: Sequence[str] | None = None,
-) -> list[Source]:
-    """Expand files and folders (recursively) into inputs with collision-free output stems.
-
-    In folders a file is kept when its extension is one of ``extensions`` (default: the audio
-    extensions) and, if ``globs`` are given, its path relative to the folder or its name matches
-    one. Files named explicitly are always kept, so that a bad one is reported.
-    """
-    exts = _normalise_extensions(extensions) if extensions else AUDIO_EXTENSIONS
-    candidates: list[tuple[Path, Path]] = []  # (file, the folder given that holds it)
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            for file in _walk(path):
-                rel = file.relative_to(path).as_posix()
-                if (extensions is not None or not globs) and file.suffix.lower() not in exts:
-                    continue
-                if globs and not any(
-                    fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(file.name, g) for g in globs
-                ):
-                    continue
-                candidates.append((file, path))
-        elif path.exists() or path.is_symlink():
-            candidates.append((path, path.parent))
-        else:
-            raise UsageProblem(f"{path}: no such file or folder")
-    # One file reached by several routes (links) is read once, by its shortest route.
-    found: dict[str, tuple[Path, Path]] = {}
-    for file, base in sorted(candidates, key=lambda c: (len(c[0].parts), str(c[0]))):
-        found.setdefault(os.path.realpath(file), (file, base))
-    if not found:
-        return []
-    bases = [os.path.abspath(base) for _, base in found.values()]
-    common = Path(os.path.commonpath(bases))
-    rels = {
-        real: Path(os.path.relpath(os.path.abspath(file), common)).as_posix()
-        for real, (file, _) in found.items()
-    }
-    stems = [str(Path(r).with_suffix("")) if Path(r).suffix else r for r in rels.values()]
-    clash = {s for s in stems if stems.count(s) > 1}
-    sources = []
-    for (real, (path, _)), stem in zip(found.items(), stems, strict=True):
-        sources.append(Source(path, rels[real] if stem in clash else stem))
-    return sorted(sources, key=lambda s: s.key)
-
-
-def shard(sources: Sequence[Source], rank: int, world_size: int) -> list[Source]:
-    """This rank's share: every ``world_size``-th input, starting at ``rank``."""
-    return list(sources[rank::world_size])
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) outside it."""
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError as exc:
-        raise UsageProblem(f"RANK and WORLD_SIZE must be integers ({exc})") from exc
-    if world < 1 or not 0 <= rank < world:
-        raise UsageProblem(f"RANK {rank} is not within WORLD_SIZE {world}")
-    return rank, world
-
-
-# -- decoding ----------------------------------------------------------------------------------
-def _declared_wav_frames(path: Path) -> int | None:
-    """Frames a RIFF/WAVE header promises, or None when it is not a plain RIFF WAV."""
-    with open(path, "rb") as handle:
-        head = handle.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        block_align = 0
-        while True:
-            chunk = handle.read(8)
-            if len(chunk) < 8:
-                return None
-            size = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"fmt ":
-                body = handle.read(size + (size & 1))
-                block_align = int.from_bytes(body[12:14], "little")
-            elif chunk[:4] == b"data":
-                return size // block_align if block_align else None
-            else:
-                handle.seek(size + (size & 1), os.SEEK_CUR)
-
-
-def _check_complete(path: Path, frames_read: int, frames_declared: int) -> None:
-    declared = frames_declared
-    if path.suffix.lower() in {".wav", ".wave"}:
-        declared = _declared_wav_frames(path) or frames_declared
-    # MP3 lengths from a Xing header are estimates; a truncated file falls far short.
-    slack = max(2048, declared // 100) if path.suffix.lower() == ".mp3" else 2
-    if frames_read + slack < declared:
-        raise AudioError(
-            f"{path}: truncated file (the header promises {declared} frames, "
-            f"only {frames_read} are there)"
-        )
-
-
-class SincResampler:
-    """``audio.resample`` (torchaudio's windowed-sinc kernel, same phases) as a matrix product
-    over strided blocks of the input, several times faster on CPU than torchaudio's convolution
-    with one output channel, and batched."""
-
-    MAX_TEMPORARY = 1 << 24  # floats in the strided copy one product makes (64 MiB)
-
-    def __init__(self, source_rate: int, target_rate: int = SAMPLE_RATE, device: Any = "cpu"):
-        from torchaudio.transforms import Resample
-
-        reference = Resample(source_rate, target_rate)
-        self.orig = int(reference.orig_freq) // int(reference.gcd)
-        self.new = int(reference.new_freq) // int(reference.gcd)
-        self.width = int(reference.width)
-        self.matrix = reference.kernel[:, 0, :].t().contiguous().to(device)  # (taps, new)
-        self.taps = self.matrix.shape[0]
-
-    def blocks(self, padded: torch.Tensor) -> torch.Tensor:
-        """Every whole block of ``padded`` (batch, length): ``new`` outputs per ``orig`` inputs."""
-        import torch
-
-        padded = padded.contiguous()
-        batch, length = padded.shape
-        count = (length - self.taps) // self.orig + 1
-        step = max(1, self.MAX_TEMPORARY // (batch * self.taps))
-        pieces = []
-        for first in range(0, count, step):
-            n = min(step, count - first)
-            cols = padded[:, first * self.orig :].as_strided(
-                (batch, n, self.taps), (padded.stride(0), self.orig, 1)
-            )
-            pieces.append((cols @ self.matrix).reshape(batch, n * self.new))
-        return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
-
-    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
-        import torch.nn.functional as F
-
-        length = wave.shape[-1]
-        padded = F.pad(wave, (self.width, self.width + self.orig))
-        return self.blocks(padded)[:, : math.ceil(self.new * length / self.orig)]
-
-
-class StreamingAudio:
-    """A long file read in windows of the model-ready waveform (mono, 22,050 Hz, x256).
-
-    Resampling uses torchaudio's windowed-sinc kernel, applied per window to the source frames
-    the window needs plus the kernel's context, at the same phase alignment as whole-file
-    resampling, so windows equal slices of ``audio.load_audio`` (within float rounding).
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, mix: Mix = "first", sample_rate: int = SAMPLE_RATE
-    ) -> None:
-        import soundfile as sf
-
-        self.path = Path(path)
-        try:
-            self._file = sf.SoundFile(str(path))
-        except Exception as exc:
-            raise AudioError(f"{path}: cannot read audio ({_reason(exc)})") from exc
-        self.mix = mix
-        self.source_rate = int(self._file.samplerate)
-        self.source_channels = int(self._file.channels)
-        self.source_frames = int(self._file.frames)
-        if self.source_frames <= 0:
-            self.close()
-            raise AudioError(f"{path}: the file holds no audio samples")
-        self.sample_rate = sample_rate
-        gcd = math.gcd(self.source_rate, sample_rate)
-        self._orig, self._new = self.source_rate // gcd, sample_rate // gcd
-        self._resampler: SincResampler | None = None
-        if self._orig != self._new:
-            self._resampler = SincResampler(self.source_rate, sample_rate)
-            self.samples = math.ceil(self._new * self.source_frames / self._orig)
-        else:
-            self.samples = self.source_frames
-
-    @property
-    def duration(self) -> float:
-        return self.samples / self.sample_rate
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> StreamingAudio:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _source(self, start: int, stop: int) -> np.ndarray:
-        """Mono source frames [start, stop), zeros outside the file."""
-        lo, hi = max(start, 0), min(stop, self.source_frames)
-        out = np.zeros(stop - start, dtype=np.float32)
-        if hi > lo:
-            try:
-                self._file.seek(lo)
-                data = self._file.read(hi - lo, dtype="float32", always_2d=True)
-            except Exception as exc:
-                raise AudioError(f"{self.path}: cannot read audio ({_reason(exc)})") from exc
-            if len(data) < hi - lo:
-                _check_complete(self.path, lo + len(data), self.source_frames)
-            if not np.isfinite(data).all():
-                raise AudioError(f"{self.path}: the audio contains NaN or infinite samples")
-            out[lo - start : lo - start + len(data)] = to_mono(data, self.mix)
-        return out
-
-    def window(self, start: int, stop: int) -> np.ndarray:
-        """Model-ready samples [start, stop) of the whole resampled file."""
-        stop = min(stop, self.samples)
-        if self._resampler is None:
-            return self._source(start, stop) * np.float32(SCALE)
-        import torch
-
-        width = self._resampler.width
-        first, last = start // self._new, -(-stop // self._new)  # resampler blocks
-        source = self._source(first * self._orig - width, last * self._orig + width + self._orig)
-        with torch.inference_mode():
-            wave = self._resampler.blocks(torch.from_numpy(source)[None])[0].numpy()
-        offset = start - first * self._new
-        return wave[offset : offset + stop - start] * np.float32(SCALE)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
-
-
-def resampled_length(frames: int, rate: int, target: int = SAMPLE_RATE) -> int:
-    """Samples that ``audio.resample`` gives for ``frames`` at ``rate``."""
-    gcd = math.gcd(rate, target)
-    return math.ceil((target // gcd) * frames / (rate // gcd))
-
-
-# -- chunked features ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Chunk:
-    """One model run: input samples [start, stop) give steps [first[L], last[L]) of each layer,
-    found at local indices starting at ``skip[L]`` of that run's output."""
-
-    start: int
-    stop: int
-    steps: dict[str, tuple[int, int, int]]  # layer -> (first, last, skip)
-
-
-def chunk_plan(model: Any, layers: Sequence[str], samples: int, chunk_samples: int) -> list[Chunk]:
-    """Split a ``samples``-long input into model runs whose features equal the whole input's.
-
-    Each layer's step i sees input [offset + i*stride, offset + i*stride + receptive_field).
-    A run starting at a multiple of the deepest stride computes the same steps as the whole
-    input wherever a step's field lies inside the run (or reaches a real edge of the file).
-    """
-    infos = {name: model.feature(name) for name in layers}
-    deepest = max(info.stride for info in infos.values())
-    totals = {name: model.output_length(name, samples) for name in layers}
-    core = max(deepest, (chunk_samples // deepest) * deepest)
-    plan = []
-    for begin in range(0, max(samples, 1), core):
-        end = begin + core
-        final = end >= samples
-        steps: dict[str, tuple[int, int]] = {}
-        for name, info in infos.items():
-            first = begin // info.stride
-            last = totals[name] if final else min(totals[name], end // info.stride)
-            if last > first:
-                steps[name] = (first, last)
-        if not steps:
-            continue
-        lo = min(infos[n].offset + a * infos[n].stride for n, (a, _) in steps.items())
-        hi = max(
-            infos[n].offset + (b - 1) * infos[n].stride + infos[n].receptive_field
-            for n, (_, b) in steps.items()
-        )
-        start = max(0, (lo // deepest) * deepest)
-        stop = samples if hi >= samples else hi
-        plan.append(
-            Chunk(
-                start,
-                stop,
-                {n: (a, b, a - start // infos[n].stride) for n, (a, b) in steps.items()},
-            )
-        )
-    return plan
-
-
-def chunked_features(
-    model: Any,
-    read: Callable[[int, int], np.ndarray],
-    samples: int,
-    layers: Sequence[str],
-    chunk_samples: int,
-    device: Any = "cpu",
-) -> Iterator[dict[str, np.ndarray]]:
-    """Per chunk, each layer's next steps as float32 (time, channels), in order."""
-    import torch
-
-    for chunk in chunk_plan(model, layers, samples, chunk_samples):
-        wave = torch.from_numpy(np.ascontiguousarray(read(chunk.start, chunk.stop))).to(device)
-        with torch.inference_mode():
-            taps = model.forward_features(wave, list(chunk.steps))
-        out = {}
-        for name, (first, last, skip) in chunk.steps.items():
-            part = taps[name][0, :, skip : skip + last - first]
-            if part.shape[1] != last - first:  # a geometry the plan does not cover
-                raise SoundnetError(f"chunk geometry mismatch at layer {name}")
-            out[name] = part.t().float().cpu().numpy()
-        yield out
-
-
-def step_times(info: Any, steps: int, sample_rate: int) -> np.ndarray:
-    """``FeatureInfo.step_centres`` as a float64 array (fast for millions of steps)."""
-    half = (info.receptive_field - 1) / 2
-    return (info.offset + np.arange(steps, dtype=np.float64) * info.stride + half) / sample_rate
 
 
 def extract_array(
@@ -477,152 +145,6 @@ def _default_model() -> Any:
     from .models import load_student
 
     return load_student("soundnet8", pretrained=True)
-
-
-# -- outputs -----------------------------------------------------------------------------------
-@dataclass
-class Setup:
-    """What every output of one folder shares; stored as ``features.json``."""
-
-    architecture: str
-    checkpoint: str | None
-    checkpoint_sha256: str | None
-    sample_rate: int
-    layers: dict[str, dict[str, int]]
-    fmt: str
-    pool: str | None
-    mix: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "soundnet_cli": __version__,
-            "architecture": self.architecture,
-            "checkpoint": self.checkpoint,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "sample_rate": self.sample_rate,
-            "layers": self.layers,
-            "format": self.fmt,
-            "pool": self.pool,
-            "mix": self.mix,
-            "scale": SCALE,
-            "times": "centre of step i = (offset + i * stride + (receptive_field - 1) / 2) "
-            "/ sample_rate seconds",
-        }
-
-    def compatible(self, other: dict[str, Any]) -> str | None:
-        """Why features from ``other`` cannot share a folder with these, or None."""
-        for key, mine in (
-            ("checkpoint_sha256", self.checkpoint_sha256),
-            ("architecture", self.architecture),
-            ("format", self.fmt),
-            ("pool", self.pool),
-            ("mix", self.mix),
-        ):
-            if other.get(key) != mine:
-                return f"{key} was {other.get(key)!r}, now {mine!r}"
-        return None
-
-
-def output_names(key: str, layers: Sequence[str], fmt: str) -> list[str]:
-    if fmt == "npz":
-        return [f"{key}.npz"]
-    return [f"{key}.{layer}.npy" for layer in layers]
-
-
-class _LayerSink:
-    """Collects one layer's steps in order; writes a .npy at ``path`` (memory-mapped when the
-    size is known) or keeps a running mean/max when pooling."""
-
-    def __init__(self, path: Path, steps: int, channels: int, pool: str | None) -> None:
-        self.pool, self.filled = pool, 0
-        self.array: np.memmap[Any, Any] | None = None
-        if pool is None:
-            self.array = np.lib.format.open_memmap(
-                path, mode="w+", dtype=np.float32, shape=(steps, channels)
-            )
-        self.total = np.zeros(channels, np.float64) if pool == "mean" else None
-        self.peak = np.full(channels, -np.inf, np.float32) if pool == "max" else None
-
-    def add(self, part: np.ndarray) -> None:
-        if self.array is not None:
-            self.array[self.filled : self.filled + len(part)] = part
-        elif self.total is not None:
-            self.total += part.sum(axis=0, dtype=np.float64)
-        elif self.peak is not None:
-            np.maximum(self.peak, part.max(axis=0), out=self.peak)
-        self.filled += len(part)
-
-    def result(self) -> np.ndarray | None:
-        if self.total is not None:
-            return (self.total / max(self.filled, 1)).astype(np.float32)
-        if self.peak is not None:
-            return self.peak
-        assert self.array is not None
-        self.array.flush()
-        del self.array
-        self.array = None
-        return None
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a handle: np.save would append .npy to the name
-        np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
-
-
-# -- manifest ----------------------------------------------------------------------------------
-class Manifest:
-    """``manifest.jsonl`` (one row per input, rewritten atomically) fed by an append-only
-    journal shared by all ranks under a file lock."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.path = out / MANIFEST
-        self.journal = out / JOURNAL
-        self.lock_path = out / LOCK
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def append(self, row: dict[str, Any]) -> None:
-        # The leading newline keeps a row whole even after a line cut short by kill -9.
-        line = "\n" + json.dumps(row, ensure_ascii=False) + "\n"
-        with self._locked(), open(self.journal, "a", encoding="utf-8") as handle:
-            handle.write(line)
-
-    @staticmethod
-    def _read(path: Path) -> list[dict[str, Any]]:
-        rows = []
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                with contextlib.suppress(ValueError):
-                    row = json.loads(line)
-                    if isinstance(row, dict) and "key" in row:
-                        rows.append(row)
-        return rows
-
-    def rows(self) -> dict[str, dict[str, Any]]:
-        """Latest row per output stem, from the manifest then the journal."""
-        merged: dict[str, dict[str, Any]] = {}
-        for row in [*self._read(self.path), *self._read(self.journal)]:
-            merged[row["key"]] = row
-        return merged
-
-    def merge(self) -> dict[str, dict[str, Any]]:
-        """Fold the journal into ``manifest.jsonl`` (sorted by stem); empty the journal."""
-        with self._locked():
-            merged = self.rows()
-            with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-                for key in sorted(merged):
-                    handle.write(json.dumps(merged[key], ensure_ascii=False) + "\n")
-            with contextlib.suppress(FileNotFoundError):
-                self.journal.unlink()
-        return merged
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -731,14 +253,14 @@ class _Extractor:
             try:
                 info = sf.info(str(path))
             except Exception as exc:
-                raise AudioError(f"{path}: cannot read audio ({_reason(exc)})") from exc
+                raise AudioError(f"{path}: cannot read audio ({reason_of(exc)})") from exc
             if info.frames > 0 and info.samplerate > 0:
                 seconds = info.frames / info.samplerate
                 if seconds * self.model.sample_rate > self.chunk_samples:
                     return _Decoded(source, long=True)
             data, rate = decode(path)
             frames_read = len(data)
-            _check_complete(path, frames_read, info.frames)
+            check_complete(path, frames_read, info.frames)
             mono = to_mono(data, self.mix)
             del data
             _check_length(self.model, self.layers, resampled_length(frames_read, rate), str(path))
@@ -814,7 +336,7 @@ class _Extractor:
                 for item in items:
                     self._batch([item])
                 return
-            self._failed(items[0].source, f"{items[0].source.path}: {_reason(exc)}")
+            self._failed(items[0].source, f"{items[0].source.path}: {reason_of(exc)}")
             return
         for index, item in enumerate(items):
             self._write_whole(item, {n: a[index] for n, a in arrays.items()})
@@ -829,7 +351,7 @@ class _Extractor:
         else:
             for name, target in zip(self.layers, targets, strict=True):
                 with atomic_path(target) as tmp:
-                    _save_npy(tmp, _pooled(features[name], self.pool))
+                    save_npy(tmp, _pooled(features[name], self.pool))
         self._succeeded(item.source, len(item.mono) / item.rate, shapes)
 
     def _npz_arrays(
@@ -865,7 +387,7 @@ class _Extractor:
         with contextlib.ExitStack() as stack:
             if self.fmt == "npz":
                 final = stack.enter_context(atomic_path(targets[0]))
-                folder = stack.enter_context(_scratch_folder(self.out, self.rank))
+                folder = stack.enter_context(scratch_folder(self.out, self.rank))
                 scratch = {n: folder / f"{n}.npy" for n in self.layers}
             else:
                 scratch = {
@@ -873,8 +395,7 @@ class _Extractor:
                     for n, t in zip(self.layers, targets, strict=True)
                 }
             sinks = {
-                n: _LayerSink(scratch[n], shapes[n][0], shapes[n][1], self.pool)
-                for n in self.layers
+                n: LayerSink(scratch[n], shapes[n][0], shapes[n][1], self.pool) for n in self.layers
             }
             parts = chunked_features(
                 self.model,
@@ -890,7 +411,7 @@ class _Extractor:
             for name, sink in sinks.items():
                 pooled = sink.result()
                 if pooled is not None:
-                    _save_npy(scratch[name], pooled)
+                    save_npy(scratch[name], pooled)
             if self.fmt == "npz":
                 self._zip(final, scratch, shapes)
         return shapes
@@ -1000,23 +521,6 @@ def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
         thread.join(timeout=5)
 
 
-SCRATCH = ".scratch-rank"
-
-
-@contextlib.contextmanager
-def _scratch_folder(out: Path, rank: int) -> Iterator[Path]:
-    """A private folder for one input's intermediate files, emptied afterwards."""
-    import shutil
-
-    folder = out / f"{SCRATCH}{rank}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _model_identity(model: Any) -> tuple[str | None, str | None]:
     from .checkpoints import file_sha256
 
@@ -1024,24 +528,6 @@ def _model_identity(model: Any) -> tuple[str | None, str | None]:
     if info is None:
         return None, None
     return str(info.path), file_sha256(info.path)
-
-
-def _remove_stale_temporaries(out: Path, targets: Iterable[Path]) -> None:
-    """Delete temporary files a killed run left beside this rank's outputs."""
-    wanted: dict[Path, set[str]] = {}
-    for target in targets:
-        wanted.setdefault(target.parent, set()).add(target.name)
-    for folder, names in wanted.items():
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            if (
-                entry.name.startswith(".")
-                and entry.name.endswith(".part")
-                and entry.name[1:].rsplit(".", 2)[0] in names
-            ):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
 
 
 def extract(
@@ -1119,7 +605,7 @@ def extract(
         mix=mix,
     )
     out.mkdir(parents=True, exist_ok=True)
-    _record_setup(out, setup, overwrite)
+    record_setup(out, setup, overwrite)
     manifest = Manifest(out)
     previous = manifest.rows()
     summary = ExtractSummary(out, total=len(mine), rank=rank, world_size=world_size)
@@ -1134,11 +620,11 @@ def extract(
                 or row.get("status") != "ok"
                 or set(row.get("outputs", [])) != set(names)
             ):
-                manifest.append(_recovered_row(source, names, layers, rank))
+                manifest.append(recovered_row(source, names, layers, rank))
         else:
             todo.append(source)
-    _remove_stale_temporaries(
-        out, (out / n for s in todo for n in output_names(s.key, layers, fmt))
+    remove_stale_temporaries(
+        out, (out / n for s in todo for n in output_names(s.key, layers, fmt)), rank
     )
     if optimise:
         from .inference import optimise as make_fast
@@ -1191,47 +677,6 @@ def default_workers(device_type: str) -> int:
     """Decoding threads: half the cores beside a CPU model, all but one beside a GPU."""
     cpus = available_cpus()
     return max(1, cpus // 2 if device_type == "cpu" else cpus - 1)
-
-
-def _recovered_row(
-    source: Source, names: list[str], layers: list[str], rank: int
-) -> dict[str, Any]:
-    """A manifest row for outputs found complete on disk without one (a run killed before its
-    manifest was written)."""
-    duration = None
-    with contextlib.suppress(Exception):
-        import soundfile as sf
-
-        duration = round(sf.info(str(source.path)).duration, 6)
-    return {
-        "path": str(source.path),
-        "key": source.key,
-        "status": "ok",
-        "duration": duration,
-        "outputs": names,
-        "error": None,
-        "rank": rank,
-    }
-
-
-def _record_setup(out: Path, setup: Setup, overwrite: bool) -> None:
-    target = out / SETUP
-    mine = setup.as_dict()
-    if target.is_file() and not overwrite:
-        try:
-            existing = json.loads(target.read_text(encoding="utf-8"))
-        except ValueError:
-            existing = None
-        if isinstance(existing, dict):
-            reason = setup.compatible(existing)
-            if reason is not None:
-                raise UsageProblem(
-                    f"{out} holds features from a different setup ({reason}); "
-                    "use another --out, or --overwrite to redo every input"
-                )
-            mine["layers"] = {**existing.get("layers", {}), **mine["layers"]}
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
 
 
 class _CallableModule(types.ModuleType):

@@ -149,8 +149,10 @@ def extract_command(
         )
     if json_output:
         _common.print_json(summary.as_dict())
-    elif not quiet:
-        _render(summary.as_dict())
+    else:
+        if not quiet:
+            _render(summary.as_dict())
+        _list_failures(summary.as_dict())
     if summary.failures:
         raise typer.Exit(1)
 
@@ -183,6 +185,9 @@ def _render(summary: dict[str, Any]) -> None:
         f"{summary['x_realtime']:.0f}",
     )
     _common.out.print(table)
+
+
+def _list_failures(summary: dict[str, Any]) -> None:
     failures = summary["failures"]
     for failure in failures[:MAX_FAILURES_SHOWN]:
         _common.err.print(Text.assemble(("failed: ", "red"), failure["error"]), soft_wrap=True)

@@ -12,6 +12,7 @@ from . import _common, evaluate, extract, plugins, predict, probe, weights
 from . import corpus as corpus_cmd
 from . import distill as distill_cmd
 from . import prepare as prepare_cmd
+from . import visualize as visualize_cmd
 
 HELP = """SoundNet: sound representations learned from unlabeled video.
 
@@ -69,6 +70,7 @@ def build_app() -> typer.Typer:
     prepare_cmd.register(app)
     corpus_cmd.register(app)
     distill_cmd.register(app)
+    visualize_cmd.register(app)
     get_plugins().add_commands(app)
     return app
 

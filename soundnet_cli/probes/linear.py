@@ -22,8 +22,13 @@ class LinearProbe(ABC):
         """The hyper-parameters, as passed to the constructor."""
 
     @abstractmethod
-    def _estimator(self) -> Any:
-        """A fresh scikit-learn linear classifier."""
+    def _estimator(self, work: int) -> Any:
+        """A fresh scikit-learn linear classifier (``work``: data size times classes)."""
+
+    @staticmethod
+    def _coefficients(estimator: Any) -> tuple[np.ndarray, np.ndarray]:
+        coef = np.asarray(estimator.coef_, dtype=np.float64)
+        return coef, np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbe:
         y = np.asarray(y)
@@ -31,9 +36,8 @@ class LinearProbe(ABC):
             from ..errors import SoundnetError
 
             raise SoundnetError("a probe needs training examples of at least two classes")
-        estimator = self._estimator().fit(X, y)
-        coef = np.asarray(estimator.coef_, dtype=np.float64)
-        intercept = np.atleast_1d(np.asarray(estimator.intercept_, dtype=np.float64))
+        estimator = self._estimator(X.size * len(np.unique(y))).fit(X, y)
+        coef, intercept = self._coefficients(estimator)
         if coef.shape[0] == 1:  # binary: one score for classes_[1]; make it symmetric
             coef = np.vstack([-coef, coef])
             intercept = np.concatenate([-intercept, intercept])
@@ -70,23 +74,37 @@ class LinearSVMProbe(LinearProbe):
     def get_params(self) -> dict[str, Any]:
         return {"C": self.C, "max_iter": self.max_iter}
 
-    def _estimator(self) -> Any:
+    def _estimator(self, work: int) -> Any:
+        import os
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
+        from sklearn.multiclass import OneVsRestClassifier
         from sklearn.svm import LinearSVC
 
         warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        # The primal solver reaches the same optimum and is faster when windows outnumber
-        # feature dimensions, as they do here.
-        return LinearSVC(
+        # liblinear's default solver (-s 1, dual coordinate descent), as the release ran it; the
+        # seed fixes its shuffling so that a probe refitted on the same data is identical.
+        svm = LinearSVC(
             C=self.C,
             loss="squared_hinge",
-            dual=False,
+            dual=True,
             fit_intercept=True,
             intercept_scaling=1.0,
             max_iter=self.max_iter,
+            random_state=0,
         )
+        # One-vs-rest trains each class on its own, exactly as liblinear does; big problems
+        # spread the classes over the cores.
+        jobs = min(os.cpu_count() or 1, 8) if work > 50_000_000 else 1
+        return OneVsRestClassifier(svm, n_jobs=jobs)
+
+    @staticmethod
+    def _coefficients(estimator: Any) -> tuple[np.ndarray, np.ndarray]:
+        parts = estimator.estimators_
+        coef = np.vstack([np.asarray(e.coef_, dtype=np.float64) for e in parts])
+        intercept = np.concatenate([np.atleast_1d(e.intercept_).astype(np.float64) for e in parts])
+        return coef, intercept
 
 
 class LogRegProbe(LinearProbe):
@@ -101,7 +119,7 @@ class LogRegProbe(LinearProbe):
     def get_params(self) -> dict[str, Any]:
         return {"C": self.C, "max_iter": self.max_iter}
 
-    def _estimator(self) -> Any:
+    def _estimator(self, work: int) -> Any:
         from sklearn.linear_model import LogisticRegression
 
         return LogisticRegression(C=self.C, max_iter=self.max_iter)

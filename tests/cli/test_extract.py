@@ -40,6 +40,11 @@ def test_bad_files_give_exit_1_and_a_summary_naming_them(run, named_checkpoint, 
     assert "bad.wav" in result.stderr and "cannot read audio" in result.stderr
     assert "tiny.wav" in result.stderr and "too short" in result.stderr
     assert (out / "good.pool5.npy").is_file()
+    quiet = run(
+        "extract", str(tmp_path / "in"), "-o", str(out), "--checkpoint", str(named_checkpoint), "-q"
+    )
+    assert quiet.exit_code == 1 and quiet.stdout == ""
+    assert "bad.wav" in quiet.stderr  # failures are listed even when quiet
 
 
 def test_several_layers_npz_and_pooling(run, named_checkpoint, tmp_path):

@@ -161,9 +161,9 @@ def test_loss_falls_and_the_student_learns(tmp_path, corpus):
 
 
 def test_l2_training_runs(tmp_path, corpus):
-    config = DistillConfig(steps=20, lr=3e-3, loss="l2", **FAST)
+    config = DistillConfig(steps=12, lr=3e-3, loss="l2", **FAST)
     losses = [loss for _, loss in distill(corpus, tmp_path / "run", config).losses]
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
 
 
 def test_resume_continues_exactly(tmp_path, corpus):

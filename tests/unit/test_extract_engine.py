@@ -14,7 +14,8 @@ import soundnet_cli
 from soundnet_cli.audio import load_audio
 from soundnet_cli.checkpoints import load_checkpoint
 from soundnet_cli.errors import LayerError, UsageProblem
-from soundnet_cli.extract import MANIFEST, extract
+from soundnet_cli.extract import extract
+from soundnet_cli.extract_outputs import MANIFEST
 
 from ..conftest import tone, write_wav
 
@@ -245,8 +246,11 @@ def test_stale_temporaries_from_a_killed_run_are_removed(model, wav_factory, tmp
     stale.write_bytes(b"half")
     unrelated = out / ".other.part"
     unrelated.write_bytes(b"not ours")
+    scratch = out / ".scratch-rank0"
+    scratch.mkdir()
+    (scratch / "pool5.npy").write_bytes(b"half")
     extract([clip.parent], ["pool5"], out, model=model)
-    assert not stale.exists() and unrelated.exists()
+    assert not stale.exists() and unrelated.exists() and not scratch.exists()
 
 
 def test_ranks_split_the_work_and_merge_one_manifest(model, wav_factory, tmp_path):

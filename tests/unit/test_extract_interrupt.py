@@ -94,3 +94,23 @@ def test_two_ranks_as_under_torchrun_share_the_work(named_checkpoint, tmp_path):
     assert sorted(r["key"] for r in rows) == [f"clip{i}" for i in range(6)]
     assert {r["rank"] for r in rows} == {0, 1}
     assert len(list(out.glob("*.pool5.npy"))) == 6
+
+
+def test_ctrl_c_mid_run_exits_130_and_leaves_no_temporary_files(named_checkpoint, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    make_inputs(inputs)
+    run = subprocess.Popen(command(inputs, out, named_checkpoint), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        if out.is_dir() and any(p.name.startswith(".z_long") for p in out.iterdir()):
+            break
+        time.sleep(0.01)
+    assert run.poll() is None, "the run ended before it could be interrupted"
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    assert b"interrupted" in stderr
+    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+    assert not (out / "z_long.pool5.npy").exists()
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["key"] for r in rows} == {f"clip{i}" for i in range(6)}  # folded in on the way out

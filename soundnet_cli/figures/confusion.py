@@ -1,24 +1,14 @@
-"""Figures with matplotlib (Agg backend: files only, no display), deterministic for fixed inputs."""
+"""The confusion matrix of a classification protocol (`soundnet evaluate`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ._base import _pyplot, save_png
 
 
 def confusion_matrix_png(
@@ -56,8 +46,4 @@ def confusion_matrix_png(
                     )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return target
+    return save_png(fig, path)
