@@ -29,7 +29,11 @@ def extract_command(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input tree)."),
     layer: list[str] = typer.Option(
-        ["pool5"], "--layer", "-l", help="Layer to extract (repeatable; one pass for all)."
+        None,
+        "--layer",
+        "-l",
+        help="Layer to extract (repeatable; one pass for all; default: the model's, pool5 "
+        "for SoundNet-8).",
     ),
     checkpoint: Path = typer.Option(
         None, "--checkpoint", help="A student checkpoint (.safetensors) instead of SoundNet-8."
@@ -100,6 +104,7 @@ def extract_command(
     """
     from ..errors import UsageProblem
     from ..extract import POOLS, distributed_rank, extract
+    from ..models import default_layer
     from ._model import load_model
 
     if pool is not None and pool not in POOLS:
@@ -111,6 +116,7 @@ def extract_command(
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
     model = load_model(checkpoint, student, device)
+    layer = layer or [default_layer(model)]
     bar = _bar(enabled=not quiet and not json_output)
     with bar:
         task = bar.add_task("extracting", total=None, audio="", speed="")
