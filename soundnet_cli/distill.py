@@ -164,9 +164,29 @@ class GlooSyncBatchNorm:
                 module.forward = _synced_forward(module, group)  # type: ignore[method-assign,assignment]
 
 
+def _all_reduce_sum(tensor: torch.Tensor, group: Any) -> torch.Tensor:
+    """A sum over processes that autograd differentiates (the gradient is summed the same way)."""
+    import torch
+    import torch.distributed as dist
+
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, value: torch.Tensor) -> torch.Tensor:
+            out = value.clone()
+            dist.all_reduce(out, group=group)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            out = grad.clone()
+            dist.all_reduce(out, group=group)
+            return out
+
+    return AllReduceSum.apply(tensor)
+
+
 def _synced_forward(bn: Any, group: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch
-    import torch.distributed.nn.functional as dnn
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not bn.training:
@@ -176,7 +196,7 @@ def _synced_forward(bn: Any, group: Any) -> Callable[[torch.Tensor], torch.Tenso
         dims = [0, 2]
         count = torch.tensor([x.shape[0] * x.shape[2]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dim=dims), (x * x).sum(dim=dims), count])
-        stats = dnn.all_reduce(stats, group=group)
+        stats = _all_reduce_sum(stats, group)
         channels = x.shape[1]
         n = stats[-1]
         mean = stats[:channels] / n

@@ -66,7 +66,9 @@ def filters_command(
             }
         )
     else:
-        _common.out.print(f"wrote {path} ({len(filters)} filters of {filters.shape[1]} taps)")
+        _common.out.print(
+            f"wrote {path} ({len(filters)} filters of {filters.shape[1]} taps)", soft_wrap=True
+        )
 
 
 def _parse_units(text: str | None) -> list[int] | None:
@@ -185,7 +187,9 @@ def units_command(
         for failure in report.failures:
             _common.error(failure.error)
         _render_units(report)
-        _common.out.print(f"wrote {page} ({len(report.units)} units, {report.clips} clips)")
+        _common.out.print(
+            f"wrote {page} ({len(report.units)} units, {report.clips} clips)", soft_wrap=True
+        )
     if report.failures:
         raise typer.Exit(1)
 
@@ -272,7 +276,7 @@ def tsne_command(
     else:
         unlabelled = sum(label == "(no label)" for label in point_labels)
         note = f", {unlabelled} without a label" if label_map and unlabelled else ""
-        _common.out.print(f"wrote {path} ({len(loaded.keys)} clips{note})")
+        _common.out.print(f"wrote {path} ({len(loaded.keys)} clips{note})", soft_wrap=True)
 
 
 @visualize_app.command("curves")
@@ -301,7 +305,7 @@ def curves_command(
     if json_output:
         _common.print_json({"out": str(path), **curves.summary()})
     else:
-        _common.out.print(f"wrote {path} ({len(curves.steps)} logged steps)")
+        _common.out.print(f"wrote {path} ({len(curves.steps)} logged steps)", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

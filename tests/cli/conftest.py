@@ -7,8 +7,13 @@ from soundnet_cli.cli.main import build_app
 
 
 @pytest.fixture
-def run():
-    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+def run(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr).
+
+    Commands run in an empty working folder, so that default output paths never land in the
+    checkout.
+    """
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     runner = CliRunner()
 
     def invoke(*args: str):

@@ -38,10 +38,11 @@ def test_filters_of_a_fresh_student(run, tmp_path):
 
 def test_filters_of_a_checkpoint_is_deterministic(run, tmp_path, named_checkpoint):
     for name in ("a.png", "b.png"):
-        result = run("visualize", "filters", "--checkpoint", str(named_checkpoint), "-o", name)
+        target = str(tmp_path / name)
+        result = run("visualize", "filters", "--checkpoint", str(named_checkpoint), "-o", target)
         assert result.exit_code == 0, result.stderr
         assert "16 filters" in result.stdout
-    assert Path("a.png").read_bytes() == Path("b.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
 @pytest.fixture

@@ -10,12 +10,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from soundnet_cli.cli.main import build_app
 
-from ..conftest import SHARED_DATA
+from ..conftest import SHARED_DATA, missing
 from .conftest import esc_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -106,7 +105,7 @@ def test_units_page_for_real_clips(official_home, tmp_path):
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 4 and text.count("<audio controls") == 4
     if not CHROMIUM.is_file():
-        pytest.skip("no /usr/bin/chromium here (Debian package `chromium`) to render the page")
+        missing("no /usr/bin/chromium here (Debian package `chromium`) to render the page")
     shot = screenshot(page, tmp_path / "page.png", tmp_path / "profile")
     assert shot.read_bytes().startswith(PNG_MAGIC)
     assert coloured_share(shot) > 0.02  # the spectrograms are on screen, not a blank page
