@@ -55,6 +55,18 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of the tensor data alone (after the safetensors header), so that the same weights
+    saved with other metadata (provenance, category names) hash the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _encode_heads(heads: tuple[HeadSpec, ...]) -> str:
     return json.dumps(
         [

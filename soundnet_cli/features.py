@@ -21,9 +21,9 @@ def model_key(model: Any) -> str:
     fixed initialisation seed (students built without weights are seeded with 0)."""
     info = getattr(model, "checkpoint_info", None)
     if info is not None:
-        from .checkpoints import file_sha256
+        from .checkpoints import weights_sha256
 
-        return f"{info.architecture}-{file_sha256(info.path)[:16]}"
+        return f"{info.architecture}-{weights_sha256(info.path)[:16]}"
     return f"{getattr(model, 'architecture', type(model).__name__)}-init-seed0"
 
 

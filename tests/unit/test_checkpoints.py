@@ -87,3 +87,18 @@ def test_unknown_architecture_in_checkpoint(tmp_path):
     )
     with pytest.raises(UnknownNameError, match="soundnet8"):
         load_checkpoint(path)
+
+
+def test_weights_hash_ignores_metadata(tmp_path):
+    from soundnet_cli.checkpoints import file_sha256, weights_sha256
+
+    torch.manual_seed(4)
+    model = soundnet5(heads=(HeadSpec("k", 4),))
+    a = save_checkpoint(model, tmp_path / "a.safetensors", provenance={"source": "one"})
+    b = save_checkpoint(model, tmp_path / "b.safetensors", provenance={"source": "another"})
+    assert file_sha256(a) != file_sha256(b)
+    assert weights_sha256(a) == weights_sha256(b)
+    torch.nn.init.zeros_(model.heads["k"].bias)
+    model.heads["k"].bias.data += 1
+    c = save_checkpoint(model, tmp_path / "c.safetensors", provenance={"source": "one"})
+    assert weights_sha256(c) != weights_sha256(a)
