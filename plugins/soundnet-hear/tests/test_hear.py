@@ -44,7 +44,7 @@ def test_registered_students_by_name():
         assert (mfcc.layer, mfcc.scene_embedding_size) == ("summary", 2 * 19 + 2)
         validate(soundnet_hear, "mfcc")
     five = soundnet_hear.load_model("soundnet5")
-    assert five.layer == "conv4"  # its deepest layer before the output heads
+    assert five.layer == "pool3"  # the student's own default_layer
     with pytest.raises(UnknownNameError, match="soundnet8"):
         soundnet_hear.load_model("soundnet-8")
 
