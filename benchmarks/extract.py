@@ -10,8 +10,8 @@ batches, the inference rewrites) and by a naive pipeline in the same process (on
 Also the forward pass alone (pool5, batch 16 x 5 s) for the plain and the rewritten model.
 The model is a randomly initialised SoundNet-8 (same arithmetic as the official weights).
 
-    python benchmarks/extract_speed.py
-    python benchmarks/extract_speed.py --workloads clips --batch-size 32 --device cuda
+    python benchmarks/extract.py
+    python benchmarks/extract.py --workloads clips --batch-size 32 --device cuda
 """
 
 from __future__ import annotations
