@@ -78,3 +78,12 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_mix(mix: str) -> None:
+    """The --mix option every audio command shares: a usage error (exit 2) unless known."""
+    from ..audio import MIX_CHOICES
+    from ..errors import UsageProblem
+
+    if mix not in MIX_CHOICES:
+        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")

@@ -48,13 +48,12 @@ def predict_command(
 
     * `soundnet predict clip.flac --json | jq '.results[0].summary'`
     """
-    from ..audio import MIX_CHOICES, find_audio, load_audio
+    from ..audio import find_audio, load_audio
     from ..errors import SoundnetError, UsageProblem
     from ..predict import predict_waveform
     from ._model import load_model
 
-    if mix not in MIX_CHOICES:
-        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
+    _common.check_mix(mix)
     files = find_audio(paths)
     if not files:
         raise UsageProblem("no audio files found in the given paths")

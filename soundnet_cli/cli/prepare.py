@@ -84,15 +84,13 @@ def prepare_command(
 
     * `soundnet prepare ./videos -t timm:resnet18 --random-init -o /tmp/dry-run --json`
     """
-    from ..audio import MIX_CHOICES
     from ..errors import UsageProblem
     from ..models import resolve_device
     from ..prepare import PrepareSettings, rank_from_env
     from ..teachers import get_teachers, parse_weight_specs
     from ..video import find_videos
 
-    if mix not in MIX_CHOICES:
-        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
+    _common.check_mix(mix)
     env_rank, env_world = rank_from_env()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size

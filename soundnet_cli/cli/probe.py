@@ -65,15 +65,12 @@ def fit_command(
     import torch
 
     from .. import probing
-    from ..audio import MIX_CHOICES
-    from ..errors import UsageProblem
     from ..models import default_layer, resolve_device
     from ..probes import save_probe
     from ._model import load_model
     from .evaluate import _parse_c
 
-    if mix not in MIX_CHOICES:
-        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
+    _common.check_mix(mix)
     C = _parse_c(c_value)
     clips = probing.read_labels(labels, audio)
     torch.manual_seed(0)

@@ -138,15 +138,14 @@ def units_command(
     import json
 
     from ..atomic import atomic_path
-    from ..audio import MIX_CHOICES, find_audio
+    from ..audio import find_audio
     from ..errors import UsageProblem
     from ..labelmap import read_label_map
     from ..report_html import write_units_page
     from ..units import visualize_units
     from ._model import load_model
 
-    if mix not in MIX_CHOICES:
-        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
+    _common.check_mix(mix)
     chosen_units = _parse_units(units)
     files = find_audio(paths)
     if not files:
