@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 
 def synthetic_corpus(root: Path, clips: int, seconds: int = 20, heads: int = 2) -> Path:
-    from soundnet_cli.corpus import (
+    from soundnet_cli.corpus.format import (
         ClipData,
         HeadInfo,
         Manifest,
@@ -72,7 +72,7 @@ def main() -> None:
 
     import torch
 
-    from soundnet_cli.distill import DistillConfig, distill, read_metrics
+    from soundnet_cli.distillation.train import DistillConfig, distill, read_metrics
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -113,7 +113,7 @@ def build_videos(rows: list[dict[str, str]], folder: Path, classes: list[str]) -
 
 
 def prepare(videos: list[Path], corpus: Path, classes: list[str]) -> dict:
-    from soundnet_cli.prepare import PrepareSettings, prepare_corpus
+    from soundnet_cli.corpus.prepare import PrepareSettings, prepare_corpus
 
     report = prepare_corpus(
         videos, corpus, [class_colour_teacher(classes)], PrepareSettings(batch_size=64)
@@ -125,10 +125,10 @@ def random_init_checkpoint(corpus: Path, out: Path, student: str, seed: int) -> 
     """The student exactly as distill initialises it (same seed, same heads), saved natively."""
     import torch
 
-    from soundnet_cli.checkpoints import save_checkpoint
-    from soundnet_cli.corpus import Corpus
+    from soundnet_cli.corpus.format import Corpus
     from soundnet_cli.plugins import get_plugins
     from soundnet_cli.students import HeadSpec
+    from soundnet_cli.weights.checkpoints import save_checkpoint
 
     torch.manual_seed(seed)
     heads = [HeadSpec(h.name, h.size, h.categories) for h in Corpus(corpus).manifest.heads]
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--skip-probe", action="store_true")
     args = parser.parse_args()
 
-    from soundnet_cli.distill import DistillConfig, distill, read_metrics
+    from soundnet_cli.distillation.train import DistillConfig, distill, read_metrics
 
     rows = esc10_rows()
     if args.limit:

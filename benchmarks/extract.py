@@ -34,7 +34,7 @@ def naive(files: list[Path], model, out: Path, layer: str, device: str) -> float
     """Audio seconds extracted per second, one file at a time, plain model, batch 1."""
     import torch
 
-    from soundnet_cli.audio import load_audio
+    from soundnet_cli.media.audio import load_audio
 
     out.mkdir(parents=True, exist_ok=True)
     audio = 0.0
@@ -50,7 +50,7 @@ def naive(files: list[Path], model, out: Path, layer: str, device: str) -> float
 
 def engine(files: list[Path], model, out: Path, layer: str, args) -> tuple[float, float]:
     """(steady-state x realtime after the first batch, end to end x realtime) of extract()."""
-    from soundnet_cli.extract import extract
+    from soundnet_cli.extraction.engine import extract
 
     marks: list[tuple[float, float]] = []
     summary = extract(
@@ -122,8 +122,8 @@ def main() -> None:
 
     import torch
 
-    from soundnet_cli.inference import optimise
     from soundnet_cli.students import soundnet8
+    from soundnet_cli.students.inference import optimise
 
     torch.manual_seed(0)
     model = soundnet8().to(args.device).eval()

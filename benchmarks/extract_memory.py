@@ -67,8 +67,8 @@ def main() -> None:
 
     import torch
 
-    from soundnet_cli.checkpoints import save_checkpoint
     from soundnet_cli.students import soundnet8
+    from soundnet_cli.weights.checkpoints import save_checkpoint
 
     results = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:

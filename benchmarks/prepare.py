@@ -46,8 +46,8 @@ def main() -> None:
 
     import torch
 
-    from soundnet_cli.corpus import Corpus
-    from soundnet_cli.prepare import (
+    from soundnet_cli.corpus.format import Corpus
+    from soundnet_cli.corpus.prepare import (
         PrepareSettings,
         _decoded,
         build_manifest,

@@ -12,28 +12,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .errors import SoundnetError
-from .hookspecs import hookimpl
+from soundnet_cli._version import __version__
+from soundnet_cli.errors import SoundnetError
+from soundnet_cli.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from .audio import load_audio
-    from .checkpoints import load_checkpoint, save_checkpoint
-    from .extract import extract, extract_array
-    from .models import list_students, load_student
-    from .plugins import get_plugins
-    from .predict import predict_waveform
+    from soundnet_cli.extraction.engine import extract, extract_array
+    from soundnet_cli.media.audio import load_audio
+    from soundnet_cli.models import list_students, load_student
+    from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.students.predict import predict_waveform
+    from soundnet_cli.weights.checkpoints import load_checkpoint, save_checkpoint
 
 _LAZY = {
     "load_student": "models",
     "list_students": "models",
-    "load_audio": "audio",
-    "load_checkpoint": "checkpoints",
-    "save_checkpoint": "checkpoints",
+    "load_audio": "media.audio",
+    "load_checkpoint": "weights.checkpoints",
+    "save_checkpoint": "weights.checkpoints",
     "get_plugins": "plugins",
-    "predict_waveform": "predict",
-    "extract": "extract",
-    "extract_array": "extract",
+    "predict_waveform": "students.predict",
+    "extract": "extraction.engine",
+    "extract_array": "extraction.engine",
 }
 
 

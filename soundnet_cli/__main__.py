@@ -1,3 +1,3 @@
-from .cli.main import main
+from soundnet_cli.cli.main import main
 
 main()

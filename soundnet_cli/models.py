@@ -7,14 +7,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import WeightsError
-from .plugins import get_plugins
+from soundnet_cli.errors import WeightsError
+from soundnet_cli.plugins import get_plugins
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .students import HeadSpec
+    from soundnet_cli.students import HeadSpec
 
 # Pretrained tags are separate from architectures: a tag names weights for one architecture.
 PRETRAINED_TAGS = {"soundnet8": "official"}
@@ -34,7 +34,7 @@ def load_student(
     cached); ``load_student("run/student.safetensors")`` loads a checkpoint; any other registered
     name builds that architecture freshly initialised, with ``heads`` if given.
     """
-    from .checkpoints import load_checkpoint
+    from soundnet_cli.weights.checkpoints import load_checkpoint
 
     text = os.fspath(name_or_checkpoint)
     if text.endswith(".safetensors") or Path(text).is_file():
@@ -47,7 +47,7 @@ def load_student(
                 f"no pretrained weights are published for {text!r}; "
                 f"pretrained students: {', '.join(PRETRAINED_TAGS)}"
             )
-        from .pretrained import ensure_official
+        from soundnet_cli.weights.official import ensure_official
 
         return load_checkpoint(ensure_official(announce=announce), device=device)
     kwargs: dict[str, Any] = {"heads": tuple(heads)} if heads is not None else {}
@@ -62,7 +62,7 @@ def resolve_device(spec: str = "auto") -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` as given."""
     import torch
 
-    from .errors import UsageProblem
+    from soundnet_cli.errors import UsageProblem
 
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

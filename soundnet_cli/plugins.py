@@ -18,9 +18,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import SoundnetError
-from .registry import Registry
+from soundnet_cli import hookspecs
+from soundnet_cli.errors import SoundnetError
+from soundnet_cli.registry import Registry
 
 ENTRY_POINT_GROUP = "soundnet"
 DISABLE_ENV = "SOUNDNET_DISABLE_PLUGINS"
@@ -130,7 +130,7 @@ def _distribution_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
 
 
 def _core_version() -> str:
-    from ._version import __version__
+    from soundnet_cli._version import __version__
 
     return __version__
 

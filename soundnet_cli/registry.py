@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DuplicateNameError, SoundnetError, UnknownNameError
+from soundnet_cli.errors import DuplicateNameError, SoundnetError, UnknownNameError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
 # A family: a kebab-case prefix ending in ":" (``timm:``) that stands for every ``timm:<variant>``.

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from . import plugins as _plugins
-from .errors import AudioError, LayerError
-from .students.base import SAMPLE_RATE, FeatureInfo
+from soundnet_cli import plugins as _plugins
+from soundnet_cli.errors import AudioError, LayerError
+from soundnet_cli.students.base import SAMPLE_RATE, FeatureInfo
 
 if TYPE_CHECKING:
     import torch

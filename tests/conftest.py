@@ -88,8 +88,8 @@ def named_checkpoint(tmp_path: Path) -> Path:
     """A randomly initialised SoundNet-8 with small named heads, saved natively (no network)."""
     import torch
 
-    from soundnet_cli.checkpoints import save_checkpoint
     from soundnet_cli.students import HeadSpec, soundnet8
+    from soundnet_cli.weights.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     model = soundnet8(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soundnet_cli.corpus import (
+from soundnet_cli.corpus.format import (
     ClipData,
     HeadInfo,
     Manifest,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soundnet_cli.pretrained import OFFICIAL, ReleaseSource
+from soundnet_cli.weights.official import OFFICIAL, ReleaseSource
 
 OBJECTS = ["tench, Tinca tinca", "goldfish", "great white shark"]
 SCENES = ["abbey", "airfield"]

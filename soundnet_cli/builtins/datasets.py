@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..hookspecs import Register, hookimpl
+from soundnet_cli.hookspecs import Register, hookimpl
 
 
 def _esc50() -> Any:
-    from ..datasets import ESC50
+    from soundnet_cli.evaluation.datasets import ESC50
 
     return ESC50()
 
 
 def _esc10() -> Any:
-    from ..datasets import ESC10
+    from soundnet_cli.evaluation.datasets import ESC10
 
     return ESC10()
 
 
 def _dcase2013() -> Any:
-    from ..datasets import DCASE2013
+    from soundnet_cli.evaluation.datasets import DCASE2013
 
     return DCASE2013()
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..hookspecs import Register, hookimpl
+from soundnet_cli.hookspecs import Register, hookimpl
 
 
 def _linear_svm(**params: Any) -> Any:
-    from ..probes import LinearSVMProbe
+    from soundnet_cli.probes import LinearSVMProbe
 
     return LinearSVMProbe(**params)
 
 
 def _logreg(**params: Any) -> Any:
-    from ..probes import LogRegProbe
+    from soundnet_cli.probes import LogRegProbe
 
     return LogRegProbe(**params)
 

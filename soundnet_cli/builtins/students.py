@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..hookspecs import Register, hookimpl
+from soundnet_cli.hookspecs import Register, hookimpl
 
 
 def _soundnet8(**kwargs: Any) -> Any:
-    from ..students import soundnet8
+    from soundnet_cli.students import soundnet8
 
     return soundnet8(**kwargs)
 
 
 def _soundnet5(**kwargs: Any) -> Any:
-    from ..students import soundnet5
+    from soundnet_cli.students import soundnet5
 
     return soundnet5(**kwargs)
 

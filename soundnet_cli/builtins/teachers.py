@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..hookspecs import Register, hookimpl
+from soundnet_cli.hookspecs import Register, hookimpl
 
 DESCRIPTIONS = {
     "vgg16-imagenet": "VGG16 on ImageNet (1000 objects), the paper's object teacher",
@@ -18,7 +18,7 @@ DESCRIPTIONS = {
 
 def _builtin(name: str) -> Any:
     def make(**kwargs: Any) -> Any:
-        from ..teachers.torchvision_teachers import SPECS, build_teacher
+        from soundnet_cli.teachers.torchvision_teachers import SPECS, build_teacher
 
         return build_teacher(SPECS[name], **kwargs)
 
@@ -26,7 +26,7 @@ def _builtin(name: str) -> Any:
 
 
 def _timm(variant: str, **kwargs: Any) -> Any:
-    from ..teachers.timm_teacher import build_timm_teacher
+    from soundnet_cli.teachers.timm_teacher import build_timm_teacher
 
     return build_timm_teacher(variant, **kwargs)
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import SoundnetError, UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,8 +82,8 @@ def handle_errors(func: F) -> F:
 
 def check_mix(mix: str) -> None:
     """The --mix option every audio command shares: a usage error (exit 2) unless known."""
-    from ..audio import MIX_CHOICES
-    from ..errors import UsageProblem
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.media.audio import MIX_CHOICES
 
     if mix not in MIX_CHOICES:
         raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")

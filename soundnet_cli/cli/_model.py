@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import _common
+from soundnet_cli.cli import _common
 
 if TYPE_CHECKING:
     from torch import nn
@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 def load_model(checkpoint: Path | None, student: str | None, device: str) -> nn.Module:
     """The model a command asked for, on ``device``; fetches the official weights if needed."""
-    from ..errors import UsageProblem
-    from ..models import load_student, resolve_device
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.models import load_student, resolve_device
 
     target = resolve_device(device)
     if checkpoint is not None and student is not None:

@@ -13,7 +13,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from . import _common
+from soundnet_cli.cli import _common
 
 
 def file_progress(enabled: bool = True) -> Progress:

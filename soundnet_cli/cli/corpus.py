@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from . import _common
+from soundnet_cli.cli import _common
 
 corpus_app = typer.Typer(help="Inspect a prepared corpus.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def info(
 
     * `soundnet corpus info corpus/ --json | jq .hours`
     """
-    from ..corpus import Corpus
+    from soundnet_cli.corpus.format import Corpus
 
     data = Corpus(corpus)
     summary = data.summary(top)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from . import _common
+from soundnet_cli.cli import _common
 
 
 def distill_command(
@@ -78,8 +78,8 @@ def distill_command(
 
     * `torchrun --nproc-per-node 8 -m soundnet_cli distill corpus/ --batch-size 512 --out run/`
     """
-    from ..distill import DistillConfig, read_run, read_toml
-    from ..errors import UsageProblem
+    from soundnet_cli.distillation.train import DistillConfig, read_run, read_toml
+    from soundnet_cli.errors import UsageProblem
 
     flags = {
         "student": student,
@@ -141,15 +141,15 @@ def _corpus_for(
     source: Path, run_dir: Path, config: Any, weights: list[str], random_init: bool
 ) -> Path:
     """The corpus itself, or one prepared from a folder of videos into RUN_DIR/corpus."""
-    from ..corpus import is_corpus
-    from ..errors import UsageProblem
+    from soundnet_cli.corpus.format import is_corpus
+    from soundnet_cli.errors import UsageProblem
 
     if is_corpus(source):
         return source
-    from ..models import resolve_device
-    from ..prepare import PrepareSettings, prepare_corpus
-    from ..teachers import get_teachers, parse_weight_specs
-    from ..video import find_videos
+    from soundnet_cli.corpus.prepare import PrepareSettings, prepare_corpus
+    from soundnet_cli.media.video import find_videos
+    from soundnet_cli.models import resolve_device
+    from soundnet_cli.teachers import get_teachers, parse_weight_specs
 
     if not config.teachers:
         raise UsageProblem(f"{source} is not a corpus; to prepare one, name the --teacher(s)")
@@ -184,7 +184,7 @@ def _train(
         TimeRemainingColumn,
     )
 
-    from ..distill import distill
+    from soundnet_cli.distillation.train import distill
 
     bar = Progress(
         TextColumn("distilling"),

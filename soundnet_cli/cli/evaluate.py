@@ -10,11 +10,11 @@ import typer
 from rich.progress import TaskID
 from rich.table import Table
 
-from . import _common
-from ._progress import file_progress
+from soundnet_cli.cli import _common
+from soundnet_cli.cli._progress import file_progress
 
 if TYPE_CHECKING:
-    from ..evaluate import EvaluationReport
+    from soundnet_cli.evaluation.protocol import EvaluationReport
 
 
 def evaluate_command(
@@ -66,13 +66,13 @@ def evaluate_command(
 
     * `soundnet evaluate dcase2013 data/dcase2013 --C auto`
     """
-    from ..atomic import atomic_path
-    from ..errors import UsageProblem
-    from ..evaluate import evaluate
-    from ..figures import confusion_matrix_png
-    from ..models import default_layer, resolve_device
-    from ..plugins import get_plugins
-    from ._model import load_model
+    from soundnet_cli.atomic import atomic_path
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.evaluation.protocol import evaluate
+    from soundnet_cli.models import default_layer, resolve_device
+    from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.visualize.figures import confusion_matrix_png
 
     C = _parse_c(c_value)
     get_plugins().probes.get(probe)  # unknown names fail before any work
@@ -128,7 +128,7 @@ def evaluate_command(
 
 
 def _parse_c(value: str) -> float | str:
-    from ..errors import UsageProblem
+    from soundnet_cli.errors import UsageProblem
 
     if value == "auto":
         return value

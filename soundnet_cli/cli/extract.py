@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import _common
+from soundnet_cli.cli import _common
 
 MAX_FAILURES_SHOWN = 20
 
@@ -102,10 +102,10 @@ def extract_command(
 
     * `torchrun --nproc-per-node 4 -m soundnet_cli extract ./audio --out features`
     """
-    from ..errors import UsageProblem
-    from ..extract import POOLS, distributed_rank, extract
-    from ..models import default_layer
-    from ._model import load_model
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.extraction.engine import POOLS, distributed_rank, extract
+    from soundnet_cli.models import default_layer
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")

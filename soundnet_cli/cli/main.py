@@ -6,13 +6,13 @@ import sys
 
 import typer
 
-from .. import __version__
-from ..plugins import disable, get_plugins
-from . import _common, evaluate, extract, plugins, predict, probe, weights
-from . import corpus as corpus_cmd
-from . import distill as distill_cmd
-from . import prepare as prepare_cmd
-from . import visualize as visualize_cmd
+from soundnet_cli import __version__
+from soundnet_cli.cli import _common, evaluate, extract, plugins, predict, probe, weights
+from soundnet_cli.cli import corpus as corpus_cmd
+from soundnet_cli.cli import distill as distill_cmd
+from soundnet_cli.cli import prepare as prepare_cmd
+from soundnet_cli.cli import visualize as visualize_cmd
+from soundnet_cli.plugins import disable, get_plugins
 
 HELP = """SoundNet: sound representations learned from unlabeled video.
 

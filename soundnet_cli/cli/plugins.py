@@ -6,8 +6,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..plugins import get_plugins
-from . import _common
+from soundnet_cli.cli import _common
+from soundnet_cli.plugins import get_plugins
 
 STATUS_STYLE = {"loaded": "green", "blocked": "yellow", "failed": "red"}
 

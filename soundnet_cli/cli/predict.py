@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from . import _common
-from ._progress import file_progress
+from soundnet_cli.cli import _common
+from soundnet_cli.cli._progress import file_progress
 
 
 def predict_command(
@@ -48,10 +48,10 @@ def predict_command(
 
     * `soundnet predict clip.flac --json | jq '.results[0].summary'`
     """
-    from ..audio import find_audio, load_audio
-    from ..errors import SoundnetError, UsageProblem
-    from ..predict import predict_waveform
-    from ._model import load_model
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.errors import SoundnetError, UsageProblem
+    from soundnet_cli.media.audio import find_audio, load_audio
+    from soundnet_cli.students.predict import predict_waveform
 
     _common.check_mix(mix)
     files = find_audio(paths)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from . import _common
+from soundnet_cli.cli import _common
 
 
 def prepare_command(
@@ -84,11 +84,11 @@ def prepare_command(
 
     * `soundnet prepare ./videos -t timm:resnet18 --random-init -o /tmp/dry-run --json`
     """
-    from ..errors import UsageProblem
-    from ..models import resolve_device
-    from ..prepare import PrepareSettings, rank_from_env
-    from ..teachers import get_teachers, parse_weight_specs
-    from ..video import find_videos
+    from soundnet_cli.corpus.prepare import PrepareSettings, rank_from_env
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.media.video import find_videos
+    from soundnet_cli.models import resolve_device
+    from soundnet_cli.teachers import get_teachers, parse_weight_specs
 
     _common.check_mix(mix)
     env_rank, env_world = rank_from_env()
@@ -151,7 +151,7 @@ def _run(
         TimeRemainingColumn,
     )
 
-    from ..prepare import prepare_corpus
+    from soundnet_cli.corpus.prepare import prepare_corpus
 
     bar = Progress(
         TextColumn("[progress.description]{task.description}"),

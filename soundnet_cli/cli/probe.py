@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from . import _common
-from ._progress import file_progress
+from soundnet_cli.cli import _common
+from soundnet_cli.cli._progress import file_progress
 
 probe_app = typer.Typer(
     help="Train a probe classifier on features of labeled sounds, and apply it.",
@@ -64,11 +64,11 @@ def fit_command(
     """
     import torch
 
-    from .. import probing
-    from ..models import default_layer, resolve_device
-    from ..probes import save_probe
-    from ._model import load_model
-    from .evaluate import _parse_c
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.cli.evaluate import _parse_c
+    from soundnet_cli.evaluation import probing
+    from soundnet_cli.models import default_layer, resolve_device
+    from soundnet_cli.probes import save_probe
 
     _common.check_mix(mix)
     C = _parse_c(c_value)
@@ -125,12 +125,12 @@ def predict_command(
     """
     import torch
 
-    from .. import probing
-    from ..audio import find_audio
-    from ..errors import UsageProblem
-    from ..models import resolve_device
-    from ..probes import load_probe
-    from ._model import load_model
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.evaluation import probing
+    from soundnet_cli.media.audio import find_audio
+    from soundnet_cli.models import resolve_device
+    from soundnet_cli.probes import load_probe
 
     probe_file = load_probe(probe_path)
     files = find_audio(paths)

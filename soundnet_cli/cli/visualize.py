@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from . import _common
-from ._progress import file_progress
+from soundnet_cli.cli import _common
+from soundnet_cli.cli._progress import file_progress
 
 visualize_app = typer.Typer(
     help="Figures of what a model learned and how its training went (PNG and HTML).",
@@ -44,9 +44,9 @@ def filters_command(
 
     * `soundnet visualize filters --student soundnet5 -o untrained.png` (for contrast)
     """
-    from ..features import model_key
-    from ..figures import filters_png, first_layer_filters, peak_frequencies
-    from ._model import load_model
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.evaluation.features import model_key
+    from soundnet_cli.visualize.figures import filters_png, first_layer_filters, peak_frequencies
 
     model: Any = load_model(checkpoint, student, "cpu")
     filters = first_layer_filters(model)
@@ -72,7 +72,7 @@ def filters_command(
 
 
 def _parse_units(text: str | None) -> list[int] | None:
-    from ..errors import UsageProblem
+    from soundnet_cli.errors import UsageProblem
 
     if not text:
         return None
@@ -137,13 +137,13 @@ def units_command(
     """
     import json
 
-    from ..atomic import atomic_path
-    from ..audio import find_audio
-    from ..errors import UsageProblem
-    from ..labelmap import read_label_map
-    from ..report_html import write_units_page
-    from ..units import visualize_units
-    from ._model import load_model
+    from soundnet_cli.atomic import atomic_path
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.evaluation.labels import read_label_map
+    from soundnet_cli.media.audio import find_audio
+    from soundnet_cli.visualize.report import write_units_page
+    from soundnet_cli.visualize.units import visualize_units
 
     _common.check_mix(mix)
     chosen_units = _parse_units(units)
@@ -155,7 +155,7 @@ def units_command(
     model: Any = load_model(checkpoint, student, device)
     names = [info.name for info in model.feature_info]
     layer = layer or ("conv7" if "conv7" in names else names[-1])
-    from ..models import model_device
+    from soundnet_cli.models import model_device
 
     with file_progress(enabled=not json_output) as bar:
         scan_task = bar.add_task("scanning", total=len(files))
@@ -250,8 +250,13 @@ def tsne_command(
 
     * `soundnet visualize tsne feats/ --layer conv7 --seed 1 -o tsne-conv7.png`
     """
-    from ..figures import assign_labels, load_feature_folder, tsne_embedding, tsne_png
-    from ..labelmap import read_label_map
+    from soundnet_cli.evaluation.labels import read_label_map
+    from soundnet_cli.visualize.figures import (
+        assign_labels,
+        load_feature_folder,
+        tsne_embedding,
+        tsne_png,
+    )
 
     label_map = read_label_map(labels, features) if labels else None
     loaded = load_feature_folder(features, layer)
@@ -297,7 +302,7 @@ def curves_command(
 
     * `soundnet visualize curves runs/esc10/metrics.jsonl -o curves.png --json`
     """
-    from ..figures import curves_png, read_curves
+    from soundnet_cli.visualize.figures import curves_png, read_curves
 
     curves = read_curves(run_dir)
     path = curves_png(curves, out, title or f"distillation: {run_dir.resolve().name}")

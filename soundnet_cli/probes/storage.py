@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import SoundnetError
+from soundnet_cli.atomic import atomic_path
+from soundnet_cli.errors import SoundnetError
 
 FORMAT = "soundnet-probe/1"
 
@@ -76,8 +76,8 @@ def save_probe(path: str | os.PathLike[str], probe: Any, meta: dict[str, Any]) -
 
 def load_probe(path: str | os.PathLike[str]) -> ProbeFile:
     """Load and verify a probe file; the estimator is rebuilt from the probe registry."""
-    from ..plugins import get_plugins
-    from .windows import ClipProbe
+    from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.probes.windows import ClipProbe
 
     path = Path(path)
     if not path.is_file():

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SoundnetError
+from soundnet_cli.errors import SoundnetError
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import AudioError, LayerError, SoundnetError
+from soundnet_cli.errors import AudioError, LayerError, SoundnetError
 
 SAMPLE_RATE = 22050
 BN_EPS = 1e-5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import ConvLayer, ConvStudent, HeadLayer, HeadSpec, PoolLayer
+from soundnet_cli.students.base import ConvLayer, ConvStudent, HeadLayer, HeadSpec, PoolLayer
 
 # The authors' pretrained model: 1000 ImageNet objects, 401 Places scenes.
 PRETRAINED_HEADS = (HeadSpec("objects", 1000), HeadSpec("scenes", 401))

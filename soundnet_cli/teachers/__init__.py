@@ -11,10 +11,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageProblem
+from soundnet_cli.errors import UsageProblem
 
 if TYPE_CHECKING:
-    from .base import FrameTransform, Teacher, TeacherHead
+    from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead
 
 __all__ = [
     "FrameTransform",
@@ -28,7 +28,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in {"FrameTransform", "Teacher", "TeacherHead"}:
-        from . import base
+        from soundnet_cli.teachers import base
 
         return getattr(base, name)
     raise AttributeError(name)
@@ -55,8 +55,8 @@ def get_teacher(
     announce: Callable[[str], None] | None = None,
 ) -> Teacher:
     """Build a registered teacher (on the CPU, in eval mode)."""
-    from ..plugins import get_plugins
-    from .base import Teacher
+    from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.teachers.base import Teacher
 
     teacher = get_plugins().teachers.create(
         name, weights=weights, random_init=random_init, announce=announce

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import WeightsError
-from .base import FrameTransform, Teacher, TeacherHead, head_name_for
-from .weights import (
+from soundnet_cli.errors import WeightsError
+from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
+from soundnet_cli.teachers.weights import (
     WeightSource,
     fetch,
     from_torchvision_url,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..atomic import atomic_path
-from ..errors import WeightsError
-from ..pretrained import OFFLINE_ENV, Progress, download, offline, soundnet_home
+from soundnet_cli.atomic import atomic_path
+from soundnet_cli.errors import WeightsError
+from soundnet_cli.weights.official import OFFLINE_ENV, Progress, download, offline, soundnet_home
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from soundnet_cli.corpus import (
+from soundnet_cli.corpus.format import (
     ClipData,
     HeadInfo,
     Manifest,

@@ -104,7 +104,7 @@ def test_videos_to_student_in_one_command(run, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert (out / "corpus" / "manifest.json").is_file() and (out / "student.safetensors").is_file()
-    from soundnet_cli.corpus import Corpus
+    from soundnet_cli.corpus.format import Corpus
 
     assert len(Corpus(out / "corpus").videos) == 3
 
@@ -112,7 +112,7 @@ def test_videos_to_student_in_one_command(run, tmp_path):
 @pytest.fixture(scope="module")
 def soundnet8_student(tmp_path_factory) -> Path:
     """A real SoundNet-8 distilled for two steps on a tiny corpus, exported natively."""
-    from soundnet_cli.distill import DistillConfig, distill
+    from soundnet_cli.distillation.train import DistillConfig, distill
 
     root = tmp_path_factory.mktemp("s8")
     corpus = tone_corpus(root / "corpus", videos=3)
@@ -125,7 +125,7 @@ def soundnet8_student(tmp_path_factory) -> Path:
 
 
 def test_exported_student_loads_in_predict_extract_and_evaluate(run, soundnet8_student, tmp_path):
-    from soundnet_cli.checkpoints import read_info
+    from soundnet_cli.weights.checkpoints import read_info
 
     info = read_info(soundnet8_student)
     assert info.architecture == "soundnet8"

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundnet_cli import video
-from soundnet_cli.corpus import Corpus
+from soundnet_cli.corpus.format import Corpus
+from soundnet_cli.media import video
 from soundnet_cli.plugins import get_plugins
 
 from ..conftest import REPO
@@ -133,7 +133,7 @@ KILLABLE = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from soundnet_cli.prepare import PrepareSettings, prepare_corpus
+from soundnet_cli.corpus.prepare import PrepareSettings, prepare_corpus
 from tests.videos import grey_level_teacher
 
 teacher = grey_level_teacher()

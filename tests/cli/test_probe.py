@@ -103,8 +103,8 @@ def test_tampered_probe_fails_clearly(run, labeled, named_checkpoint, tmp_path):
 def test_probe_refuses_another_model(run, labeled, named_checkpoint, tmp_path):
     import torch
 
-    from soundnet_cli.checkpoints import save_checkpoint
     from soundnet_cli.students import HeadSpec, soundnet8
+    from soundnet_cli.weights.checkpoints import save_checkpoint
 
     root, labels = labeled
     probe = tmp_path / "p.npz"

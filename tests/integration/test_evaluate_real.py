@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.svm import LinearSVC
 
-from soundnet_cli.audio import load_audio
-from soundnet_cli.evaluate import evaluate
+from soundnet_cli.evaluation.protocol import evaluate
+from soundnet_cli.media.audio import load_audio
 from soundnet_cli.plugins import get_plugins
 
 from ..conftest import SHARED_DATA, missing

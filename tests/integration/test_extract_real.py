@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from soundnet_cli.audio import load_audio
 from soundnet_cli.cli.main import build_app
+from soundnet_cli.media.audio import load_audio
 
 from .conftest import esc_rows
 from .test_parity import TABLE, kernel, t64

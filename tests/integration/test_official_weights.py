@@ -1,7 +1,7 @@
 """The real release: fetched through the library's own verified download, converted, loaded."""
 
-from soundnet_cli.checkpoints import read_info
-from soundnet_cli.pretrained import OFFICIAL
+from soundnet_cli.weights.checkpoints import read_info
+from soundnet_cli.weights.official import OFFICIAL
 
 
 def test_release_converts_with_all_names(official_checkpoint):

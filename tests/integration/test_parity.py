@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from soundnet_cli.audio import load_audio, tile
+from soundnet_cli.media.audio import load_audio, tile
 
 from .conftest import esc_rows
 

@@ -4,8 +4,8 @@ model is known to be good (top-1 scene of the whole-file summary, most clips of 
 import json
 from collections import defaultdict
 
-from soundnet_cli.audio import load_audio
-from soundnet_cli.predict import predict_waveform
+from soundnet_cli.media.audio import load_audio
+from soundnet_cli.students.predict import predict_waveform
 
 from .conftest import esc_rows
 

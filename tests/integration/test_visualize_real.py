@@ -35,15 +35,15 @@ def pick(per_class: int, classes: tuple[str, ...]) -> list[dict[str, str]]:
 
 def narrow_band_share(filters: np.ndarray) -> np.ndarray:
     """Per filter, the share of 0-11 kHz within 10 dB of its peak response."""
-    from soundnet_cli.figures import frequency_responses
+    from soundnet_cli.visualize.figures import frequency_responses
 
     responses, _ = frequency_responses(filters, 22050)
     return (responses > -10.0).mean(axis=1)
 
 
 def test_official_conv1_filters_are_band_pass_wavelets(official_home, tmp_path):
-    from soundnet_cli.figures import first_layer_filters
     from soundnet_cli.models import load_student
+    from soundnet_cli.visualize.figures import first_layer_filters
 
     out = tmp_path / "filters.png"
     summary = json.loads(soundnet("visualize", "filters", "-o", str(out), "--json").stdout)
@@ -135,7 +135,7 @@ def test_tsne_of_extracted_features(official_home, tmp_path):
 
 def test_curves_of_a_real_distillation(tmp_path):
     from benchmarks.distill_esc10 import build_videos, prepare
-    from soundnet_cli.distill import DistillConfig, distill
+    from soundnet_cli.distillation.train import DistillConfig, distill
 
     rows = [r for r in esc_rows("esc10") if r["esc10"].strip().lower() == "true"]
     classes = sorted({r["category"] for r in rows})

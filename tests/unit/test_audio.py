@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from soundnet_cli.audio import find_audio, load_audio, tile
 from soundnet_cli.errors import AudioError
+from soundnet_cli.media.audio import find_audio, load_audio, tile
 
 from ..conftest import tone, write_wav
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from soundnet_cli.checkpoints import load_checkpoint, read_info, save_checkpoint
 from soundnet_cli.errors import CheckpointError
 from soundnet_cli.students import HeadSpec, soundnet5, soundnet8
+from soundnet_cli.weights.checkpoints import load_checkpoint, read_info, save_checkpoint
 
 
 def test_round_trip_keeps_weights_heads_and_provenance(tmp_path):
@@ -75,8 +75,8 @@ def test_damaged_metadata(tmp_path):
 
 
 def test_unknown_architecture_in_checkpoint(tmp_path):
-    from soundnet_cli.checkpoints import save_state
     from soundnet_cli.errors import UnknownNameError
+    from soundnet_cli.weights.checkpoints import save_state
 
     path = save_state(
         {"w": torch.zeros(1)},
@@ -90,7 +90,7 @@ def test_unknown_architecture_in_checkpoint(tmp_path):
 
 
 def test_weights_hash_ignores_metadata(tmp_path):
-    from soundnet_cli.checkpoints import file_sha256, weights_sha256
+    from soundnet_cli.weights.checkpoints import file_sha256, weights_sha256
 
     torch.manual_seed(4)
     model = soundnet5(heads=(HeadSpec("k", 4),))

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from soundnet_cli.corpus import (
+from soundnet_cli.corpus.format import (
     ClipData,
     Corpus,
     CorpusError,

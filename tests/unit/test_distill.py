@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from soundnet_cli.corpus import Corpus
-from soundnet_cli.distill import (
+from soundnet_cli.corpus.format import Corpus
+from soundnet_cli.distillation.data import CropDataset, StepSampler, crop_plan, split_videos
+from soundnet_cli.distillation.train import (
     DistillConfig,
     distill,
     distill_loss,
@@ -22,7 +23,6 @@ from soundnet_cli.distill import (
     read_toml,
     step_frames,
 )
-from soundnet_cli.distill_data import CropDataset, StepSampler, crop_plan, split_videos
 from soundnet_cli.errors import UsageProblem
 
 from ..conftest import REPO
@@ -217,7 +217,7 @@ DDP_SCRIPT = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from soundnet_cli.distill import DistillConfig, distill
+from soundnet_cli.distillation.train import DistillConfig, distill
 from tests.distill_helpers import register_tiny_student
 register_tiny_student()
 config = DistillConfig(steps=4, **{fast!r})
@@ -254,7 +254,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, corpus):
     # agrees, and the two students' outputs agree closely.
     free = [k for k in a if k.endswith(("conv.bias", "running_mean"))]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k not in free)
-    from soundnet_cli.checkpoints import load_checkpoint
+    from soundnet_cli.weights.checkpoints import load_checkpoint
 
     wave = torch.randn(2, 4 * 22050, generator=torch.Generator().manual_seed(0)) * 50
     with torch.inference_mode():

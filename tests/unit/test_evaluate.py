@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from soundnet_cli.checkpoints import load_checkpoint
-from soundnet_cli.datasets import ESC50
 from soundnet_cli.errors import LayerError
-from soundnet_cli.evaluate import evaluate
+from soundnet_cli.evaluation.datasets import ESC50
+from soundnet_cli.evaluation.protocol import evaluate
+from soundnet_cli.weights.checkpoints import load_checkpoint
 
 from ..fakes import make_esc_tree
 

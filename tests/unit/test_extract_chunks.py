@@ -7,10 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from soundnet_cli.audio import load_audio
-from soundnet_cli.extract import extract_array
-from soundnet_cli.inference import optimise
-from soundnet_cli.streaming import (
+from soundnet_cli.extraction.engine import extract_array
+from soundnet_cli.media.audio import load_audio
+from soundnet_cli.media.streaming import (
     SincResampler,
     StreamingAudio,
     chunk_plan,
@@ -18,6 +17,7 @@ from soundnet_cli.streaming import (
     step_times,
 )
 from soundnet_cli.students import soundnet8
+from soundnet_cli.students.inference import optimise
 
 # Chunked and whole-file runs do the same arithmetic in different blocks: float32 rounding only.
 TOLERANCE = 1e-5
@@ -116,7 +116,7 @@ def test_step_times_equal_feature_info_step_centres(model):
 
 @pytest.mark.parametrize("rate", [44100, 48000, 96000, 16000, 8000, 11025])
 def test_sinc_resampler_equals_audio_resample(rate):
-    from soundnet_cli.audio import resample
+    from soundnet_cli.media.audio import resample
 
     rng = np.random.default_rng(rate)
     waves = rng.uniform(-1, 1, (3, rate + 777)).astype(np.float32)

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from soundnet_cli.errors import UsageProblem
-from soundnet_cli.extract_inputs import discover, distributed_rank, shard
-from soundnet_cli.extract_outputs import output_names
+from soundnet_cli.extraction.inputs import discover, distributed_rank, shard
+from soundnet_cli.extraction.outputs import output_names
 
 
 def touch(path: Path) -> Path:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.figures import (
+from soundnet_cli.evaluation.labels import LabelMap, read_label_map
+from soundnet_cli.visualize.figures import (
     assign_labels,
     confusion_matrix_png,
     curves_png,
@@ -24,8 +25,7 @@ from soundnet_cli.figures import (
     tsne_embedding,
     tsne_png,
 )
-from soundnet_cli.labelmap import LabelMap, read_label_map
-from soundnet_cli.units import (
+from soundnet_cli.visualize.units import (
     Hit,
     Unit,
     UnitScan,
@@ -266,7 +266,7 @@ def _report(hits: list[Hit]) -> UnitsReport:
 
 
 def test_units_page_embeds_images_and_audio_and_escapes_names(tmp_path):
-    from soundnet_cli.report_html import render_units_page, write_units_page
+    from soundnet_cli.visualize.report import render_units_page, write_units_page
 
     hit = Hit(
         "a/<b>.wav", "a/<b>.wav", 1.0, 0.5, 0.5, 1.5, "dog",

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from soundnet_cli.errors import AudioError, UsageProblem
-from soundnet_cli.inference import (
+from soundnet_cli.students import soundnet5, soundnet8
+from soundnet_cli.students.base import ConvBlock, ConvLayer
+from soundnet_cli.students.inference import (
     FastStudent,
     FusedConv,
     fold_batchnorm,
@@ -13,8 +15,6 @@ from soundnet_cli.inference import (
     precision_error,
     relative_error,
 )
-from soundnet_cli.students import soundnet5, soundnet8
-from soundnet_cli.students.base import ConvBlock, ConvLayer
 
 TOLERANCE = 1e-5
 

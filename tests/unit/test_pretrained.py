@@ -3,9 +3,9 @@ import socket
 import pytest
 import torch
 
-from soundnet_cli import pretrained
-from soundnet_cli.checkpoints import read_info
 from soundnet_cli.errors import WeightsError
+from soundnet_cli.weights import official as pretrained
+from soundnet_cli.weights.checkpoints import read_info
 
 from ..fakes import OBJECTS, SCENES, fake_params, local_index, make_sdist, npy_bytes
 
@@ -111,8 +111,8 @@ def test_resolve_unknown_weights():
 def test_converted_state_dict_loads_into_soundnet8_layout():
     # The full-size conversion is checked against the real release in tests/integration; here
     # the key set must equal SoundNet-8's.
-    from soundnet_cli import sound8
     from soundnet_cli.students import soundnet8
+    from soundnet_cli.weights import sound8
 
     state = sound8.to_state_dict(sound8.read_sound8(npy_bytes(fake_params())))
     assert set(state) == set(soundnet8().state_dict())

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from soundnet_cli import sound8
 from soundnet_cli.errors import WeightsError
+from soundnet_cli.weights import sound8
 
 from ..fakes import NAMES_SOURCE, OBJECTS, SCENES, fake_params, npy_bytes
 

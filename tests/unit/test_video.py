@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from soundnet_cli import video
 from soundnet_cli.errors import VideoError
+from soundnet_cli.media import video
 
 from ..videos import FPS, frame_index, make_video, truncate
 

@@ -159,7 +159,7 @@ def test_official_model_offline_without_weights_says_how_to_get_them():
 
 @pytest.mark.integration
 def test_official_scene_embedding_is_mean_pool5_of_a_real_clip(official_home):
-    from soundnet_cli.audio import load_audio
+    from soundnet_cli.media.audio import load_audio
     from tests.integration.conftest import esc_rows
 
     row = esc_rows("esc10")[0]

@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from soundnet_mfcc.student import MfccStudent
 
-from soundnet_cli.audio import load_audio, tile
+from soundnet_cli.media.audio import load_audio, tile
 
 
 def windows(features: np.ndarray, steps: int) -> np.ndarray:

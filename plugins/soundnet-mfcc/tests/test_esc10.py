@@ -7,7 +7,7 @@ import pytest
 import torch
 from soundnet_mfcc.student import MfccStudent
 
-from soundnet_cli.audio import load_audio, tile
+from soundnet_cli.media.audio import load_audio, tile
 from tests.integration.conftest import esc_rows
 
 pytestmark = pytest.mark.integration

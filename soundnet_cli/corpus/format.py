@@ -1,0 +1,449 @@
+"""The prepared corpus: what `soundnet prepare` writes and `soundnet distill` reads.
+
+Layout::
+
+    CORPUS/
+      manifest.json               sample rate, clip length, frame interval, teachers and heads
+      shards/rank00000-000001/    one committed shard (a directory, renamed into place whole)
+        index.json                its clips (offsets into the arrays), videos and failures
+        audio.npy                 int16 PCM, every clip's samples back to back
+        <head>.npy                float16 posteriors, (frames, categories), aligned to frames
+
+Each rank (or worker) writes its own shard sequence ``rank<R>-<N>``; readers see the union.
+A shard is built in a hidden temporary directory and renamed into place when complete, so an
+interrupted run leaves only whole shards and resumes by skipping the videos they hold.
+Clip ``i`` covers ``frames * frame_interval`` seconds of audio; frame ``k`` of a clip was taken
+at ``frame_times[k]`` seconds into its video and labels audio samples
+``[k * interval, (k + 1) * interval)`` of the clip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundnet_cli.atomic import atomic_path
+from soundnet_cli.errors import SoundnetError, UsageProblem
+
+FORMAT = "soundnet-corpus/1"
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+INDEX = "index.json"
+AUDIO = "audio.npy"
+SHARD_NAME = re.compile(r"^rank(\d{5})-(\d{6})$")
+
+
+class CorpusError(SoundnetError):
+    """A corpus directory that cannot be read or does not match the settings."""
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    name: str
+    teacher: str
+    categories: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.categories)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Corpus-wide settings; every rank and every resumed run must agree on them."""
+
+    sample_rate: int
+    clip_seconds: float
+    frame_interval: float
+    frame_at: str  # "centre" or "start" of each interval
+    mix: str
+    teachers: tuple[dict[str, Any], ...]
+    heads: tuple[HeadInfo, ...]
+    format: str = FORMAT
+
+    @property
+    def frames_per_clip(self) -> int:
+        return int(round(self.clip_seconds / self.frame_interval))
+
+    @property
+    def samples_per_frame(self) -> float:
+        return self.frame_interval * self.sample_rate
+
+    def head(self, name: str) -> HeadInfo:
+        for head in self.heads:
+            if head.name == name:
+                return head
+        raise UsageProblem(
+            f"the corpus has no head {name!r}; heads: {', '.join(h.name for h in self.heads)}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["heads"] = [
+            {"name": h.name, "teacher": h.teacher, "categories": list(h.categories)}
+            for h in self.heads
+        ]
+        data["teachers"] = [dict(t) for t in self.teachers]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        if data.get("format") != FORMAT:
+            raise CorpusError(f"not a soundnet corpus manifest (format {data.get('format')!r})")
+        return cls(
+            sample_rate=int(data["sample_rate"]),
+            clip_seconds=float(data["clip_seconds"]),
+            frame_interval=float(data["frame_interval"]),
+            frame_at=str(data["frame_at"]),
+            mix=str(data["mix"]),
+            teachers=tuple(dict(t) for t in data["teachers"]),
+            heads=tuple(
+                HeadInfo(h["name"], h["teacher"], tuple(h["categories"])) for h in data["heads"]
+            ),
+        )
+
+    def settings_differ(self, other: Manifest) -> list[str]:
+        """Names of the settings where ``other`` differs (provenance aside)."""
+        mine, theirs = self.as_dict(), other.as_dict()
+        for data in (mine, theirs):
+            data["teachers"] = [
+                {k: v for k, v in t.items() if k != "provenance"} for t in data["teachers"]
+            ]
+        return [key for key in mine if mine[key] != theirs.get(key)]
+
+
+def frame_boundary(k: int, manifest: Manifest) -> int:
+    """The first audio sample of frame interval ``k`` (rounded when intervals are fractional)."""
+    return int(round(k * manifest.samples_per_frame))
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Write the manifest, or check that an existing one has the same settings."""
+    path = root / MANIFEST
+    if path.is_file():
+        existing = read_manifest(root)
+        differ = existing.settings_differ(manifest)
+        if differ:
+            raise UsageProblem(
+                f"{root} was prepared with other settings ({', '.join(differ)}); use a new --out "
+                "or the same settings to resume"
+            )
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest.as_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise CorpusError(f"{root}: not a corpus (no {MANIFEST}); make one with `soundnet prepare`")
+    try:
+        return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorpusError(f"{path}: damaged manifest ({exc})") from exc
+
+
+# -- writing ------------------------------------------------------------------------------------
+@dataclass
+class ClipData:
+    """One clip to store: its audio and the posteriors of its frames."""
+
+    start: float  # seconds into the video
+    audio: np.ndarray  # int16 (samples,)
+    frame_times: list[float]  # seconds into the video, one per frame
+    posteriors: dict[str, np.ndarray]  # head -> (frames, categories), probabilities
+
+
+@dataclass
+class VideoRecord:
+    key: str  # the absolute path: what resuming matches on
+    path: str  # as given on the command line
+    duration: float  # seconds of audio kept (whole frame intervals)
+
+
+class ShardWriter:
+    """Buffers clips of one rank and commits them as whole shards."""
+
+    def __init__(self, root: Path, manifest: Manifest, rank: int = 0, shard_bytes: int = 128 << 20):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.rank = rank
+        self.shard_bytes = max(1, shard_bytes)
+        self.shards_dir = self.root / SHARDS
+        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_stale()
+        self._next = 1 + max(
+            (int(m.group(2)) for m in self._own_shards()), default=0
+        )  # never reuse a number
+        self._reset()
+
+    def _own_shards(self) -> Iterator[re.Match[str]]:
+        for entry in self.shards_dir.iterdir():
+            match = SHARD_NAME.match(entry.name)
+            if match and int(match.group(1)) == self.rank:
+                yield match
+
+    def _clean_stale(self) -> None:
+        for entry in self.shards_dir.glob(f".rank{self.rank:05d}-*"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+    def _reset(self) -> None:
+        self._audio: list[np.ndarray] = []
+        self._posteriors: dict[str, list[np.ndarray]] = {h.name: [] for h in self.manifest.heads}
+        self._clips: list[dict[str, Any]] = []
+        self._videos: list[dict[str, Any]] = []
+        self._failed: list[dict[str, Any]] = []
+        self._samples = 0
+        self._frames = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._samples * 2 + self._frames * sum(h.size for h in self.manifest.heads) * 2
+
+    def add_video(self, video: VideoRecord, clips: Sequence[ClipData]) -> None:
+        for number, clip in enumerate(clips):
+            frames = len(clip.frame_times)
+            expected = frame_boundary(frames, self.manifest)
+            if clip.audio.dtype != np.int16 or clip.audio.shape != (expected,):
+                raise CorpusError(
+                    f"{video.path}: clip {number} has {clip.audio.shape} {clip.audio.dtype} audio, "
+                    f"expected ({expected},) int16 for {frames} frames"
+                )
+            for head in self.manifest.heads:
+                post = clip.posteriors[head.name]
+                if post.shape != (frames, head.size):
+                    raise CorpusError(
+                        f"{video.path}: head {head.name!r} posteriors shaped {post.shape}, "
+                        f"expected {(frames, head.size)}"
+                    )
+                self._posteriors[head.name].append(post.astype(np.float16))
+            self._clips.append(
+                {
+                    "video": video.key,
+                    "clip": number,
+                    "start": round(clip.start, 6),
+                    "audio_offset": self._samples,
+                    "samples": int(expected),
+                    "frame_offset": self._frames,
+                    "frames": frames,
+                    "frame_times": [round(t, 6) for t in clip.frame_times],
+                }
+            )
+            self._audio.append(clip.audio)
+            self._samples += expected
+            self._frames += frames
+        self._videos.append(asdict(video) | {"clips": len(clips)})
+        if self.pending_bytes >= self.shard_bytes:
+            self.flush()
+
+    def add_failure(self, key: str, path: str, reason: str) -> None:
+        self._failed.append({"video": key, "path": path, "reason": reason})
+
+    def flush(self) -> Path | None:
+        """Commit what is buffered as one shard (nothing to do when empty)."""
+        if not self._videos and not self._failed:
+            return None
+        name = f"rank{self.rank:05d}-{self._next:06d}"
+        tmp = self.shards_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir()
+        try:
+            audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
+            np.save(tmp / AUDIO, audio)
+            for head in self.manifest.heads:
+                parts = self._posteriors[head.name]
+                array = np.concatenate(parts) if parts else np.zeros((0, head.size), np.float16)
+                np.save(tmp / f"{head.name}.npy", array)
+            index = {"clips": self._clips, "videos": self._videos, "failed": self._failed}
+            (tmp / INDEX).write_text(json.dumps(index, ensure_ascii=False) + "\n")
+            for item in tmp.iterdir():
+                _fsync(item)
+            os.rename(tmp, self.shards_dir / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._next += 1
+        self._reset()
+        return self.shards_dir / name
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+# -- reading ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClipRef:
+    """Where one clip lives: its shard and its index entry."""
+
+    shard: str
+    video: str
+    clip: int
+    start: float
+    audio_offset: int
+    samples: int
+    frame_offset: int
+    frames: int
+    frame_times: tuple[float, ...]
+
+
+@dataclass
+class Sample:
+    """A clip as written: int16 samples and float16 posteriors per head (memory-mapped)."""
+
+    ref: ClipRef
+    audio: np.ndarray
+    posteriors: dict[str, np.ndarray]
+
+
+@dataclass
+class Corpus:
+    """Read a corpus: ``len(corpus)``, ``corpus[i]`` -> :class:`Sample`, plus videos and failures.
+
+    Arrays are memory maps opened on first use (per process, so a Corpus can be handed to
+    DataLoader workers).
+    """
+
+    root: Path
+    manifest: Manifest = field(init=False)
+    clips: list[ClipRef] = field(init=False)
+    videos: dict[str, dict[str, Any]] = field(init=False)
+    failures: dict[str, dict[str, Any]] = field(init=False)
+    shards: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.manifest = read_manifest(self.root)
+        self.clips, self.videos, self.failures, self.shards = [], {}, {}, []
+        self._maps: dict[tuple[str, str], np.ndarray] = {}
+        shard_dir = self.root / SHARDS
+        names = sorted(
+            (p.name for p in shard_dir.iterdir() if SHARD_NAME.match(p.name))
+            if shard_dir.is_dir()
+            else []
+        )
+        for name in names:
+            try:
+                index = json.loads((shard_dir / name / INDEX).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise CorpusError(f"{shard_dir / name}: damaged shard index ({exc})") from exc
+            self.shards.append(name)
+            for failure in index.get("failed", []):
+                self.failures[failure["video"]] = failure
+            for video in index["videos"]:
+                self.videos[video["key"]] = video | {"shard": name}
+                self.failures.pop(video["key"], None)
+            for c in index["clips"]:
+                self.clips.append(
+                    ClipRef(
+                        name,
+                        c["video"],
+                        int(c["clip"]),
+                        float(c["start"]),
+                        int(c["audio_offset"]),
+                        int(c["samples"]),
+                        int(c["frame_offset"]),
+                        int(c["frames"]),
+                        tuple(c["frame_times"]),
+                    )
+                )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> Sample:
+        ref = self.clips[i]
+        audio = self._array(ref.shard, AUDIO)[ref.audio_offset : ref.audio_offset + ref.samples]
+        posteriors = {
+            h.name: self._array(ref.shard, f"{h.name}.npy")[
+                ref.frame_offset : ref.frame_offset + ref.frames
+            ]
+            for h in self.manifest.heads
+        }
+        return Sample(ref, audio, posteriors)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def _array(self, shard: str, name: str) -> np.ndarray:
+        key = (shard, name)
+        if key not in self._maps:
+            self._maps[key] = np.load(self.root / SHARDS / shard / name, mmap_mode="r")
+        return self._maps[key]
+
+    def posteriors(self, head: str) -> Iterator[np.ndarray]:
+        """Every shard's posterior array for ``head`` (frames, categories), memory-mapped."""
+        self.manifest.head(head)
+        for shard in self.shards:
+            yield self._array(shard, f"{head}.npy")
+
+    @property
+    def seconds(self) -> float:
+        return sum(ref.samples for ref in self.clips) / self.manifest.sample_rate
+
+    def finished(self) -> set[str]:
+        """Video keys already handled: prepared, or recorded as failed."""
+        return set(self.videos) | set(self.failures)
+
+    def summary(self, top: int = 5) -> dict[str, Any]:
+        """What `soundnet corpus info` shows."""
+        heads = []
+        for head in self.manifest.heads:
+            counts = np.zeros(head.size, np.int64)
+            for array in self.posteriors(head.name):
+                if len(array):
+                    counts += np.bincount(np.asarray(array).argmax(axis=1), minlength=head.size)
+            frames = int(counts.sum())
+            order = np.argsort(-counts, kind="stable")[:top]
+            heads.append(
+                {
+                    "name": head.name,
+                    "teacher": head.teacher,
+                    "categories": head.size,
+                    "top": [
+                        {
+                            "category": head.categories[i],
+                            "frames": int(counts[i]),
+                            "fraction": round(float(counts[i]) / frames, 4) if frames else 0.0,
+                        }
+                        for i in order
+                        if counts[i] > 0
+                    ],
+                }
+            )
+        return {
+            "path": str(self.root),
+            "videos": len(self.videos),
+            "clips": len(self.clips),
+            "frames": sum(ref.frames for ref in self.clips),
+            "hours": round(self.seconds / 3600, 4),
+            "failed": len(self.failures),
+            "shards": len(self.shards),
+            "ranks": len({s.split("-")[0] for s in self.shards}),
+            "sample_rate": self.manifest.sample_rate,
+            "clip_seconds": self.manifest.clip_seconds,
+            "frame_interval": self.manifest.frame_interval,
+            "frame_at": self.manifest.frame_at,
+            "teachers": [t["name"] for t in self.manifest.teachers],
+            "heads": heads,
+        }
+
+
+def is_corpus(path: Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()

@@ -1,0 +1,180 @@
+"""Training a probe on your own labeled sounds and applying it (`soundnet probe`)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.evaluation.features import compute_features, model_key
+from soundnet_cli.evaluation.protocol import check_layers, fit_probe
+from soundnet_cli.media.audio import Mix
+from soundnet_cli.probes import ProbeFile, load_probe, save_probe, window_steps
+
+PATH_COLUMNS = ("path", "file", "filename")
+LABEL_COLUMNS = ("label", "category", "class")
+GROUP_COLUMNS = ("group", "src_file")
+
+
+@dataclass(frozen=True)
+class LabeledClip:
+    path: Path
+    label: str
+    group: str
+
+
+def _column(header: Sequence[str], names: Sequence[str], what: str, source: Path) -> str | None:
+    for name in names:
+        if name in header:
+            return name
+    if what:
+        raise UsageProblem(f"{source}: no {what} column (one of {', '.join(names)})")
+    return None
+
+
+def read_labels(labels: Path, root: Path) -> list[LabeledClip]:
+    """Rows of a CSV with a path column (relative to ``root``) and a label column; an optional
+    group column (``group`` or ``src_file``) keeps related clips together when choosing C."""
+    if not labels.is_file():
+        raise UsageProblem(f"{labels}: no such labels file")
+    with open(labels, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        path_col = _column(header, PATH_COLUMNS, "path", labels)
+        label_col = _column(header, LABEL_COLUMNS, "label", labels)
+        group_col = _column(header, GROUP_COLUMNS, "", labels)
+        rows = list(reader)
+    base = root if root.is_dir() else root.parent
+    clips = []
+    for row in rows:
+        path = Path(row[path_col])
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise SoundnetError(f"{labels}: {row[path_col]} not found under {base}")
+        group = row[group_col] if group_col else str(path)
+        clips.append(LabeledClip(path, row[label_col], group))
+    if len({c.label for c in clips}) < 2:
+        raise UsageProblem(f"{labels}: a probe needs at least two labels")
+    return clips
+
+
+def model_source(checkpoint: Path | None, student: str | None) -> dict[str, Any]:
+    """How `probe predict` loads the same model again (the official SoundNet-8 when neither)."""
+    return {
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+        "student": student,
+    }
+
+
+def fit(
+    clips: Sequence[LabeledClip],
+    model: Any,
+    *,
+    layer: str = "pool5",
+    probe: str = "linear-svm",
+    window_seconds: float = 1.0,
+    C: float | str = 0.01,
+    repeat_to: float | None = 10.0,
+    mix: Mix = "first",
+    device: str = "cpu",
+    source: dict[str, Any] | None = None,
+    on_clip: Callable[[], None] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train a clip probe on ``clips``; returns it with the metadata a probe file stores."""
+    from soundnet_cli.plugins import get_plugins
+
+    check_layers(model, [layer])
+    entry = get_plugins().probes.get(probe)
+    features = compute_features(
+        model,
+        [c.path for c in clips],
+        [layer],
+        repeat_to=repeat_to,
+        mix=mix,
+        device=device,
+        on_clip=on_clip,
+    )
+    stride = next(i.stride for i in model.feature_info if i.name == layer)
+    steps = window_steps(stride, window_seconds, model.sample_rate)
+    clip_probe, chosen = fit_probe(
+        lambda c: entry.factory(C=c),
+        [f[layer] for f in features],
+        [c.label for c in clips],
+        [c.group for c in clips],
+        steps,
+        C,
+    )
+    meta = {
+        "probe": probe,
+        "params": clip_probe.estimator.get_params(),
+        "C_requested": C,
+        "window_seconds": window_seconds,
+        "window_steps": steps,
+        "classes": [str(c) for c in clip_probe.classes_],
+        "trained_on": len(clips),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "features": {
+            "model": model_key(model),
+            "layer": layer,
+            "repeat_to": repeat_to,
+            "mix": mix,
+            "sample_rate": model.sample_rate,
+            "source": source or {},
+        },
+    }
+    return clip_probe, meta
+
+
+@dataclass
+class ClipPrediction:
+    path: str
+    label: str
+    scores: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "label": self.label,
+            "scores": {k: round(v, 6) for k, v in self.scores.items()},
+        }
+
+
+def predict(
+    probe_file: ProbeFile,
+    model: Any,
+    paths: Sequence[Path],
+    *,
+    device: str = "cpu",
+    on_clip: Callable[[], None] | None = None,
+) -> list[ClipPrediction]:
+    """Apply a saved probe to audio files with the model it was trained on."""
+    features_meta = probe_file.meta["features"]
+    probe_file.check_features(features_meta["layer"], model_key(model))
+    features = compute_features(
+        model,
+        paths,
+        [features_meta["layer"]],
+        repeat_to=features_meta["repeat_to"],
+        mix=features_meta["mix"],
+        device=device,
+        on_clip=on_clip,
+    )
+    decisions = probe_file.probe.decision_function([f[features_meta["layer"]] for f in features])
+    classes = probe_file.probe.classes_
+    return [
+        ClipPrediction(
+            str(path),
+            str(classes[int(np.argmax(row))]),
+            {str(c): float(v) for c, v in zip(classes, row, strict=True)},
+        )
+        for path, row in zip(paths, decisions, strict=True)
+    ]
+
+
+__all__ = ["LabeledClip", "fit", "load_probe", "predict", "read_labels", "save_probe"]

@@ -1,0 +1,222 @@
+"""The paper's evaluations: features once per clip, a linear probe per split and layer, clip
+accuracy averaged over splits (PAPER.md, "Probing")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundnet_cli.errors import LayerError, SoundnetError
+from soundnet_cli.evaluation.datasets import Clip, Dataset, Split
+from soundnet_cli.evaluation.features import FeatureCache, compute_features, model_key
+from soundnet_cli.media.audio import Mix
+from soundnet_cli.probes import ClipProbe, choose_c, window_steps
+
+
+@dataclass
+class SplitResult:
+    split: str
+    layer: str
+    accuracy: float
+    n_test: int
+    C: float
+    predictions: list[tuple[str, str, str]]  # (clip path, true label, predicted label)
+
+
+@dataclass
+class EvaluationReport:
+    dataset: str
+    root: str
+    model: str
+    layers: list[str]
+    probe: str
+    C: float | str
+    protocol: dict[str, Any]
+    classes: list[str]
+    results: list[SplitResult] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def layer_summary(self, layer: str) -> tuple[float, float]:
+        accs = [r.accuracy for r in self.results if r.layer == layer]
+        return float(np.mean(accs)), float(np.std(accs))
+
+    def confusion(self, layer: str) -> np.ndarray:
+        """Counts, rows true class, columns predicted, over every split's test clips."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        matrix = np.zeros((len(self.classes), len(self.classes)), dtype=int)
+        for result in self.results:
+            if result.layer == layer:
+                for _, truth, predicted in result.predictions:
+                    matrix[index[truth], index[predicted]] += 1
+        return matrix
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "model": self.model,
+            "layers": self.layers,
+            "probe": self.probe,
+            "C": self.C,
+            "protocol": self.protocol,
+            "classes": self.classes,
+            "summary": {
+                layer: dict(zip(("mean", "std"), self.layer_summary(layer), strict=True))
+                for layer in self.layers
+            },
+            "splits": [
+                {
+                    "split": r.split,
+                    "layer": r.layer,
+                    "accuracy": r.accuracy,
+                    "n_test": r.n_test,
+                    "C": r.C,
+                    "predictions": [
+                        {"path": p, "label": t, "predicted": q} for p, t, q in r.predictions
+                    ],
+                }
+                for r in self.results
+            ],
+            "confusion": {layer: self.confusion(layer).tolist() for layer in self.layers},
+            "seconds": self.seconds,
+        }
+
+
+def check_layers(model: Any, layers: Sequence[str]) -> None:
+    valid = [info.name for info in model.feature_info]
+    for layer in layers:
+        if layer not in valid:
+            raise LayerError(
+                f"{getattr(model, 'architecture', 'this model')} has no layer "
+                f"{layer!r}; valid layers: {', '.join(valid)}"
+            )
+
+
+def fit_probe(
+    make: Callable[[float], Any],
+    features: Sequence[np.ndarray],
+    labels: Sequence[str],
+    groups: Sequence[str],
+    steps: int,
+    C: float | str,
+) -> tuple[ClipProbe, float]:
+    """A ClipProbe trained on ``features``; ``C="auto"`` picks C by inner cross-validation."""
+    chosen = choose_c(make, features, labels, groups, steps)[0] if C == "auto" else float(C)
+    return ClipProbe(make(chosen), steps).fit(features, labels), chosen
+
+
+def evaluate(
+    dataset: Dataset,
+    root: Path,
+    model: Any,
+    layers: Sequence[str],
+    *,
+    probe: str = "linear-svm",
+    C: float | str = 0.01,
+    use_cache: bool = True,
+    device: str = "cpu",
+    mix: Mix = "first",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> EvaluationReport:
+    """Run ``dataset``'s protocol on the clips under ``root`` for each of ``layers``.
+
+    ``progress(stage, done, total)`` is called as clips are featurised and probes trained.
+    """
+    from soundnet_cli.plugins import get_plugins
+
+    check_layers(model, layers)
+    make_entry = get_plugins().probes.get(probe)
+    started = time.perf_counter()
+    clips = dataset.clips(Path(root))
+    splits = dataset.splits(clips)
+    key = model_key(model)
+    protocol = dataset.protocol
+    tag = f"{dataset.name}-repeat{protocol.repeat_to}-{mix}"
+    cache = FeatureCache(FeatureCache.default_root(key, tag)) if use_cache else None
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress:
+            progress("features", done[0], len(clips))
+
+    features = compute_features(
+        model,
+        [c.path for c in clips],
+        layers,
+        repeat_to=protocol.repeat_to,
+        mix=mix,
+        cache=cache,
+        device=device,
+        on_clip=tick,
+    )
+    featurised = time.perf_counter()
+    report = EvaluationReport(
+        dataset=dataset.name,
+        root=str(root),
+        model=key,
+        layers=list(layers),
+        probe=probe,
+        C=C,
+        protocol={
+            "repeat_to": protocol.repeat_to,
+            "window_seconds": protocol.window_seconds,
+            "mix": mix,
+        },
+        classes=sorted({c.label for c in clips}),
+    )
+    jobs = [(split, layer) for split in splits for layer in layers]
+    for n, (split, layer) in enumerate(jobs):
+        report.results.append(
+            _run_split(
+                clips, features, split, layer, model, dataset, lambda c: make_entry.factory(C=c), C
+            )
+        )
+        if progress:
+            progress("probes", n + 1, len(jobs))
+    report.seconds = {"features": featurised - started, "probes": time.perf_counter() - featurised}
+    return report
+
+
+def _run_split(
+    clips: Sequence[Clip],
+    features: Sequence[dict[str, np.ndarray]],
+    split: Split,
+    layer: str,
+    model: Any,
+    dataset: Dataset,
+    make: Callable[[float], Any],
+    C: float | str,
+) -> SplitResult:
+    if not split.train or not split.test:
+        raise SoundnetError(f"{split.name}: empty training or test set")
+    stride = next(i.stride for i in model.feature_info if i.name == layer)
+    steps = window_steps(stride, dataset.protocol.window_seconds, model.sample_rate)
+    train = [features[i][layer] for i in split.train]
+    probe, chosen = fit_probe(
+        make,
+        train,
+        [clips[i].label for i in split.train],
+        [clips[i].group for i in split.train],
+        steps,
+        C,
+    )
+    predicted = probe.predict([features[i][layer] for i in split.test])
+    truth = [clips[i].label for i in split.test]
+    accuracy = float(np.mean(np.asarray(predicted) == np.asarray(truth)))
+    return SplitResult(
+        split.name,
+        layer,
+        accuracy,
+        len(split.test),
+        chosen,
+        [
+            (str(clips[i].path), t, str(p))
+            for i, t, p in zip(split.test, truth, predicted, strict=True)
+        ],
+    )

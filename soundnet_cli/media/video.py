@@ -1,0 +1,204 @@
+"""Video decoding with PyAV: the soundtrack as 22,050 Hz mono int16, and frames at chosen times.
+
+Frames are found by seeking to the keyframe before each requested time and decoding forward to
+it, never by decoding the whole stream. The frame taken for time ``t`` is the one on screen at
+``t``: the last frame whose presentation time is at or before ``t`` (times count from the video
+stream's start).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from soundnet_cli.errors import VideoError
+from soundnet_cli.media.audio import SAMPLE_RATE, Mix
+
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+    ".ogv",
+    ".3gp",
+    ".ts",
+    ".wmv",
+)
+INT16_SCALE = 32768.0
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video (durations in seconds; None when unknown)."""
+
+    path: str
+    duration: float | None
+    has_audio: bool
+    has_video: bool
+    width: int
+    height: int
+    fps: float | None
+
+
+def find_videos(
+    paths: Sequence[Path], extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+) -> list[Path]:
+    """Expand files and directories (recursively, sorted); files named explicitly are kept."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def _open(path: str | os.PathLike[str]) -> Any:
+    import av
+
+    name = os.fspath(path)
+    if not Path(name).is_file():
+        raise VideoError(f"{name}: no such file")
+    if Path(name).stat().st_size == 0:
+        raise VideoError(f"{name}: the file is empty")
+    try:
+        return av.open(name)
+    except Exception as exc:  # FFmpeg reports every container problem as its own error type
+        raise VideoError(f"{name}: cannot open the video ({_reason(exc)})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    with _open(path) as container:
+        video = container.streams.video[0] if container.streams.video else None
+        duration = None
+        if video is not None and video.duration is not None and video.time_base is not None:
+            duration = float(video.duration * video.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1_000_000
+        return VideoInfo(
+            os.fspath(path),
+            duration,
+            bool(container.streams.audio),
+            video is not None,
+            int(video.codec_context.width) if video is not None else 0,
+            int(video.codec_context.height) if video is not None else 0,
+            float(video.average_rate) if video is not None and video.average_rate else None,
+        )
+
+
+def read_audio(
+    path: str | os.PathLike[str], *, sample_rate: int = SAMPLE_RATE, mix: Mix = "first"
+) -> np.ndarray:
+    """The first audio track as int16 mono at ``sample_rate``: the first channel (as the authors'
+    release) or the mean of all. Decoding stops quietly at a truncated or corrupt tail."""
+    import av
+
+    name = os.fspath(path)
+    chunks: list[np.ndarray] = []
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise VideoError(f"{name}: the video has no audio stream")
+        stream = container.streams.audio[0]
+        resampler = None
+        try:
+            for frame in container.decode(stream):
+                if resampler is None:
+                    layout = frame.layout.name
+                    resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+                for out in resampler.resample(frame):
+                    chunks.append(_mono(out.to_ndarray(), mix))
+        except av.error.FFmpegError:
+            pass  # a damaged tail: keep what decoded
+        if resampler is not None:
+            for out in resampler.resample(None):
+                chunks.append(_mono(out.to_ndarray(), mix))
+    if not chunks or sum(len(c) for c in chunks) == 0:
+        raise VideoError(f"{name}: the audio stream holds no samples")
+    wave = np.concatenate(chunks)
+    if not np.isfinite(wave).all():
+        raise VideoError(f"{name}: the audio contains NaN or infinite samples")
+    return np.clip(np.round(wave * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def _mono(planes: np.ndarray, mix: Mix) -> np.ndarray:
+    planes = planes.reshape(-1, planes.shape[-1])
+    return planes[0].astype(np.float32) if mix == "first" else planes.mean(axis=0, dtype=np.float32)
+
+
+def int16_to_model(samples: np.ndarray) -> np.ndarray:
+    """int16 PCM -> the model's float32 scale ([-256, 256], as audio.load_audio)."""
+    return samples.astype(np.float32) * (256.0 / INT16_SCALE)
+
+
+def read_frames(
+    path: str | os.PathLike[str], times: Sequence[float]
+) -> tuple[np.ndarray, list[float]]:
+    """RGB frames (N, H, W, 3) uint8 on screen at ``times`` (seconds), and their own times.
+
+    Stops at the first time beyond the decodable video (a truncated file): the arrays returned
+    can be shorter than ``times``.
+    """
+    import av
+
+    name = os.fspath(path)
+    frames: list[np.ndarray] = []
+    found: list[float] = []
+    with _open(path) as container:
+        if not container.streams.video:
+            raise VideoError(f"{name}: the video has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        base = stream.time_base
+        start = float(stream.start_time * base) if stream.start_time is not None else 0.0
+        rate = float(stream.average_rate) if stream.average_rate else 25.0
+        last_shown = 1.5 / rate  # how long the stream's last frame stays on screen, at most
+        for t in times:
+            target = start + t
+            try:
+                container.seek(int(target / base), stream=stream, backward=True, any_frame=False)
+                frame, ended = _frame_at(container, stream, target)
+            except av.error.FFmpegError:
+                frame, ended = None, True
+            if frame is None or (ended and target - float(frame.time) > last_shown):
+                break  # past the end of what decodes (a truncated file)
+            frames.append(frame.to_ndarray(format="rgb24"))
+            found.append(float(frame.time) - start)
+    if not frames:
+        return np.zeros((0, 0, 0, 3), np.uint8), []
+    return np.stack(frames), found
+
+
+def _frame_at(container: Any, stream: Any, target: float) -> tuple[Any, bool]:
+    """Decode forward from the current position to the frame on screen at ``target``; also say
+    whether the stream ended before any later frame (then ``target`` may lie past the end)."""
+    import av
+
+    chosen = None
+    try:
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            if frame.time <= target + 1e-6:
+                chosen = frame
+                continue
+            return (chosen if chosen is not None else frame), False  # target before frame 0
+    except av.error.FFmpegError:
+        pass  # a damaged tail ends the stream
+    return chosen, True

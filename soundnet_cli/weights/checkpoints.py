@@ -1,0 +1,189 @@
+"""The native checkpoint: one .safetensors file whose metadata describes the model.
+
+Metadata keys (all strings, JSON where structured): ``format``, ``architecture``, ``heads``
+(list of {name, size, categories}), ``sample_rate`` and ``provenance`` (where the weights came
+from). safetensors holds only tensors, so loading a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from soundnet_cli.atomic import atomic_path
+from soundnet_cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from soundnet_cli.students import HeadSpec
+
+FORMAT = "soundnet-cli/1"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint's metadata says about it."""
+
+    path: Path
+    architecture: str
+    heads: tuple[HeadSpec, ...]
+    sample_rate: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "architecture": self.architecture,
+            "sample_rate": self.sample_rate,
+            "heads": [{"name": h.name, "size": h.size} for h in self.heads],
+            "provenance": self.provenance,
+            "size_bytes": self.path.stat().st_size,
+        }
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of the tensor data alone (after the safetensors header), so that the same weights
+    saved with other metadata (provenance, category names) hash the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_length)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _encode_heads(heads: tuple[HeadSpec, ...]) -> str:
+    return json.dumps(
+        [
+            {
+                "name": h.name,
+                "size": h.size,
+                "categories": list(h.categories) if h.categories is not None else None,
+            }
+            for h in heads
+        ]
+    )
+
+
+def _decode_heads(raw: str) -> tuple[HeadSpec, ...]:
+    from soundnet_cli.students import HeadSpec
+
+    return tuple(
+        HeadSpec(
+            h["name"],
+            int(h["size"]),
+            tuple(h["categories"]) if h.get("categories") is not None else None,
+        )
+        for h in json.loads(raw)
+    )
+
+
+def save_state(
+    state: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    architecture: str,
+    heads: tuple[HeadSpec, ...],
+    sample_rate: int,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write tensors and metadata atomically to ``path``."""
+    from safetensors.torch import save_file
+
+    metadata = {
+        "format": FORMAT,
+        "architecture": architecture,
+        "heads": _encode_heads(heads),
+        "sample_rate": str(sample_rate),
+        "provenance": json.dumps(provenance or {}),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def save_checkpoint(
+    model: Any, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None
+) -> Path:
+    """Save a student (it must have ``architecture``, ``head_specs`` and ``sample_rate``)."""
+    try:
+        architecture = model.architecture
+        heads = tuple(model.head_specs)
+        rate = int(model.sample_rate)
+    except AttributeError as exc:
+        raise CheckpointError(f"cannot save this model: {exc}") from exc
+    return save_state(
+        model.state_dict(),
+        path,
+        architecture=str(architecture),
+        heads=heads,
+        sample_rate=rate,
+        provenance=provenance,
+    )
+
+
+def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
+    """Read a checkpoint's metadata without loading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a soundnet-cli checkpoint (format {meta.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    try:
+        return CheckpointInfo(
+            path,
+            meta["architecture"],
+            _decode_heads(meta["heads"]),
+            int(meta["sample_rate"]),
+            json.loads(meta.get("provenance", "{}")),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from exc
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Build the checkpoint's architecture (from the registry) and load its weights."""
+    from safetensors.torch import load_file
+
+    from soundnet_cli.plugins import get_plugins
+
+    info = read_info(path)
+    model = get_plugins().students.create(info.architecture, heads=info.heads)
+    try:
+        state = load_file(str(info.path), device="cpu")
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({first})") from exc
+    model.checkpoint_info = info
+    return model.to(device).eval()

