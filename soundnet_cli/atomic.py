@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
-@functools.cache
 def _umask() -> int:
-    umask = os.umask(0)  # the only way to read it is to set it
+    """The process's current umask; read from /proc where it can be, since elsewhere the only
+    way to read it is to set it (a moment in which other threads' files get 022)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o022)
     os.umask(umask)
     return umask
 
@@ -28,9 +33,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
     try:
         yield tmp
+        # mkstemp makes the file private, and some writers (safetensors) replace it with a
+        # private one: give the result a normal file's mode, as the umask says.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -54,8 +54,8 @@ def register_probes(register: Register) -> None:
 @hookspec
 def register_datasets(register: Register) -> None:
     """Register evaluation datasets: ``factory()`` returns a
-    :class:`soundnet_cli.evaluation.datasets.Dataset` that lists a root folder's clips with labels and
-    folds and says how the paper's protocol treats them (clip length, window length)."""
+    :class:`soundnet_cli.evaluation.datasets.Dataset` that lists a root folder's clips with
+    labels and folds and says how the paper's protocol treats them (clip length, window length)."""
 
 
 @hookspec

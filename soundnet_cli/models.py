@@ -58,32 +58,6 @@ def list_students() -> list[str]:
     return get_plugins().students.names()
 
 
-def resolve_device(spec: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` as given."""
-    import torch
-
-    from soundnet_cli.errors import UsageProblem
-
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return spec
-    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise UsageProblem(f"device {spec!r} asked for, but CUDA is not available here")
-        return spec
-    raise UsageProblem(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
-
-
-def model_device(model: Any) -> torch.device:
-    """Where a model's parameters (or, for parameter-free extractors, buffers) live."""
-    import torch
-
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def default_layer(model: Any) -> str:
     """The layer to use when none is given: the model's ``default_layer``, else ``pool5`` (the
     paper's best for SoundNet-8) when it has one, else its last feature tap."""
@@ -92,3 +66,35 @@ def default_layer(model: Any) -> str:
         return str(chosen)
     names = [info.name for info in model.feature_info]
     return "pool5" if "pool5" in names else names[-1]
+
+
+def for_inference(
+    model: Any,
+    layers: Sequence[str],
+    *,
+    precision: str = "fp32",
+    compile: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> Any:
+    """``model``'s fast inference twin for ``layers`` (``students.inference.optimise``) in
+    ``precision``, its half-precision check remembered per weights and device."""
+    from soundnet_cli.students.inference import optimise
+    from soundnet_cli.weights.identity import precision_cache
+
+    cache = precision_cache(model) if precision != "fp32" else None
+    return optimise(
+        model,
+        layers=layers,
+        precision=precision,
+        compile=compile,
+        announce=announce,
+        cache=cache,
+    )
+
+
+def running_precision(model: Any) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: what ``model`` (as :func:`for_inference` left it) runs in."""
+    import torch
+
+    dtype = getattr(model, "dtype", torch.float32)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")

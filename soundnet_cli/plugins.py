@@ -98,14 +98,77 @@ class Plugins:
         return [info for info in self.infos.values() if info.status == "failed"]
 
     def add_commands(self, app: Any) -> None:
-        """Let every plugin add its CLI commands to ``app``."""
+        """Let every plugin add its CLI commands to ``app``.
+
+        Each plugin adds to a scratch app first; its commands move to ``app`` only when the hook
+        succeeded and no name is taken (a builtin command, or another plugin's), so a plugin
+        can never replace ``extract``. A plugin that fails here registers nothing at all.
+        """
+        import typer
+
+        taken = {name: "soundnet-cli" for name in command_names(app)}
         for impl in self.manager.hook.register_commands.get_hookimpls():
             info = self.infos[impl.plugin_name]
+            if info.status != "loaded":
+                continue
+            scratch = typer.Typer()
             try:
-                impl.function(app=app)
-                info.adds_commands = True
-            except Exception as exc:  # a broken plugin must not break the CLI
-                _fail(info, f"register_commands failed: {_describe(exc)}")
+                impl.function(app=scratch)
+                names = command_names(scratch)
+                for name in names:
+                    if name in taken:
+                        owner = taken[name]
+                        raise SoundnetError(
+                            f"it adds the command {name!r}, which "
+                            + (
+                                "is a builtin command"
+                                if owner == "soundnet-cli"
+                                else f"plugin {owner!r} adds too"
+                            )
+                        )
+            except CONTAINED as exc:  # a broken plugin must not break the CLI
+                reason = str(exc) if isinstance(exc, SoundnetError) else _describe(exc)
+                self.fail(info, f"register_commands failed: {reason}")
+                continue
+            taken.update(dict.fromkeys(names, info.name))
+            app.registered_commands.extend(scratch.registered_commands)
+            app.registered_groups.extend(scratch.registered_groups)
+            info.adds_commands = bool(names)
+
+    def fail(self, info: PluginInfo, message: str) -> None:
+        """Mark a plugin failed and take back everything it registered."""
+        _fail(info, message)
+        self.forget(info)
+
+    def forget(self, info: PluginInfo) -> None:
+        for registry in self.registries.values():
+            registry.remove_plugin(info.name)
+        info.registered = {}
+        if self.manager.get_plugin(info.name) is not None:
+            self.manager.unregister(name=info.name)
+
+
+# What a plugin may raise and we contain: any error, and SystemExit (a plugin that calls
+# sys.exit() at import must not end the CLI); KeyboardInterrupt still stops everything.
+CONTAINED = (Exception, SystemExit)
+
+
+def command_names(app: Any) -> list[str]:
+    """The names of the commands and command groups added to a Typer ``app``."""
+    from typer.main import get_command_name
+    from typer.models import DefaultPlaceholder
+
+    names = []
+    for command in app.registered_commands:
+        name = command.name or get_command_name(command.callback.__name__)
+        names.append(name)
+    for group in app.registered_groups:
+        name = group.name
+        if name is None or isinstance(name, DefaultPlaceholder):
+            name = group.typer_instance.info.name if group.typer_instance else None
+        if isinstance(name, str):
+            names.append(name)
+    return names
 
 
 def _describe(exc: BaseException) -> str:
@@ -163,7 +226,7 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
             return
         try:
             pm.register(loader(), name=name)
-        except Exception as exc:  # import errors, bad hook signatures: report and skip
+        except CONTAINED as exc:  # import errors, sys.exit(), bad hook signatures: skip
             _fail(info, f"failed to load: {_describe(exc)}")
 
     for name, module_name in BUILTIN_PLUGINS.items():
@@ -185,7 +248,10 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
     registries = {kind: Registry(kind) for kind in COMPONENT_HOOKS}
     for kind, hook_name in COMPONENT_HOOKS.items():
         _collect(pm, hook_name, registries[kind], infos)
-    return Plugins(pm, registries, infos)
+    loaded = Plugins(pm, registries, infos)
+    for info in loaded.failures():  # a plugin that failed in one hook keeps nothing from others
+        loaded.forget(info)
+    return loaded
 
 
 def _collect(
@@ -217,7 +283,7 @@ def _collect(
         except SoundnetError as exc:
             _fail(info, str(exc))
             continue
-        except Exception as exc:
+        except CONTAINED as exc:
             _fail(info, f"{hook_name} failed: {_describe(exc)}")
             continue
         for name, factory, description in pending:

@@ -64,6 +64,13 @@ class Registry:
                 f"disable one with --disable-plugin"
             )
 
+    def remove_plugin(self, plugin: str) -> list[str]:
+        """Forget every name ``plugin`` registered (it failed later); returns those names."""
+        names = [name for name, entry in self._entries.items() if entry.plugin == plugin]
+        for name in names:
+            del self._entries[name]
+        return names
+
     def get(self, name: str) -> Entry:
         """The entry for ``name``; for ``family:variant``, the family's entry."""
         entry = self._entries.get(name)

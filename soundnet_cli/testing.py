@@ -161,24 +161,23 @@ def _check_feature_info(model: Any, who: str) -> list[FeatureInfo]:
     return list(infos)
 
 
-def _has_geometry(model: Any) -> bool:
-    return callable(getattr(model, "output_length", None)) and callable(
-        getattr(model, "min_samples", None)
-    )
-
-
 def check_student(
     model: Any, *, architecture: str | None = None, layers: Sequence[str] | None = None
 ) -> None:
-    """Check a built student against the contract every command relies on.
+    """Check a built student against the contract every command relies on
+    (:class:`soundnet_cli.students.Student`); a student that passes runs through extract,
+    predict, evaluate and HEAR.
 
-    Checked: it is a ``torch.nn.Module`` with ``feature_info``, ``sample_rate`` 22,050 and an
-    ``architecture`` name (equal to ``architecture`` when given); ``forward_features`` accepts
-    (samples,) and (batch, samples), returns exactly the requested layers as finite float
-    tensors (batch, channels, time) with the declared channels, gives each row of a batch the
-    same result as alone, and leaves its input alone; an unknown layer raises ``LayerError``
-    listing the valid ones; too short an input raises ``AudioError``. When the student has
-    ``output_length`` and ``min_samples``, the time steps must match them and ``stride``.
+    Checked: it is a ``torch.nn.Module`` with every member of the contract: ``architecture``
+    (equal to ``architecture`` when given), ``sample_rate`` 22,050, ``feature_info``,
+    ``default_layer`` (one of its layers), ``device`` (a ``torch.device``, where its outputs
+    are), ``min_samples`` and ``output_length``; ``forward_features`` accepts (samples,) and
+    (batch, samples), returns exactly the requested layers as finite float tensors
+    (batch, channels, time) with the declared channels and ``output_length`` steps, gives each
+    row of a batch the same result as alone, and leaves its input alone; an unknown layer raises
+    ``LayerError`` listing the valid ones; too short an input raises ``AudioError``;
+    ``min_samples`` is the shortest input with one step and each ``stride`` more samples give
+    one more step.
     """
     import torch
 
@@ -196,15 +195,27 @@ def check_student(
             name == architecture, f"{who}: architecture is {name!r}, registered as {architecture!r}"
         )
     _require(callable(getattr(model, "forward_features", None)), f"{who}: no forward_features")
+    for member in ("output_length", "min_samples"):
+        _require(callable(getattr(model, member, None)), f"{who}: needs a `{member}` method")
+    default = getattr(model, "default_layer", None)
+    _require(
+        default in [info.name for info in infos],
+        f"{who}: default_layer must name one of its layers, got {default!r}",
+    )
+    device = getattr(model, "device", None)
+    _require(
+        isinstance(device, torch.device),
+        f"{who}: `device` must be the torch.device it runs on, got {device!r}",
+    )
 
     wanted = list(layers) if layers is not None else [info.name for info in infos]
     by_name = {info.name: info for info in infos}
     for layer in wanted:
         _require(layer in by_name, f"{who}: {layer!r} is not in feature_info")
-    geometry = _has_geometry(model)
-    samples = int(CHECK_SECONDS * SAMPLE_RATE)
-    if geometry:
-        samples = max([samples] + [int(model.min_samples(layer)) * 5 // 4 for layer in wanted])
+    samples = max(
+        [int(CHECK_SECONDS * SAMPLE_RATE)]
+        + [int(model.min_samples(layer)) * 5 // 4 for layer in wanted]
+    )
     model.eval()
     seconds = samples / SAMPLE_RATE
     batch = make_wave(seconds, batch=2, seed=1)
@@ -234,21 +245,23 @@ def check_student(
             _require(tensor.shape[2] > 0, f"{who}: layer {layer!r} gave no time steps")
             _require(tensor.is_floating_point(), f"{who}: layer {layer!r} is not floating point")
             _require(bool(torch.isfinite(tensor).all()), f"{who}: layer {layer!r} is not finite")
-            if geometry:
-                expected = model.output_length(layer, samples)
-                _require(
-                    tensor.shape[2] == expected,
-                    f"{who}: layer {layer!r} gave {tensor.shape[2]} steps for {samples} samples; "
-                    f"output_length says {expected}",
-                )
+            _require(
+                tensor.device == model.device,
+                f"{who}: layer {layer!r} is on {tensor.device}, the student on {model.device}",
+            )
+            expected = model.output_length(layer, samples)
+            _require(
+                tensor.shape[2] == expected,
+                f"{who}: layer {layer!r} gave {tensor.shape[2]} steps for {samples} samples; "
+                f"output_length says {expected}",
+            )
     for layer in wanted:
         _require(
             torch.allclose(taps[layer][1], single[layer][0], rtol=1e-3, atol=1e-3),
             f"{who}: layer {layer!r} differs for the same audio alone and in a batch",
         )
     _check_bad_inputs(model, who, [info.name for info in infos], wanted)
-    if geometry:
-        _check_geometry(model, who, [by_name[layer] for layer in wanted], samples)
+    _check_geometry(model, who, [by_name[layer] for layer in wanted], samples)
 
 
 def _check_bad_inputs(model: Any, who: str, valid: list[str], wanted: list[str]) -> None:
@@ -263,16 +276,12 @@ def _check_bad_inputs(model: Any, who: str, valid: list[str], wanted: list[str])
         raise AssertionError(f"{who}: an unknown layer must raise LayerError, not {exc!r}") from exc
     else:
         raise AssertionError(f"{who}: an unknown layer must raise LayerError")
-    # Too short: one sample less than the layer needs (with geometry), else 8 samples for the
-    # deepest requested layer. A layer that gives a step for any input has nothing to check.
-    if _has_geometry(model):
-        deepest = max(wanted, key=lambda name: int(model.min_samples(name)))
-        short = int(model.min_samples(deepest)) - 1
-        if short < 1:
-            return
-    else:
-        order = {name: i for i, name in enumerate(valid)}
-        deepest, short = max(wanted, key=order.__getitem__), 8
+    # Too short: one sample less than the deepest requested layer needs. A layer that gives a
+    # step for any input has nothing to check.
+    deepest = max(wanted, key=lambda name: int(model.min_samples(name)))
+    short = int(model.min_samples(deepest)) - 1
+    if short < 1:
+        return
     try:
         with torch.inference_mode():
             model.forward_features(torch.zeros(short), [deepest])
@@ -308,10 +317,19 @@ def _check_geometry(model: Any, who: str, infos: list[FeatureInfo], samples: int
 
 
 def check_registered_student(name: str, **factory_kwargs: Any) -> None:
-    """Build the registered student ``name`` (no weights are downloaded) and check it."""
-    entry = _plugins.get_plugins().students.get(name)
-    model = entry.factory(**factory_kwargs)
-    check_student(model, architecture=name)
+    """Build the registered student ``name`` (no weights are downloaded) and check it. A family
+    (a name ending in ``:``) is checked through the variant its factory builds by default."""
+    registry = _plugins.get_plugins().students
+    family = next((e for e in registry if e.name == name and e.is_family), None)
+    if family is None:
+        check_student(registry.create(name, **factory_kwargs), architecture=name)
+        return
+    model = family.factory(**factory_kwargs)
+    check_student(model)
+    _require(
+        str(getattr(model, "architecture", "")).startswith(name),
+        f"student family {name!r}: its default variant is named {model.architecture!r}",
+    )
 
 
 # -- teachers ----------------------------------------------------------------------------------

@@ -19,6 +19,12 @@ def _soundnet5(**kwargs: Any) -> Any:
     return soundnet5(**kwargs)
 
 
+def _classifier(variant: str = "", **kwargs: Any) -> Any:
+    from soundnet_cli.students.classifier import classifier_student
+
+    return classifier_student(variant or "soundnet8@pool5", **kwargs)
+
+
 @hookimpl
 def register_students(register: Register) -> None:
     register(
@@ -27,3 +33,9 @@ def register_students(register: Register) -> None:
         description="SoundNet-8 (the paper's main student; official weights available)",
     )
     register("soundnet5", _soundnet5, description="SoundNet-5 (the paper's Table 2)")
+    register(
+        "classifier:",
+        _classifier,
+        description="a student cut at a layer with a classifier per time step "
+        "(classifier:soundnet8@pool5; what `soundnet finetune` trains)",
+    )

@@ -9,7 +9,7 @@ from soundnet_cli.hookspecs import Register, hookimpl
 DESCRIPTIONS = {
     "vgg16-imagenet": "VGG16 on ImageNet (1000 objects), the paper's object teacher",
     "vgg16-places": "VGG16 on Places365 (365 scenes), the paper's scene teacher; "
-    "converted weights via --teacher-weights",
+    "CSAIL's Caffe model, converted on first use",
     "alexnet-imagenet": "AlexNet on ImageNet (1000 objects)",
     "alexnet-places": "AlexNet on Places365 (365 scenes)",
     "resnet50-places": "ResNet-50 on Places365 (365 scenes)",

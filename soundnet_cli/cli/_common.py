@@ -71,6 +71,11 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             error("interrupted")
             raise typer.Exit(130) from None
+        except OSError as exc:  # the machine said no (permissions, full disk): say what and where
+            if state.debug:
+                raise
+            error(os_reason(exc))
+            raise typer.Exit(1) from exc
         except Exception as exc:  # a bug: say so briefly, traceback only with --debug
             if state.debug:
                 raise
@@ -78,6 +83,12 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_reason(exc: OSError) -> str:
+    """``path: Permission denied`` from an OSError, for one line on stderr."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {what}" if exc.filename else what
 
 
 def check_mix(mix: str) -> None:

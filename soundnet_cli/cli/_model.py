@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 def load_model(checkpoint: Path | None, student: str | None, device: str) -> nn.Module:
     """The model a command asked for, on ``device``; fetches the official weights if needed."""
     from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.models import load_student, resolve_device
+    from soundnet_cli.models import load_student
+    from soundnet_cli.runtime import resolve_device
 
     target = resolve_device(device)
     if checkpoint is not None and student is not None:

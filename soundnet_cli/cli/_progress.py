@@ -1,4 +1,8 @@
-"""Progress bars on stderr; silent when stderr is not a terminal or output is JSON."""
+"""Progress bars on stderr; silent when stderr is not a terminal or output is JSON.
+
+Every command's bar comes from here: :func:`file_progress` for work counted in items (files,
+videos, steps), with an optional ``status`` field for rates and losses, and
+:func:`download_progress` for bytes."""
 
 from __future__ import annotations
 
@@ -7,20 +11,33 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from soundnet_cli.cli import _common
 
 
+class _Status(ProgressColumn):
+    """A task's ``status`` field (speed, loss ...), empty when the task has none."""
+
+    def render(self, task: Task) -> Text:
+        return Text(str(task.fields.get("status", "")))
+
+
 def file_progress(enabled: bool = True) -> Progress:
+    """Items done of a total (files, videos, steps); ``bar.update(task, status=...)`` adds a
+    free text such as a rate."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        _Status(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=_common.err,

@@ -78,8 +78,9 @@ def distill_command(
 
     * `torchrun --nproc-per-node 8 -m soundnet_cli distill corpus/ --batch-size 512 --out run/`
     """
-    from soundnet_cli.distillation.train import DistillConfig, read_run, read_toml
+    from soundnet_cli.distillation import new_config, prepare_source, resume_settings
     from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.teachers import parse_weight_specs
 
     flags = {
         "student": student,
@@ -104,23 +105,22 @@ def distill_command(
     if resume is not None:
         if source is not None or out is not None:
             raise UsageProblem("--resume RUN_DIR continues a run: give no CORPUS or --out")
-        corpus, recorded = read_run(resume)
-        changed = set(given) - {"steps", "workers", "device", "log_every", "eval_every"}
-        if changed:
-            raise UsageProblem(
-                f"a resumed run keeps its settings; only --steps, --workers, --device, "
-                f"--log-every and --eval-every may change (got {', '.join(sorted(changed))})"
-            )
-        config = DistillConfig.from_mapping(given, recorded)
+        corpus, config = resume_settings(resume, given)
         run_dir = resume
     else:
         if source is None or out is None:
             raise UsageProblem("give a CORPUS (or a folder of videos) and --out RUN_DIR")
-        base = DistillConfig.from_mapping(read_toml(config_file)) if config_file else None
-        config = DistillConfig.from_mapping(given | {"teachers": tuple(teacher)}, base)
+        config = new_config(given, tuple(teacher), config_file)
         run_dir = out
-        corpus = _corpus_for(source, run_dir, config, teacher_weights, random_init)
-    config.check()
+        corpus = prepare_source(
+            source,
+            run_dir,
+            config,
+            weights=parse_weight_specs(teacher_weights),
+            random_init=random_init,
+            announce=_common.info,
+            on_failure=lambda path, reason: _common.warn(f"skipped: {reason}"),
+        )
     summary = _train(corpus, run_dir, config, resume is not None, json_output)
     if json_output:
         _common.print_json(summary)
@@ -137,67 +137,15 @@ def distill_command(
         )
 
 
-def _corpus_for(
-    source: Path, run_dir: Path, config: Any, weights: list[str], random_init: bool
-) -> Path:
-    """The corpus itself, or one prepared from a folder of videos into RUN_DIR/corpus."""
-    from soundnet_cli.corpus.format import is_corpus
-    from soundnet_cli.errors import UsageProblem
-
-    if is_corpus(source):
-        return source
-    from soundnet_cli.corpus.prepare import PrepareSettings, prepare_corpus
-    from soundnet_cli.media.video import find_videos
-    from soundnet_cli.models import resolve_device
-    from soundnet_cli.teachers import get_teachers, parse_weight_specs
-
-    if not config.teachers:
-        raise UsageProblem(f"{source} is not a corpus; to prepare one, name the --teacher(s)")
-    videos = find_videos([source])
-    if not videos:
-        raise UsageProblem(f"{source} is neither a corpus nor a folder with videos")
-    teachers = get_teachers(
-        list(config.teachers),
-        weights=parse_weight_specs(weights),
-        random_init=random_init,
-        announce=_common.info,
-    )
-    target = resolve_device(config.device)
-    for model in teachers:
-        model.to(target)
-    corpus = run_dir / "corpus"
-    _common.info(f"preparing {len(videos)} videos into {corpus}")
-    report = prepare_corpus(videos, corpus, teachers, PrepareSettings())
-    for failure in report.failed:
-        _common.warn(f"skipped: {failure['reason']}")
-    return corpus
-
-
 def _train(
     corpus: Path, run_dir: Path, config: Any, resume: bool, json_output: bool
 ) -> dict[str, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from soundnet_cli.cli._progress import file_progress
+    from soundnet_cli.distillation import distill
 
-    from soundnet_cli.distillation.train import distill
-
-    bar = Progress(
-        TextColumn("distilling"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeRemainingColumn(),
-        console=_common.err,
-        transient=True,
-        disable=json_output or not _common.err.is_terminal,
-    )
+    bar = file_progress(enabled=not json_output)
     with bar:
-        task = bar.add_task("distill", total=config.steps, status="")
+        task = bar.add_task("distilling", total=config.steps)
 
         def on_step(m: Any) -> None:
             bar.update(

@@ -70,8 +70,9 @@ def evaluate_command(
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.evaluation.protocol import evaluate
-    from soundnet_cli.models import default_layer, resolve_device
+    from soundnet_cli.models import default_layer
     from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.runtime import resolve_device
     from soundnet_cli.visualize.figures import confusion_matrix_png
 
     C = _parse_c(c_value)
@@ -136,8 +137,8 @@ def _parse_c(value: str) -> float | str:
         c = float(value)
     except ValueError:
         raise UsageProblem(f"--C must be a positive number or 'auto', not {value!r}") from None
-    if c <= 0:
-        raise UsageProblem(f"--C must be positive, not {value}")
+    if not c > 0 or c == float("inf"):  # also refuses nan
+        raise UsageProblem(f"--C must be a positive number, not {value}")
     return c
 
 

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
@@ -103,23 +94,20 @@ def extract_command(
     * `torchrun --nproc-per-node 4 -m soundnet_cli extract ./audio --out features`
     """
     from soundnet_cli.cli._model import load_model
+    from soundnet_cli.cli._progress import file_progress
     from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.extraction.engine import POOLS, distributed_rank, extract
+    from soundnet_cli.extraction.engine import POOLS, extract
     from soundnet_cli.models import default_layer
+    from soundnet_cli.runtime import device_for, world_from_env
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    rank, world = distributed_rank()
-    if device == "auto" and world > 1:
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    model = load_model(checkpoint, student, device)
+    job = world_from_env()
+    model = load_model(checkpoint, student, device_for(device, job))
     layer = layer or [default_layer(model)]
-    bar = _bar(enabled=not quiet and not json_output)
+    bar = file_progress(enabled=not quiet and not json_output)
     with bar:
-        task = bar.add_task("extracting", total=None, audio="", speed="")
+        task = bar.add_task("extracting", total=None)
 
         def progress(event: Any) -> None:
             speed = event.audio_seconds / event.elapsed if event.elapsed > 0 else 0.0
@@ -127,8 +115,7 @@ def extract_command(
                 task,
                 total=event.total,
                 completed=event.done,
-                audio=f"{event.audio_seconds / 3600:.2f} h",
-                speed=f"{speed:.0f}x realtime",
+                status=f"{event.audio_seconds / 3600:.2f} h, {speed:.0f}x realtime",
             )
 
         summary = extract(
@@ -148,8 +135,9 @@ def extract_command(
             optimise=not plain,
             precision=precision,
             compile=compile_model,
-            rank=rank,
-            world_size=world,
+            threads=threads,
+            rank=job.rank,
+            world_size=job.size,
             progress=progress,
             announce=_common.warn,
         )
@@ -161,21 +149,6 @@ def extract_command(
         _list_failures(summary.as_dict())
     if summary.failures:
         raise typer.Exit(1)
-
-
-def _bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[audio]}"),
-        TextColumn("{task.fields[speed]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=_common.err,
-        transient=True,
-        disable=not (enabled and _common.err.is_terminal),
-    )
 
 
 def _render(summary: dict[str, Any]) -> None:
@@ -194,6 +167,8 @@ def _render(summary: dict[str, Any]) -> None:
 
 
 def _list_failures(summary: dict[str, Any]) -> None:
+    for note in summary.get("redone", [])[:MAX_FAILURES_SHOWN]:
+        _common.warn(f"damaged output redone: {note}")
     failures = summary["failures"]
     for failure in failures[:MAX_FAILURES_SHOWN]:
         _common.err.print(Text.assemble(("failed: ", "red"), failure["error"]), soft_wrap=True)

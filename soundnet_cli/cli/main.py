@@ -10,7 +10,10 @@ from soundnet_cli import __version__
 from soundnet_cli.cli import _common, evaluate, extract, plugins, predict, probe, weights
 from soundnet_cli.cli import corpus as corpus_cmd
 from soundnet_cli.cli import distill as distill_cmd
+from soundnet_cli.cli import export as export_cmd
+from soundnet_cli.cli import finetune as finetune_cmd
 from soundnet_cli.cli import prepare as prepare_cmd
+from soundnet_cli.cli import search as search_cmd
 from soundnet_cli.cli import visualize as visualize_cmd
 from soundnet_cli.plugins import disable, get_plugins
 
@@ -59,10 +62,14 @@ def build_app() -> typer.Typer:
         if disable_plugin:
             disable(disable_plugin)
         for failed in get_plugins().failures():
-            _common.warn(f"plugin {failed.name!r} skipped: {'; '.join(failed.errors)}")
+            _common.warn(
+                f"plugin {failed.name!r} skipped: {'; '.join(failed.errors)} (disable it with "
+                f"--disable-plugin {failed.name} or SOUNDNET_DISABLE_PLUGINS={failed.name})"
+            )
 
     predict.register(app)
     extract.register(app)
+    export_cmd.register(app)
     weights.register(app)
     plugins.register(app)
     probe.register(app)
@@ -70,7 +77,9 @@ def build_app() -> typer.Typer:
     prepare_cmd.register(app)
     corpus_cmd.register(app)
     distill_cmd.register(app)
+    finetune_cmd.register(app)
     visualize_cmd.register(app)
+    search_cmd.register(app)
     get_plugins().add_commands(app)
     return app
 

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from soundnet_cli.cli import _common
 from soundnet_cli.cli._progress import file_progress
 
+if TYPE_CHECKING:
+    from soundnet_cli.prediction import PredictRun
+    from soundnet_cli.students.predict import Prediction
+
 
 def predict_command(
     paths: list[Path] = typer.Argument(
         ..., help="Audio files or directories (searched recursively)."
     ),
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Categories shown per head."),
+    top_k: int = typer.Option(
+        None,
+        "--top-k",
+        "-k",
+        min=1,
+        help="Categories per head and step (default: 5; 1 for audacity).",
+    ),
     checkpoint: Path = typer.Option(
         None,
         "--checkpoint",
@@ -30,15 +43,40 @@ def predict_command(
     steps: bool = typer.Option(
         True, "--steps/--summary-only", help="Show every time step, or only the whole-file summary."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    fmt: str = typer.Option(
+        "table",
+        "--format",
+        "-f",
+        help="table (default), json, csv, tsv or audacity (one label file per input).",
+    ),
+    segments: bool = typer.Option(
+        False,
+        "--segments",
+        help="Merge consecutive steps with the same top label into one row (events).",
+    ),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Leave out labels whose probability is below this."
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Write to this file (or DIR/predictions.<ext>) instead of stdout; a folder for "
+        "audacity.",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Same as --format json."),
 ) -> None:
-    """Top objects and scenes per time step and per file.
+    """Top objects and scenes per time step and per file, as tables, CSV or label tracks.
 
     For every conv8 time step of each file, and a whole-file summary (mean over steps).
+    `--format csv|tsv` gives one row per file, time step, head and rank
+    (path,start,end,head,rank,label,probability; seconds); `--segments` merges consecutive
+    steps with the same top label into events; `--format audacity` writes one label file per
+    input into `--out DIR` (File > Import > Labels in Audacity).
 
     Clips shorter than the 20-s training length are tiled circularly to it (a 10-s input gives
-    one conv8 step that sees only padding); the output says so. Files that fail are reported
-    and skipped; the exit code is 1 if any failed.
+    one conv8 step that sees only padding); the output says so, and the rows of such a clip
+    span it whole. Files that fail are reported and skipped; the exit code is 1 if any failed.
 
     Examples:
 
@@ -47,59 +85,117 @@ def predict_command(
     * `soundnet predict ./recordings --top-k 3 --summary-only`
 
     * `soundnet predict clip.flac --json | jq '.results[0].summary'`
+
+    * `soundnet predict ./recordings --format csv --segments --out events.csv`
+
+    * `soundnet predict long.wav --format audacity --threshold 0.2 --out labels/`
     """
     from soundnet_cli.cli._model import load_model
-    from soundnet_cli.errors import SoundnetError, UsageProblem
-    from soundnet_cli.media.audio import find_audio, load_audio
-    from soundnet_cli.students.predict import predict_waveform
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.media.files import find_audio
+    from soundnet_cli.prediction import check_output, predict_files
+    from soundnet_cli.prediction.run import default_top_k
+    from soundnet_cli.prediction.tables import apply_threshold, check_threshold
 
+    if json_output:
+        if fmt not in ("table", "json"):
+            raise UsageProblem(f"--json means --format json; it cannot go with --format {fmt}")
+        fmt = "json"
+    check_output(fmt, out)
+    check_threshold(threshold)
     _common.check_mix(mix)
     files = find_audio(paths)
     if not files:
         raise UsageProblem("no audio files found in the given paths")
     model = load_model(checkpoint, None, device)
-    results: list[dict[str, Any]] = []
-    failures: list[dict[str, str]] = []
+    k = top_k or default_top_k(fmt)
+    quiet = fmt == "json" and out is None  # errors go into the JSON document
+    live = fmt == "table" and out is None and steps
+
     with file_progress(enabled=len(files) > 1) as bar:
         task = bar.add_task("predicting", total=len(files))
-        for path in files:
-            try:
-                wave = load_audio(path, mix=mix)  # type: ignore[arg-type]
-                result = predict_waveform(model, wave, top_k=top_k, path=str(path))
-            except SoundnetError as exc:
-                failures.append({"path": str(path), "error": str(exc)})
-                if not json_output:
-                    _common.error(str(exc))
-            else:
-                results.append(result.as_dict())
-                if not json_output and steps:
-                    _render(result.as_dict())
+
+        def on_file(path: Path, prediction: Prediction | None, error: str | None) -> None:
+            if error is not None and not quiet:
+                _common.error(error)
+            if prediction is not None and live:
+                _show(_common.out, apply_threshold(prediction, threshold), segments)
             bar.advance(task)
-    if not json_output and not steps and results:
-        _render_summaries(results)
-    if json_output:
-        _common.print_json({"results": results, "errors": failures})
-    elif len(files) > 1:
-        _common.err.print(f"{len(results)} predicted, {len(failures)} failed")
-    if failures:
+
+        run = predict_files(files, model, top_k=k, mix=mix, on_file=on_file)
+    _write(run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold)
+    if not quiet and len(files) > 1:
+        _common.err.print(f"{len(run.predictions)} predicted, {len(run.failures)} failed")
+    if run.failures:
         raise typer.Exit(1)
+
+
+def _write(
+    run: PredictRun,
+    fmt: str,
+    out: Path | None,
+    *,
+    steps: bool,
+    segments: bool,
+    top_k: int,
+    threshold: float | None,
+) -> None:
+    from soundnet_cli.prediction.run import output_file, render_text, write_audacity, write_text
+    from soundnet_cli.prediction.tables import apply_threshold
+
+    if fmt == "audacity":
+        assert out is not None
+        written = write_audacity(run, out, segments=segments, top_k=top_k, threshold=threshold)
+        _common.info(f"wrote {len(written)} label file(s) under {out}")
+        return
+    if fmt != "table":
+        text = render_text(run, fmt, segments=segments, top_k=top_k, threshold=threshold)
+        if out is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            _common.info(f"wrote {write_text(text, output_file(out, fmt))}")
+        return
+    kept = [apply_threshold(p, threshold) for p in run.predictions]
+    if out is None:
+        if not steps and kept:
+            _render_summaries(_common.out, [p.as_dict() for p in kept])
+        return
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=160, color_system=None, highlight=False)
+    if steps:
+        for prediction in kept:
+            _show(console, prediction, segments)
+    elif kept:
+        _render_summaries(console, [p.as_dict() for p in kept])
+    _common.info(f"wrote {write_text(buffer.getvalue(), output_file(out, fmt))}")
+
+
+def _show(console: Console, prediction: Prediction, segments: bool) -> None:
+    if segments:
+        _render_segments(console, prediction)
+    else:
+        _render(console, prediction.as_dict())
 
 
 def _short(label: str) -> str:
     return label.split(",")[0]
 
 
+def _title(result: dict[str, Any]) -> Text:
+    title = f"{result['path']}  ({result['duration']:.2f} s"
+    if result["tiled_to"]:
+        title += f", tiled to {result['tiled_to']:.0f} s, the training length"
+    return Text(title + ")")
+
+
 def _cell(head: dict[str, Any]) -> Text:
     return Text(", ".join(f"{_short(t['label'])} {t['probability']:.2f}" for t in head["top"]))
 
 
-def _render(result: dict[str, Any]) -> None:
-    title = f"{result['path']}  ({result['duration']:.2f} s"
-    if result["tiled_to"]:
-        title += f", tiled to {result['tiled_to']:.0f} s, the training length"
-    title += ")"
+def _render(console: Console, result: dict[str, Any]) -> None:
     heads = [h["head"] for h in result["summary"]]
-    table = Table(title=Text(title), title_justify="left", expand=False)
+    table = Table(title=_title(result), title_justify="left", expand=False)
     table.add_column("time (s)", justify="right")
     for head in heads:
         table.add_column(head)
@@ -111,10 +207,10 @@ def _render(result: dict[str, Any]) -> None:
         style="bold",
         end_section=True,
     )
-    _common.out.print(table)
+    console.print(table)
 
 
-def _render_summaries(results: list[dict[str, Any]]) -> None:
+def _render_summaries(console: Console, results: list[dict[str, Any]]) -> None:
     """One row per file: the whole-file mean of every head."""
     table = Table(
         title="mean over time steps (clips under 20 s tiled to 20 s)", title_justify="left"
@@ -124,7 +220,31 @@ def _render_summaries(results: list[dict[str, Any]]) -> None:
         table.add_column(head["head"])
     for result in results:
         table.add_row(Text(Path(result["path"]).name), *(_cell(h) for h in result["summary"]))
-    _common.out.print(table)
+    console.print(table)
+
+
+def _render_segments(console: Console, prediction: Prediction) -> None:
+    """One row per event: consecutive steps with the same top label, per head."""
+    from soundnet_cli.prediction.tables import segment_rows
+
+    table = Table(title=_title(prediction.as_dict()), title_justify="left", expand=False)
+    for name, justify in (
+        ("start (s)", "right"),
+        ("end (s)", "right"),
+        ("head", "left"),
+        ("label", "left"),
+        ("mean p", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in segment_rows(prediction):
+        table.add_row(
+            f"{row.start:.2f}",
+            f"{row.end:.2f}",
+            row.head,
+            Text(_short(row.label)),
+            f"{row.probability:.2f}",
+        )
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -78,22 +78,18 @@ def prepare_command(
 
     * `soundnet prepare ./videos --teacher vgg16-imagenet --teacher resnet50-places --out corpus`
 
-    * `soundnet prepare clips/ -t vgg16-places --teacher-weights vgg16-places=w.pth -o corpus`
+    * `soundnet prepare clips/ -t vgg16-places --teacher-weights vgg16-places=vgg.caffemodel -o out`
 
     * `torchrun --nproc-per-node 4 -m soundnet_cli prepare ./videos -t vgg16-imagenet -o corpus`
 
     * `soundnet prepare ./videos -t timm:resnet18 --random-init -o /tmp/dry-run --json`
     """
-    from soundnet_cli.corpus.prepare import PrepareSettings, rank_from_env
-    from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.media.video import find_videos
-    from soundnet_cli.models import resolve_device
-    from soundnet_cli.teachers import get_teachers, parse_weight_specs
+    from soundnet_cli.corpus.prepare import PrepareSettings
+    from soundnet_cli.runtime import world_from_env
+    from soundnet_cli.teachers import parse_weight_specs
 
     _common.check_mix(mix)
-    env_rank, env_world = rank_from_env()
-    rank = env_rank if rank is None else rank
-    world_size = env_world if world_size is None else world_size
+    world = world_from_env(rank, world_size)
     settings = PrepareSettings(
         clip_seconds=clip_seconds,
         frame_interval=frame_interval,
@@ -105,19 +101,10 @@ def prepare_command(
         retry_failed=retry_failed,
     )
     settings.check()
-    files = find_videos(videos)
-    if not files:
-        raise UsageProblem("no video files found in the given paths")
-    target = _device_for_rank(resolve_device(device))
-    teachers = get_teachers(
-        teacher,
-        weights=parse_weight_specs(teacher_weights),
-        random_init=random_init,
-        announce=_common.info,
+    weights = parse_weight_specs(teacher_weights)
+    report = _run(
+        videos, out, teacher, settings, weights, random_init, device, world, json_output
     )
-    for model in teachers:
-        model.to(target)
-    report = _run(files, out, teachers, settings, rank, world_size, json_output)
     if json_output:
         _common.print_json(report.as_dict())
     else:
@@ -126,61 +113,42 @@ def prepare_command(
         raise typer.Exit(1)
 
 
-def _device_for_rank(device: str) -> str:
-    """Under torchrun each rank takes its own GPU (LOCAL_RANK)."""
-    local = os.environ.get("LOCAL_RANK")
-    if device == "cuda" and local is not None and local.isdigit():
-        return f"cuda:{local}"
-    return device
-
-
 def _run(
-    files: list[Path],
+    videos: list[Path],
     out: Path,
-    teachers: list[Any],
+    teachers: list[str],
     settings: Any,
-    rank: int,
-    world_size: int,
+    weights: dict[str, str],
+    random_init: bool,
+    device: str,
+    world: Any,
     json_output: bool,
 ) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from soundnet_cli.cli._progress import file_progress
+    from soundnet_cli.corpus.prepare import prepare_videos
 
-    from soundnet_cli.corpus.prepare import prepare_corpus
-
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=_common.err,
-        transient=True,
-        disable=json_output or not _common.err.is_terminal,
-    )
+    bar = file_progress(enabled=not json_output)
     with bar:
-        task = bar.add_task(f"preparing (rank {rank}/{world_size})", total=None, rate="")
+        task = bar.add_task(f"preparing (rank {world.rank}/{world.size})", total=None)
 
         def progress(p: Any) -> None:
             rate = f"{p.videos_per_second:.2f} videos/s, {p.seconds / 3600:.2f} h of video"
-            bar.update(task, total=p.total, completed=p.done + p.failed, rate=rate)
+            bar.update(task, total=p.total, completed=p.done + p.failed, status=rate)
 
         def failure(path: str, reason: str) -> None:
             if not json_output:
                 _common.warn(f"skipped: {reason}")
 
-        return prepare_corpus(
-            files,
+        return prepare_videos(
+            videos,
             out,
             teachers,
             settings,
-            rank=rank,
-            world_size=world_size,
+            weights=weights,
+            random_init=random_init,
+            device=device,
+            world=world,
+            announce=_common.info,
             on_progress=progress,
             on_failure=failure,
         )

@@ -67,8 +67,9 @@ def fit_command(
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.cli.evaluate import _parse_c
     from soundnet_cli.evaluation import probing
-    from soundnet_cli.models import default_layer, resolve_device
+    from soundnet_cli.models import default_layer
     from soundnet_cli.probes import save_probe
+    from soundnet_cli.runtime import resolve_device
 
     _common.check_mix(mix)
     C = _parse_c(c_value)
@@ -128,9 +129,9 @@ def predict_command(
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.evaluation import probing
-    from soundnet_cli.media.audio import find_audio
-    from soundnet_cli.models import resolve_device
+    from soundnet_cli.media.files import find_audio
     from soundnet_cli.probes import load_probe
+    from soundnet_cli.runtime import resolve_device
 
     probe_file = load_probe(probe_path)
     files = find_audio(paths)

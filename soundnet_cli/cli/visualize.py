@@ -141,7 +141,7 @@ def units_command(
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.evaluation.labels import read_label_map
-    from soundnet_cli.media.audio import find_audio
+    from soundnet_cli.media.files import find_audio
     from soundnet_cli.visualize.report import write_units_page
     from soundnet_cli.visualize.units import visualize_units
 
@@ -155,7 +155,6 @@ def units_command(
     model: Any = load_model(checkpoint, student, device)
     names = [info.name for info in model.feature_info]
     layer = layer or ("conv7" if "conv7" in names else names[-1])
-    from soundnet_cli.models import model_device
 
     with file_progress(enabled=not json_output) as bar:
         scan_task = bar.add_task("scanning", total=len(files))
@@ -171,7 +170,7 @@ def units_command(
             excerpt_seconds=excerpt_seconds,
             labels=label_map,
             mix=mix,  # type: ignore[arg-type]
-            device=str(model_device(model)),
+            device=str(model.device),
             on_clip=lambda: bar.advance(scan_task),
             on_hit=lambda: bar.advance(excerpt_task),
         )

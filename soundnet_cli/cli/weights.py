@@ -1,4 +1,4 @@
-"""`soundnet weights`: fetch, import, list and inspect model weights."""
+"""`soundnet weights`: fetch, import, list, inspect and convert model weights."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from soundnet_cli.cli import _common
 from soundnet_cli.cli._progress import download_progress
 
 weights_app = typer.Typer(
-    help="Fetch, import, list and inspect model weights.", no_args_is_help=True
+    help="Fetch, import, list, inspect and convert model weights.", no_args_is_help=True
 )
 
 
@@ -131,6 +131,64 @@ def info(
     from soundnet_cli.weights.official import resolve_weights
 
     _report(resolve_weights(name), json_output, None)
+
+
+@weights_app.command("convert-caffe")
+@_common.handle_errors
+def convert_caffe(
+    file: Path = typer.Argument(..., help="A VGG16 Caffe model: vgg16_places365.caffemodel."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="The .safetensors to write (default: the vgg16-places cache, "
+        "$SOUNDNET_HOME/teachers/vgg16_places365.safetensors).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an output that was converted from another caffemodel."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Convert CSAIL's VGG16-Places365 Caffe model to torchvision VGG16 safetensors.
+
+    The caffemodel is read by a plain Python reader (no Caffe, no code execution), in either
+    Caffe layout, a few MiB at a time. The output keeps Caffe's input convention (BGR, 0-255,
+    minus the Places365 mean, which the vgg16-places teacher applies) and records the source
+    and the caffemodel's sha256. Converting the same caffemodel again does nothing; converting
+    another over an existing output needs --force.
+
+    Examples:
+
+    * `soundnet weights convert-caffe vgg16_places365.caffemodel` (fills the vgg16-places cache,
+      for machines without internet access)
+
+    * `soundnet weights convert-caffe vgg16_places365.caffemodel --out vgg16.safetensors --json`,
+      then `soundnet prepare videos/ -t vgg16-places --teacher-weights
+      vgg16-places=vgg16.safetensors -o corpus`
+    """
+    from soundnet_cli.teachers.caffe_vgg16 import cache_path, convert_caffemodel
+
+    with download_progress(enabled=not json_output) as bar:
+        task = bar.add_task(f"converting {file.name}", total=None)
+        result = convert_caffemodel(
+            file,
+            out or cache_path(),
+            force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if json_output:
+        _common.print_json(result.as_dict())
+        return
+    action = "converted" if result.converted else "already converted, nothing to do"
+    # soft_wrap: paths and hashes stay whole on one line, whatever the terminal's width
+    _common.out.print(f"{action}: {result.path}", soft_wrap=True)
+    for label, value in (
+        ("architecture", "torchvision.models.vgg16, 365 Places365 categories"),
+        ("caffe layout", result.layout),
+        ("source", result.source),
+        ("caffemodel sha256", result.sha256),
+    ):
+        _common.out.print(f"  {label}: {value}", soft_wrap=True)
 
 
 def _report(path: Path, json_output: bool, action: str | None) -> None:

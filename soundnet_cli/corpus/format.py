@@ -343,8 +343,8 @@ class Corpus:
             for video in index["videos"]:
                 self.videos[video["key"]] = video | {"shard": name}
                 self.failures.pop(video["key"], None)
-            for c in index["clips"]:
-                self.clips.append(
+            try:
+                refs = [
                     ClipRef(
                         name,
                         c["video"],
@@ -356,7 +356,36 @@ class Corpus:
                         int(c["frames"]),
                         tuple(c["frame_times"]),
                     )
-                )
+                    for c in index["clips"]
+                ]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CorpusError(
+                    f"{shard_dir / name / INDEX}: damaged clip entry ({type(exc).__name__}: {exc})"
+                ) from exc
+            self._check_extents(name, refs)
+            self.clips.extend(refs)
+
+    def _check_extents(self, shard: str, refs: Sequence[ClipRef]) -> None:
+        """Every clip's samples and frames lie inside its shard's arrays (else `corpus info`
+        would call a damaged index valid and training would crash on it)."""
+        where = self.root / SHARDS / shard / INDEX
+        try:
+            lengths = {AUDIO: len(self._array(shard, AUDIO))}
+            for head in self.manifest.heads:
+                lengths[f"{head.name}.npy"] = len(self._array(shard, f"{head.name}.npy"))
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"{where.parent}: damaged shard arrays ({exc})") from exc
+        for ref in refs:
+            spans = [(AUDIO, ref.audio_offset, ref.samples)] + [
+                (f"{h.name}.npy", ref.frame_offset, ref.frames) for h in self.manifest.heads
+            ]
+            for array, start, count in spans:
+                if start < 0 or count < 0 or start + count > lengths[array]:
+                    raise CorpusError(
+                        f"{where}: clip {ref.clip} of {ref.video} spans {start}..{start + count} "
+                        f"of {array}, which holds {lengths[array]}; the corpus is damaged "
+                        "(prepare it again)"
+                    )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

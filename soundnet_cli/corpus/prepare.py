@@ -9,10 +9,9 @@ takes every WORLD_SIZE-th video of the sorted list and writes its own shards.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from soundnet_cli.errors import SoundnetError, UsageProblem, VideoError
 from soundnet_cli.media.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
+    from soundnet_cli.runtime import World
     from soundnet_cli.teachers.base import Teacher
 
 FRAME_AT = ("centre", "start")
@@ -130,16 +130,6 @@ class PrepareReport:
             "videos_per_s": round(self.prepared / self.elapsed, 4) if self.elapsed else None,
             "video_seconds_per_s": round(self.seconds / self.elapsed, 3) if self.elapsed else None,
         }
-
-
-def rank_from_env() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them; (0, 1) outside torchrun."""
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError as exc:
-        raise UsageProblem(f"RANK / WORLD_SIZE are not integers ({exc})") from exc
-    return rank, world
 
 
 def build_manifest(teachers: Sequence[Teacher], settings: PrepareSettings) -> Manifest:
@@ -349,3 +339,46 @@ def _decoded(paths: Sequence[Path], manifest: Manifest, settings: PrepareSetting
             if nxt is not None:
                 queue.append((nxt, pool.submit(_decode_one, nxt, manifest, settings)))
             yield path, future.result()
+
+
+def prepare_videos(
+    paths: Sequence[Path],
+    out: Path,
+    teacher_names: Sequence[str],
+    settings: PrepareSettings = PrepareSettings(),
+    *,
+    weights: Mapping[str, str] | None = None,
+    random_init: bool = False,
+    device: str = "auto",
+    world: World | None = None,
+    announce: Callable[[str], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+) -> PrepareReport:
+    """Find the videos under ``paths``, build the named teachers on this rank's device and
+    prepare this rank's share into the corpus at ``out`` (what `soundnet prepare` runs)."""
+    from soundnet_cli.media.video import find_videos
+    from soundnet_cli.runtime import device_for, world_from_env
+    from soundnet_cli.teachers import get_teachers
+
+    settings.check()
+    world = world or world_from_env()
+    files = find_videos(list(paths))
+    if not files:
+        raise UsageProblem("no video files found in the given paths")
+    target = device_for(device, world)
+    teachers = get_teachers(
+        list(teacher_names), weights=dict(weights or {}), random_init=random_init, announce=announce
+    )
+    for model in teachers:
+        model.to(target)
+    return prepare_corpus(
+        files,
+        out,
+        teachers,
+        settings,
+        rank=world.rank,
+        world_size=world.size,
+        on_progress=on_progress,
+        on_failure=on_failure,
+    )

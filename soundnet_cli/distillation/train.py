@@ -1,6 +1,7 @@
 """Distillation: train a sound student to predict the vision teachers' posteriors (PAPER.md,
 "Training"). One library function, :func:`distill`, runs on CPU, one GPU, or under ``torchrun``
-(DDP, each rank its slice of every global batch, rank 0 logging and checkpointing).
+(DDP, each rank its slice of every global batch, rank 0 logging and checkpointing); it is a few
+readable steps: set up the run, build the data, run the shared loop (:mod:`.loop`), export.
 
 Loss: for every head and student time step, KL(teacher || student) with the student's
 log-softmax, averaged over batch, time steps and heads, times ``kl_scale`` (250, as the
@@ -9,96 +10,30 @@ release); ``loss="l2"`` is the ablation's squared error between the probabilitie
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from soundnet_cli.atomic import atomic_path
+from soundnet_cli.distillation.config import DistillConfig, resumed_config
+from soundnet_cli.distillation.ddp import barrier, data_parallel
+from soundnet_cli.distillation.loop import Schedule, run_loop
+from soundnet_cli.distillation.rundir import (
+    LAST,
+    StepMetrics,
+    load_training_state,
+    read_config,
+    trim_metrics,
+    write_config,
+)
 from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.runtime import World, device_for, join_process_group, leave_process_group
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
-CONFIG = "config.json"
-METRICS = "metrics.jsonl"
-LAST = "checkpoints/last.pt"
 STUDENT = "student.safetensors"
-LOSSES = ("kl", "l2")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Every hyper-parameter of a run; recorded in RUN_DIR/config.json."""
-
-    student: str = "soundnet8"
-    teachers: tuple[str, ...] = ()  # heads of these teachers; () = every head of the corpus
-    loss: str = "kl"
-    kl_scale: float = 250.0
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    batch_size: int = 64
-    steps: int = 100_000
-    crop_seconds: float = 20.0
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    eval_every: int = 500
-    held_out: float = 0.05
-    workers: int = 2
-    device: str = "auto"
-    compile: bool = False
-
-    def check(self) -> None:
-        if self.loss not in LOSSES:
-            raise UsageProblem(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
-        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_every"):
-            if getattr(self, name) < 1:
-                raise UsageProblem(f"--{name.replace('_', '-')} must be at least 1")
-        if not 0 <= self.held_out < 1:
-            raise UsageProblem("--held-out must be in [0, 1)")
-        if self.lr <= 0 or self.workers < 0:
-            raise UsageProblem("--lr must be positive and --workers >= 0")
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["teachers"] = list(self.teachers)
-        return data
-
-    @classmethod
-    def from_mapping(
-        cls, values: Mapping[str, Any], base: DistillConfig | None = None
-    ) -> DistillConfig:
-        """``base`` updated with ``values`` (keys as in the dataclass, or with dashes)."""
-        known = {f.name for f in fields(cls)}
-        data = (base or cls()).as_dict()
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise UsageProblem(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
-            data[name] = value
-        data["teachers"] = tuple(data["teachers"] or ())
-        return cls(**data)
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, ValueError) as exc:
-        raise UsageProblem(f"{path}: cannot read the config ({exc})") from exc
-    return dict(data.get("distill", data))
 
 
 # -- the loss -------------------------------------------------------------------------------------
@@ -147,125 +82,7 @@ def step_frames(
     return [min(frames - 1, max(0, int(c // interval))) for c in centres]
 
 
-# -- batch norm across processes on CPU ------------------------------------------------------
-class GlooSyncBatchNorm:
-    """Replace BatchNorm1d's forward so that batch statistics are those of the global batch.
-
-    torch's SyncBatchNorm runs on GPUs only; this does the same on any device with autograd-aware
-    all-reduces of the per-channel sums (on a process group of its own, apart from DDP's).
-    """
-
-    @staticmethod
-    def convert(model: nn.Module, group: Any) -> None:
-        import torch
-
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.forward = _synced_forward(module, group)  # type: ignore[method-assign,assignment]
-
-
-def _all_reduce_sum(tensor: torch.Tensor, group: Any) -> torch.Tensor:
-    """A sum over processes that autograd differentiates (the gradient is summed the same way)."""
-    import torch
-    import torch.distributed as dist
-
-    class AllReduceSum(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, value: torch.Tensor) -> torch.Tensor:
-            out = value.clone()
-            dist.all_reduce(out, group=group)
-            return out
-
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-            out = grad.clone()
-            dist.all_reduce(out, group=group)
-            return out
-
-    return AllReduceSum.apply(tensor)
-
-
-def _synced_forward(bn: Any, group: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-    import torch
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not bn.training:
-            return torch.nn.functional.batch_norm(
-                x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
-            )
-        dims = [0, 2]
-        count = torch.tensor([x.shape[0] * x.shape[2]], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum(dim=dims), (x * x).sum(dim=dims), count])
-        stats = _all_reduce_sum(stats, group)
-        channels = x.shape[1]
-        n = stats[-1]
-        mean = stats[:channels] / n
-        var = stats[channels : 2 * channels] / n - mean * mean
-        with torch.no_grad():
-            bn.num_batches_tracked += 1
-            momentum = (
-                bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            )
-            bn.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
-            unbiased = var.detach() * n / max(float(n) - 1, 1.0)
-            bn.running_var.mul_(1 - momentum).add_(momentum * unbiased)
-        shape = (1, channels, 1)
-        normed = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
-        return normed * bn.weight.view(shape) + bn.bias.view(shape)
-
-    return forward
-
-
-# -- distributed ---------------------------------------------------------------------------------
-@dataclass
-class World:
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    initialised_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_world(device: str) -> World:
-    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
-    import torch.distributed as dist
-
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return World()
-    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        world.initialised_here = True
-    return world
-
-
-# -- the run ---------------------------------------------------------------------------------------
-@dataclass
-class StepMetrics:
-    step: int
-    loss: float
-    heads: dict[str, float]
-    samples_per_s: float
-    data_wait: float  # fraction of the step spent waiting for data
-    agreement: dict[str, float] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "step": self.step,
-            "loss": self.loss,
-            "heads": self.heads,
-            "samples_per_s": round(self.samples_per_s, 3),
-            "data_wait": round(self.data_wait, 4),
-        }
-        if self.agreement is not None:
-            data["agreement"] = self.agreement
-        return data
-
-
+# -- the run -------------------------------------------------------------------------------------
 @dataclass
 class DistillResult:
     run_dir: Path
@@ -274,15 +91,6 @@ class DistillResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     agreement: dict[str, float] | None = None
     chance: dict[str, float] | None = None
-
-
-def _device(spec: str, world: World) -> str:
-    from soundnet_cli.models import resolve_device
-
-    device = resolve_device(spec)
-    if device == "cuda" and world.size > 1:
-        return f"cuda:{world.local_rank}"
-    return device
 
 
 def select_heads(manifest: Any, teachers: tuple[str, ...]) -> list[Any]:
@@ -299,19 +107,125 @@ def select_heads(manifest: Any, teachers: tuple[str, ...]) -> list[Any]:
     return [h for h in heads if h.teacher in teachers]
 
 
-def write_config(run_dir: Path, config: DistillConfig, corpus: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"corpus": str(Path(corpus).resolve()), "config": config.as_dict()}
-    with atomic_path(run_dir / CONFIG) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-
-
 def read_run(run_dir: Path) -> tuple[Path, DistillConfig]:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise SoundnetError(f"{run_dir}: not a distill run directory (no {CONFIG})")
-    payload = json.loads(path.read_text())
-    return Path(payload["corpus"]), DistillConfig.from_mapping(payload["config"])
+    """The corpus and the settings a distill run was started with."""
+    payload = read_config(run_dir, "distill run")
+    try:
+        return Path(payload["corpus"]), DistillConfig.from_mapping(payload["config"])
+    except (KeyError, TypeError) as exc:
+        raise SoundnetError(f"{run_dir}: its config.json is not a distill run's ({exc})") from exc
+
+
+def resume_settings(run_dir: Path, given: Mapping[str, Any]) -> tuple[Path, DistillConfig]:
+    """The corpus and settings to continue ``run_dir`` with: the recorded ones, with only the
+    settings that do not change the computation (steps, workers, device, logging) updated."""
+    corpus, recorded = read_run(run_dir)
+    return corpus, resumed_config(recorded, given)
+
+
+@dataclass
+class _Setup:
+    """Everything a run needs before its first step."""
+
+    corpus: Any
+    heads: list[Any]
+    plan: Any
+    train_idx: list[int]
+    held_idx: list[int]
+    world: World
+    device: str
+    student: Any
+    aligned: list[int]
+    optimizer: Any
+    start: int
+
+
+def _set_up(
+    corpus_path: Path, run_dir: Path, config: DistillConfig, resume: bool, world: World
+) -> _Setup:
+    """Read the corpus, build the student and optimiser, and restore a checkpoint to resume."""
+    import torch
+
+    from soundnet_cli.corpus.format import Corpus
+    from soundnet_cli.distillation.data import crop_plan, split_videos
+    from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.students import HeadSpec
+
+    config.check()
+    corpus = Corpus(corpus_path)
+    heads = select_heads(corpus.manifest, config.teachers)
+    plan = crop_plan(corpus, config.crop_seconds)
+    train_idx, held_idx = split_videos(corpus, config.held_out)
+    device = device_for(config.device, world)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    specs = [HeadSpec(h.name, h.size, h.categories) for h in heads]
+    student = get_plugins().students.create(config.student, heads=specs)
+    aligned = step_frames(
+        student,
+        student.head_spec.name,
+        plan.samples,
+        plan.frames,
+        corpus.manifest.frame_interval,
+    )
+    student.to(device).train()
+    optimizer = torch.optim.Adam(
+        student.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
+    )
+    checkpoint = run_dir / LAST
+    start = 0
+    if resume:
+        if not checkpoint.is_file():
+            raise SoundnetError(f"{run_dir}: no checkpoint to resume from ({LAST})")
+        start = load_training_state(checkpoint, student, optimizer)
+    elif checkpoint.is_file():
+        raise UsageProblem(f"{run_dir} already holds a run; use --resume {run_dir} or a new --out")
+    return _Setup(
+        corpus, heads, plan, train_idx, held_idx, world, device, student, aligned, optimizer, start
+    )
+
+
+def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
+    """The crop dataset and an endless iterator of this rank's batches from the start step."""
+    import torch
+
+    from soundnet_cli.distillation.data import CropDataset, StepSampler
+
+    names = [h.name for h in setup.heads]
+    dataset = CropDataset(setup.corpus.root, names, setup.plan)
+    sampler = StepSampler(
+        setup.train_idx,
+        config.batch_size,
+        seed=config.seed,
+        start_step=setup.start,
+        rank=setup.world.rank,
+        world_size=setup.world.size,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=setup.device.startswith("cuda"),
+        persistent_workers=config.workers > 0,
+        prefetch_factor=4 if config.workers > 0 else None,
+    )
+    return dataset, iter(loader)
+
+
+def _export(setup: _Setup, run_dir: Path, corpus_path: Path, config: DistillConfig) -> Path:
+    from soundnet_cli.weights.checkpoints import save_checkpoint
+
+    return save_checkpoint(
+        setup.student,
+        run_dir / STUDENT,
+        provenance={
+            "source": "soundnet distill",
+            "corpus": str(Path(corpus_path).resolve()),
+            "teachers": sorted({h.teacher for h in setup.heads}),
+            "steps": config.steps,
+            "loss": config.loss,
+        },
+    )
 
 
 def distill(
@@ -325,175 +239,75 @@ def distill(
     """Train (or, with ``resume``, continue training) a student on the corpus; export it."""
     import torch
 
-    from soundnet_cli.corpus.format import Corpus
-    from soundnet_cli.distillation.data import CropDataset, StepSampler, crop_plan, split_videos
-    from soundnet_cli.plugins import get_plugins
-    from soundnet_cli.students import HeadSpec
+    from soundnet_cli.runtime import world_from_env
 
-    config.check()
     run_dir = Path(run_dir)
-    corpus = Corpus(corpus_path)
-    heads = select_heads(corpus.manifest, config.teachers)
-    plan = crop_plan(corpus, config.crop_seconds)
-    train_idx, held_idx = split_videos(corpus, config.held_out)
-    world = setup_world(config.device)
-    device = _device(config.device, world)
+    world = world_from_env()
+    created = join_process_group(device_for(config.device, world), world)
     try:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        specs = [HeadSpec(h.name, h.size, h.categories) for h in heads]
-        student = get_plugins().students.create(config.student, heads=specs)
-        head_layer = student.head_spec.name
-        aligned = step_frames(
-            student, head_layer, plan.samples, plan.frames, corpus.manifest.frame_interval
-        )
-        student.to(device).train()
-        optimizer = torch.optim.Adam(
-            student.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
-        )
-        start = 0
-        checkpoint = run_dir / LAST
-        if resume:
-            if not checkpoint.is_file():
-                raise SoundnetError(f"{run_dir}: no checkpoint to resume from ({LAST})")
-            start = _load_checkpoint(checkpoint, student, optimizer)
-        elif checkpoint.is_file():
-            raise UsageProblem(
-                f"{run_dir} already holds a run; use --resume {run_dir} or a new --out"
-            )
+        setup = _set_up(corpus_path, run_dir, config, resume, world)
         if world.main:
-            write_config(run_dir, config, corpus_path)
-            _trim_metrics(run_dir / METRICS, start)
-        model: Any = student
-        if world.size > 1:
-            import torch.distributed as dist
-
-            if device.startswith("cuda"):
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            else:
-                GlooSyncBatchNorm.convert(model, dist.new_group(backend="gloo"))
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[world.local_rank] if device.startswith("cuda") else None
+            write_config(
+                run_dir, {"corpus": str(Path(corpus_path).resolve()), "config": config.as_dict()}
             )
-        forward = torch.compile(model) if config.compile else model
-        names = [h.name for h in heads]
-        dataset = CropDataset(corpus.root, names, plan)
-        sampler = StepSampler(
-            train_idx,
-            config.batch_size,
-            seed=config.seed,
-            start_step=start,
-            rank=world.rank,
-            world_size=world.size,
-        )
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=config.workers,
-            pin_memory=device.startswith("cuda"),
-            persistent_workers=config.workers > 0,
-            prefetch_factor=4 if config.workers > 0 else None,
-        )
-        index = torch.tensor(aligned)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
-        result = DistillResult(run_dir, None, start)
-        board = _tensorboard(run_dir) if world.main else None
-        batches = iter(loader)
-        window_wait = window_total = 0.0
-        window_samples = 0
-        step = start
-        while step < config.steps:
-            began = time.perf_counter()
-            wave, targets = next(batches)
-            wave = wave.to(device, non_blocking=True)
-            targets = {k: v[:, index].to(device, non_blocking=True) for k, v in targets.items()}
-            waited = time.perf_counter() - began
+            trim_metrics(run_dir, setup.start)
+        wrapped = data_parallel(setup.student, setup.device, world)
+        forward = torch.compile(wrapped) if config.compile else wrapped
+        dataset, batches = _batches(setup, config)
+        names = [h.name for h in setup.heads]
+        index = torch.tensor(setup.aligned)
+        on_cuda = setup.device.startswith("cuda")
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda)
+
+        def compute_loss(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            wave, targets = batch
+            wave = wave.to(setup.device, non_blocking=True)
+            aligned = {
+                k: v[:, index].to(setup.device, non_blocking=True) for k, v in targets.items()
+            }
             with autocast:
                 log_probs = forward(wave)
-            loss, per_head = distill_loss(
+            return distill_loss(
                 {k: v.float() for k, v in log_probs.items()},
-                targets,
+                aligned,
                 kind=config.loss,
                 scale=config.kl_scale,
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_value = _global_mean(loss.detach(), world)
-            head_values = {k: _global_mean(v.detach(), world) for k, v in per_head.items()}
-            if device.startswith("cuda"):
-                torch.cuda.synchronize(device)
-            elapsed = time.perf_counter() - began
-            window_wait += waited
-            window_total += elapsed
-            window_samples += config.batch_size
-            result.losses.append((step, loss_value))
-            is_last = step == config.steps
-            if step % config.log_every == 0 or is_last or step % config.eval_every == 0:
-                agreement = None
-                if (step % config.eval_every == 0 or is_last) and held_idx and world.main:
-                    agreement = _agreement(student, dataset, held_idx, index, device, names)
-                    result.agreement = agreement
-                metrics = StepMetrics(
-                    step,
-                    loss_value,
-                    head_values,
-                    window_samples / window_total if window_total else 0.0,
-                    window_wait / window_total if window_total else 0.0,
-                    agreement,
-                )
-                window_wait = window_total = 0.0
-                window_samples = 0
-                if world.main:
-                    _append_metrics(run_dir / METRICS, metrics)
-                    if board is not None:
-                        board.add_scalar("loss", loss_value, step)
-                        for name, value in (agreement or {}).items():
-                            board.add_scalar(f"agreement/{name}", value, step)
-                if on_step and world.main:
-                    on_step(metrics)
-            if (step % config.checkpoint_every == 0 or is_last) and world.main:
-                _save_checkpoint(checkpoint, student, optimizer, step, config)
-        result.steps = step
+
+        def evaluate() -> dict[str, float]:
+            return _agreement(setup.student, dataset, setup.held_idx, index, setup.device, names)
+
+        loop = run_loop(
+            run_dir=run_dir,
+            model=setup.student,
+            optimizer=setup.optimizer,
+            batches=batches,
+            compute_loss=compute_loss,
+            schedule=Schedule(
+                config.steps,
+                config.log_every,
+                config.eval_every,
+                config.checkpoint_every,
+                config.batch_size,
+            ),
+            start=setup.start,
+            world=world,
+            device=setup.device,
+            settings=config.as_dict(),
+            evaluate=evaluate if setup.held_idx else None,
+            on_step=on_step,
+        )
+        result = DistillResult(run_dir, None, loop.steps, loop.losses, loop.scores)
         if world.main:
-            from soundnet_cli.weights.checkpoints import save_checkpoint
-
-            result.student = save_checkpoint(
-                student,
-                run_dir / STUDENT,
-                provenance={
-                    "source": "soundnet distill",
-                    "corpus": str(Path(corpus_path).resolve()),
-                    "teachers": sorted({h.teacher for h in heads}),
-                    "steps": step,
-                    "loss": config.loss,
-                },
-            )
-            if held_idx:
-                result.chance = {h.name: _chance(corpus, held_idx, h.name) for h in heads}
-        if board is not None:
-            board.close()
-        if world.size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+            result.student = _export(setup, run_dir, corpus_path, config)
+            if setup.held_idx:
+                result.chance = {
+                    h.name: _chance(setup.corpus, setup.held_idx, h.name) for h in setup.heads
+                }
+        barrier(world)
         return result
     finally:
-        if world.initialised_here:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _global_mean(value: torch.Tensor, world: World) -> float:
-    if world.size > 1:
-        import torch.distributed as dist
-
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= world.size
-    return float(value)
+        leave_process_group(created)
 
 
 def _agreement(
@@ -528,66 +342,42 @@ def _chance(corpus: Any, held: list[int], head: str) -> float:
     return round(float(np.bincount(labels).max() / len(labels)), 4)
 
 
-def _save_checkpoint(
-    path: Path, student: Any, optimizer: Any, step: int, config: DistillConfig
-) -> None:
-    import torch
+def prepare_source(
+    source: Path,
+    run_dir: Path,
+    config: DistillConfig,
+    *,
+    weights: Mapping[str, str] | None = None,
+    random_init: bool = False,
+    announce: Callable[[str], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
+) -> Path:
+    """The corpus to train on: ``source`` itself when it is one, else a corpus prepared from
+    the videos under ``source`` into RUN_DIR/corpus with the config's teachers."""
+    from soundnet_cli.corpus.format import is_corpus
+    from soundnet_cli.corpus.prepare import PrepareSettings, prepare_videos
 
-    state = {
-        "model": student.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": list(random.getstate()[1]),
-        "config": json.dumps(config.as_dict()),
-        "sampler": {"step": step, "seed": config.seed},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path, student: Any, optimizer: Any) -> int:
-    import torch
-
+    if is_corpus(source):
+        return source
+    if not config.teachers:
+        raise UsageProblem(f"{source} is not a corpus; to prepare one, name the --teacher(s)")
+    corpus = run_dir / "corpus"
+    if announce:
+        announce(f"preparing the videos in {source} into {corpus}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except Exception as exc:
-        raise SoundnetError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate((3, tuple(state["python_rng"]), None))
-    return int(state["step"])
-
-
-def _append_metrics(path: Path, metrics: StepMetrics) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(metrics.as_dict()) + "\n")
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop metrics logged after the checkpoint a run resumes from (they will be logged again)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(ValueError):
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{line}\n" for line in keep))
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        prepare_videos(
+            [source],
+            corpus,
+            list(config.teachers),
+            PrepareSettings(),
+            weights=weights,
+            random_init=random_init,
+            device=config.device,
+            announce=announce,
+            on_failure=on_failure,
+        )
+    except UsageProblem as exc:
+        if "no video files" in str(exc):
+            raise UsageProblem(f"{source} is neither a corpus nor a folder with videos") from exc
+        raise
+    return corpus

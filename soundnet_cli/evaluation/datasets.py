@@ -4,7 +4,6 @@ paper's protocol treats them. Builtins (``esc50``, ``esc10``, ``dcase2013``) reg
 
 from __future__ import annotations
 
-import csv
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -14,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from soundnet_cli.errors import SoundnetError
-from soundnet_cli.media.audio import AUDIO_EXTENSIONS
+from soundnet_cli.evaluation.labels import check_labels, read_table
+from soundnet_cli.media.files import AUDIO_EXTENSIONS
 
 
 class DatasetError(SoundnetError):
@@ -102,11 +102,19 @@ class ESC50(Dataset):
         meta = root / "meta" / "esc50.csv"
         if not meta.is_file():
             raise DatasetError(f"{root}: not an ESC-50 layout (no meta/esc50.csv)")
-        with open(meta, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        header, rows = read_table(meta, error=DatasetError)
         needed = {"filename", "fold", "category", "src_file", "esc10"}
-        if rows and not needed <= set(rows[0]):
+        if not needed <= set(header):
             raise DatasetError(f"{meta}: expected columns {', '.join(sorted(needed))}")
+        for row in rows:
+            if not row["fold"].strip():
+                raise DatasetError(f"{meta} line {row.line}: the fold is empty")
+        check_labels(
+            meta,
+            [(r.line, r["filename"], r["category"]) for r in rows],
+            inside=root / "audio",
+            error=DatasetError,
+        )
         if self.esc10_only:
             rows = [r for r in rows if r["esc10"].strip().lower() == "true"]
         clips = [

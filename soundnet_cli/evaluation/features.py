@@ -17,14 +17,11 @@ from soundnet_cli.media.audio import Mix, Waveform, load_audio, tile
 
 
 def model_key(model: Any) -> str:
-    """A name for the weights a model holds: the checkpoint's hash, or its architecture at the
-    fixed initialisation seed (students built without weights are seeded with 0)."""
-    info = getattr(model, "checkpoint_info", None)
-    if info is not None:
-        from soundnet_cli.weights.checkpoints import weights_sha256
+    """A name for the weights a model holds (``weights.identity.model_key``: the checkpoint's
+    tensor-data hash, remembered by path, size and mtime; or the architecture at seed 0)."""
+    from soundnet_cli.weights.identity import model_key as key_of
 
-        return f"{info.architecture}-{weights_sha256(info.path)[:16]}"
-    return f"{getattr(model, 'architecture', type(model).__name__)}-init-seed0"
+    return key_of(model)
 
 
 def prepare_wave(wave: Waveform, repeat_to: float | None) -> np.ndarray:
@@ -75,10 +72,13 @@ def clip_features(
     """Run the model once for all ``layers``; each becomes float32 (time, channels)."""
     import torch
 
+    from soundnet_cli.students.contract import check_taps
+
     with torch.inference_mode():
         taps = model.forward_features(
             torch.from_numpy(np.ascontiguousarray(wave)).to(device), list(layers)
         )
+    check_taps(model, taps, list(layers), 1, len(wave))
     return {layer: taps[layer][0].transpose(0, 1).float().cpu().numpy() for layer in layers}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,13 +12,17 @@ import numpy as np
 
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.evaluation.features import compute_features, model_key
+from soundnet_cli.evaluation.labels import (
+    GROUP_COLUMNS,
+    LABEL_COLUMNS,
+    PATH_COLUMNS,
+    check_labels,
+    pick_column,
+    read_table,
+)
 from soundnet_cli.evaluation.protocol import check_layers, fit_probe
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ProbeFile, load_probe, save_probe, window_steps
-
-PATH_COLUMNS = ("path", "file", "filename")
-LABEL_COLUMNS = ("label", "category", "class")
-GROUP_COLUMNS = ("group", "src_file")
 
 
 @dataclass(frozen=True)
@@ -29,34 +32,23 @@ class LabeledClip:
     group: str
 
 
-def _column(header: Sequence[str], names: Sequence[str], what: str, source: Path) -> str | None:
-    for name in names:
-        if name in header:
-            return name
-    if what:
-        raise UsageProblem(f"{source}: no {what} column (one of {', '.join(names)})")
-    return None
-
-
 def read_labels(labels: Path, root: Path) -> list[LabeledClip]:
     """Rows of a CSV with a path column (relative to ``root``) and a label column; an optional
     group column (``group`` or ``src_file``) keeps related clips together when choosing C."""
     if not labels.is_file():
         raise UsageProblem(f"{labels}: no such labels file")
-    with open(labels, newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        path_col = _column(header, PATH_COLUMNS, "path", labels)
-        label_col = _column(header, LABEL_COLUMNS, "label", labels)
-        group_col = _column(header, GROUP_COLUMNS, "", labels)
-        rows = list(reader)
+    header, rows = read_table(labels)
+    path_col = pick_column(header, PATH_COLUMNS, "path", labels)
+    label_col = pick_column(header, LABEL_COLUMNS, "label", labels)
+    group_col = pick_column(header, GROUP_COLUMNS, "group", labels, required=False)
+    assert path_col is not None and label_col is not None
     base = root if root.is_dir() else root.parent
+    check_labels(labels, [(r.line, r[path_col], r[label_col]) for r in rows], inside=base)
     clips = []
     for row in rows:
-        path = Path(row[path_col])
-        path = path if path.is_absolute() else base / path
+        path = base / row[path_col]
         if not path.is_file():
-            raise SoundnetError(f"{labels}: {row[path_col]} not found under {base}")
+            raise SoundnetError(f"{labels} line {row.line}: {row[path_col]} not found under {base}")
         group = row[group_col] if group_col else str(path)
         clips.append(LabeledClip(path, row[label_col], group))
     if len({c.label for c in clips}) < 2:
@@ -84,12 +76,21 @@ def fit(
     mix: Mix = "first",
     device: str = "cpu",
     source: dict[str, Any] | None = None,
+    precision: str = "fp32",
+    announce: Callable[[str], None] | None = None,
     on_clip: Callable[[], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train a clip probe on ``clips``; returns it with the metadata a probe file stores."""
+    """Train a clip probe on ``clips``; returns it with the metadata a probe file stores.
+
+    ``precision`` bf16/fp16 computes the features in half precision where the device supports
+    it (``announce`` says when it falls back to fp32)."""
     from soundnet_cli.plugins import get_plugins
 
     check_layers(model, [layer])
+    if precision != "fp32":
+        from soundnet_cli.models import for_inference
+
+        model = for_inference(model, [layer], precision=precision, announce=announce)
     entry = get_plugins().probes.get(probe)
     features = compute_features(
         model,
@@ -151,11 +152,20 @@ def predict(
     paths: Sequence[Path],
     *,
     device: str = "cpu",
+    precision: str = "fp32",
+    announce: Callable[[str], None] | None = None,
     on_clip: Callable[[], None] | None = None,
 ) -> list[ClipPrediction]:
-    """Apply a saved probe to audio files with the model it was trained on."""
+    """Apply a saved probe to audio files with the model it was trained on (in ``precision``,
+    as :func:`fit`)."""
     features_meta = probe_file.meta["features"]
     probe_file.check_features(features_meta["layer"], model_key(model))
+    if precision != "fp32":
+        from soundnet_cli.models import for_inference
+
+        model = for_inference(
+            model, [features_meta["layer"]], precision=precision, announce=announce
+        )
     features = compute_features(
         model,
         paths,

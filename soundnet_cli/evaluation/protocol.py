@@ -121,22 +121,32 @@ def evaluate(
     use_cache: bool = True,
     device: str = "cpu",
     mix: Mix = "first",
+    precision: str = "fp32",
+    announce: Callable[[str], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationReport:
     """Run ``dataset``'s protocol on the clips under ``root`` for each of ``layers``.
 
-    ``progress(stage, done, total)`` is called as clips are featurised and probes trained.
+    ``precision`` bf16/fp16 runs the model in half precision where the device supports it
+    (``announce`` says when it falls back to fp32). ``progress(stage, done, total)`` is called
+    as clips are featurised and probes trained.
     """
+    from soundnet_cli.media.audio import RESAMPLER
+    from soundnet_cli.models import for_inference, running_precision
     from soundnet_cli.plugins import get_plugins
 
     check_layers(model, layers)
+    if precision != "fp32":
+        model = for_inference(model, layers, precision=precision, announce=announce)
     make_entry = get_plugins().probes.get(probe)
     started = time.perf_counter()
     clips = dataset.clips(Path(root))
     splits = dataset.splits(clips)
     key = model_key(model)
     protocol = dataset.protocol
-    tag = f"{dataset.name}-repeat{protocol.repeat_to}-{mix}"
+    tag = f"{dataset.name}-repeat{protocol.repeat_to}-{mix}-{RESAMPLER}"
+    if running_precision(model) != "fp32":
+        tag += f"-{running_precision(model)}"
     cache = FeatureCache(FeatureCache.default_root(key, tag)) if use_cache else None
     done = [0]
 

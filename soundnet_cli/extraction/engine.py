@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -44,28 +45,27 @@ import numpy as np
 
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem
-from soundnet_cli.extraction.inputs import Source, discover, distributed_rank, shard
+from soundnet_cli.extraction.chunks import chunked_features, step_times
+from soundnet_cli.extraction.inputs import Source, discover, shard
 from soundnet_cli.extraction.outputs import (
     LayerSink,
     Manifest,
     Setup,
+    check_distinct,
+    copy_output,
+    output_lock,
     output_names,
+    outputs_problem,
     record_setup,
     recovered_row,
     remove_stale_temporaries,
     save_npy,
     scratch_folder,
 )
-from soundnet_cli.media.audio import MIX_CHOICES, SCALE, Mix, decode, to_mono
-from soundnet_cli.media.streaming import (
-    SincResampler,
-    StreamingAudio,
-    check_complete,
-    chunked_features,
-    reason_of,
-    resampled_length,
-    step_times,
-)
+from soundnet_cli.media.audio import MIX_CHOICES, Mix, load_audio, model_ready, reason_of
+from soundnet_cli.media.streaming import StreamingAudio
+from soundnet_cli.runtime import available_cpus, world_from_env
+from soundnet_cli.students.contract import check_taps
 
 if TYPE_CHECKING:
     import torch
@@ -94,8 +94,6 @@ def extract_array(
     """
     import torch
 
-    from soundnet_cli.media.audio import resample
-
     if model is None:
         model = _default_model()
     if optimise:
@@ -110,9 +108,9 @@ def extract_array(
         raise AudioError("expected a non-empty waveform shaped (samples,) or (samples, channels)")
     if not np.isfinite(array).all():
         raise AudioError("the waveform contains NaN or infinite samples")
-    scaled = resample(array, int(sample_rate), model.sample_rate) * np.float32(SCALE)
+    scaled = model_ready(array, int(sample_rate), model.sample_rate)
     _check_length(model, layers, len(scaled), "the waveform")
-    device = next(model.parameters()).device
+    device = model.device
     chunk = int((chunk_seconds or 1e9) * model.sample_rate)
     parts = list(
         chunked_features(model, lambda a, b: scaled[a:b], len(scaled), layers, chunk, device)
@@ -175,6 +173,7 @@ class ExtractSummary:
     elapsed: float = 0.0
     rank: int = 0
     world_size: int = 1
+    redone: list[str] = field(default_factory=list)  # finished outputs found damaged: why
 
     @property
     def realtime(self) -> float:
@@ -193,14 +192,15 @@ class ExtractSummary:
             "x_realtime": round(self.realtime, 1),
             "rank": self.rank,
             "world_size": self.world_size,
+            "redone": list(self.redone),
         }
 
 
 @dataclass
 class _Decoded:
     source: Source
-    mono: np.ndarray | None = None  # decoded at once, at the source rate (resampled in batches)
-    rate: int = 0
+    samples: np.ndarray | None = None  # model-ready (decoded, mono, resampled, scaled)
+    duration: float = 0.0  # of the file, in seconds
     long: bool = False  # streamed in chunks by the main thread instead
     error: str | None = None
 
@@ -229,40 +229,32 @@ class _Extractor:
         self.batch_size, self.workers = max(1, batch_size), max(1, workers)
         self.chunk_samples = int(chunk_seconds * model.sample_rate)
         self.progress, self.summary, self.manifest, self.rank = progress, summary, manifest, rank
-        self.device = next(model.parameters()).device
+        self.device = model.device
         self.infos = {name: model.feature(name) for name in layers}
         self.started = time.perf_counter()
-        self._resamplers: dict[int, Any] = {}
         self.done = 0
         self.total = 0
 
-    # -- decode stage (worker threads) --
+    # -- decode stage (worker threads: libsndfile and libsoxr release the GIL) --
     def _decode(self, source: Source) -> _Decoded:
         try:
             import soundfile as sf
 
             path = source.path
-            if not path.is_file():
-                raise AudioError(
-                    f"{path}: no such file" + (" (broken link)" if path.is_symlink() else "")
-                )
-            if path.stat().st_size == 0:
-                raise AudioError(f"{path}: empty file (0 bytes)")
-            try:
-                info = sf.info(str(path))
-            except Exception as exc:
-                raise AudioError(f"{path}: cannot read audio ({reason_of(exc)})") from exc
-            if info.frames > 0 and info.samplerate > 0:
-                seconds = info.frames / info.samplerate
-                if seconds * self.model.sample_rate > self.chunk_samples:
-                    return _Decoded(source, long=True)
-            data, rate = decode(path)
-            frames_read = len(data)
-            check_complete(path, frames_read, info.frames)
-            mono = to_mono(data, self.mix)
-            del data
-            _check_length(self.model, self.layers, resampled_length(frames_read, rate), str(path))
-            return _Decoded(source, mono=mono, rate=rate)
+            if path.is_file() and path.stat().st_size > 0:
+                try:
+                    info = sf.info(str(path))
+                except Exception as exc:
+                    raise AudioError(f"{path}: cannot read audio ({reason_of(exc)})") from exc
+                if info.frames > 0 and info.samplerate > 0:
+                    seconds = info.frames / info.samplerate
+                    if seconds * self.model.sample_rate > self.chunk_samples:
+                        return _Decoded(source, long=True)
+            # the one reading path (decode -> mono -> resample -> scale), as load_audio
+            wave = load_audio(path, mix=self.mix, sample_rate=self.model.sample_rate)
+            _check_length(self.model, self.layers, len(wave.samples), str(path))
+            duration = wave.source_frames / wave.source_rate
+            return _Decoded(source, samples=wave.samples, duration=duration)
         except SoundnetError as exc:
             return _Decoded(source, error=str(exc))
         except Exception as exc:  # a decoder crash on a hostile file must not stop the run
@@ -270,11 +262,11 @@ class _Extractor:
 
     def run(self, sources: Sequence[Source]) -> None:
         self.total = len(sources)
-        # Import torchaudio here: its first import is not safe in several threads at once.
-        import torchaudio.functional  # noqa: F401
-        import torchaudio.transforms  # noqa: F401
+        # Import these here: a first import is not safe in several threads at once.
+        import soundfile  # noqa: F401
+        import soxr  # noqa: F401
 
-        groups: dict[tuple[int, int], list[_Decoded]] = {}
+        groups: dict[int, list[_Decoded]] = {}
         window = self.workers * 2 + self.batch_size
         queue: deque[Future[_Decoded]] = deque()
         pending = iter(sources)
@@ -294,8 +286,8 @@ class _Extractor:
                     elif item.long:
                         self._long(item.source)
                     else:
-                        assert item.mono is not None
-                        shape = (item.rate, len(item.mono))
+                        assert item.samples is not None
+                        shape = len(item.samples)
                         group = groups.setdefault(shape, [])
                         group.append(item)
                         if len(group) >= self.batch_size:
@@ -309,25 +301,16 @@ class _Extractor:
                     future.cancel()
 
     # -- compute stage (main thread) --
-    def _resampler(self, rate: int) -> Any:
-        """The cached windowed-sinc resampler for ``rate`` (that of ``audio.resample``)."""
-        if rate not in self._resamplers:
-            self._resamplers[rate] = SincResampler(rate, self.model.sample_rate, self.device)
-        return self._resamplers[rate]
-
     def _batch(self, items: list[_Decoded]) -> None:
-        """Resample (here, batched: small torch ops in decode threads would fight the model's
-        threads) and run one batch of equal-length inputs."""
+        """Run one batch of equal-length, model-ready inputs."""
         import torch
 
-        rate = items[0].rate
-        waves = np.stack([i.mono for i in items if i.mono is not None])
+        waves = np.stack([i.samples for i in items if i.samples is not None])
         try:
             with torch.inference_mode():
                 batch = torch.from_numpy(waves).to(self.device)
-                if rate != self.model.sample_rate:
-                    batch = self._resampler(rate)(batch)
-                taps = self.model.forward_features(batch * SCALE, self.layers)
+                taps = self.model.forward_features(batch, self.layers)
+            check_taps(self.model, taps, self.layers, batch.shape[0], batch.shape[-1])
             arrays = {n: t.transpose(1, 2).float().cpu().numpy() for n, t in taps.items()}
         except (SoundnetError, RuntimeError) as exc:
             if len(items) > 1:  # find the bad one (or run out of memory less): one at a time
@@ -340,7 +323,11 @@ class _Extractor:
             self._write_whole(item, {n: a[index] for n, a in arrays.items()})
 
     def _write_whole(self, item: _Decoded, features: dict[str, np.ndarray]) -> None:
-        assert item.mono is not None
+        assert item.samples is not None
+        for name, values in features.items():
+            if not np.isfinite(values).all():
+                self._failed(item.source, _not_finite(item.source, name))
+                return
         shapes = {n: f.shape for n, f in features.items()}
         targets = self._targets(item.source)
         if self.fmt == "npz":
@@ -350,7 +337,7 @@ class _Extractor:
             for name, target in zip(self.layers, targets, strict=True):
                 with atomic_path(target) as tmp:
                     save_npy(tmp, _pooled(features[name], self.pool))
-        self._succeeded(item.source, len(item.mono) / item.rate, shapes)
+        self._succeeded(item.source, item.duration, shapes)
 
     def _npz_arrays(
         self, features: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
@@ -405,6 +392,8 @@ class _Extractor:
             )
             for part in _prefetch(parts):
                 for name, steps in part.items():
+                    if not np.isfinite(steps).all():  # raised inside: no output is kept
+                        raise AudioError(_not_finite(source, name))
                     sinks[name].add(steps)
             for name, sink in sinks.items():
                 pooled = sink.result()
@@ -456,15 +445,18 @@ class _Extractor:
             for name in self.layers
         }
         self.manifest.append(row)
-        self.summary.extracted += 1
+        for alias in source.aliases:
+            self.manifest.append(mirror(self.out, row, alias, self.layers, self.fmt))
+        self.summary.extracted += len(source.routes)
         self.summary.audio_seconds += duration
         self._advance(source, "ok")
 
     def _failed(self, source: Source, error: str) -> None:
-        row = self._row(source, "failed", None)
-        row["error"] = error
-        self.manifest.append(row)
-        self.summary.failures.append(Failure(str(source.path), error))
+        for route in source.routes:
+            row = self._row(route, "failed", None)
+            row["error"] = error
+            self.manifest.append(row)
+            self.summary.failures.append(Failure(str(route.path), error))
         self._advance(source, "failed")
 
     def _advance(self, source: Source, status: str) -> None:
@@ -480,6 +472,32 @@ class _Extractor:
                     status,
                 )
             )
+
+
+def mirror(
+    out: Path, row: dict[str, Any], alias: Source, layers: Sequence[str], fmt: str
+) -> dict[str, Any]:
+    """Outputs for another route to a finished file (a symlink to it): links to, or copies
+    of, the finished outputs; returns the alias's manifest row."""
+    names = output_names(alias.key, layers, fmt)
+    for mine, theirs in zip(output_names(row["key"], layers, fmt), names, strict=True):
+        copy_output(out / mine, out / theirs)
+    layer_rows = row.get("layers") or {}
+    return {
+        **row,
+        "path": str(alias.path),
+        "key": alias.key,
+        "outputs": names,
+        "layers": {name: layer_rows[name] for name in layers if name in layer_rows},
+        "copy_of": row["path"],
+    }
+
+
+def _not_finite(source: Source, layer: str) -> str:
+    return (
+        f"{source.path}: the {layer} features are not finite (NaN or infinity): the audio holds "
+        "samples far beyond [-1, 1], or the model's weights are not finite; nothing was written"
+    )
 
 
 def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
@@ -517,15 +535,6 @@ def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def _model_identity(model: Any) -> tuple[str | None, str | None]:
-    from soundnet_cli.weights.checkpoints import file_sha256
-
-    info = getattr(model, "checkpoint_info", None)
-    if info is None:
-        return None, None
-    return str(info.path), file_sha256(info.path)
 
 
 def extract(
@@ -569,25 +578,28 @@ def extract(
         raise UsageProblem(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
     if mix not in MIX_CHOICES:
         raise UsageProblem(f"mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
-    if chunk_seconds <= 0:
-        raise UsageProblem("chunk seconds must be positive")
+    if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
+        raise UsageProblem(f"chunk seconds must be a positive number, not {chunk_seconds}")
     if model is None:
         model = _default_model()
     for name in layers:
         model.feature(name)  # LayerError (a usage error) for unknown layers
     if rank is None or world_size is None:
-        rank, world_size = distributed_rank()
+        world = world_from_env()
+        rank, world_size = world.rank, world.size
     out = Path(out)
     started = time.perf_counter()
     sources = discover(paths, extensions=extensions, globs=globs)
     if not sources:
         raise UsageProblem("no audio files found in the given paths")
     mine = shard(sources, rank, world_size)
-    checkpoint, sha = _model_identity(model)
+    from soundnet_cli.weights.identity import identity
+
+    who = identity(model)  # hashes a checkpoint once; later runs read the remembered digest
     setup = Setup(
         architecture=str(getattr(model, "architecture", type(model).__name__)),
-        checkpoint=checkpoint,
-        checkpoint_sha256=sha,
+        checkpoint=str(who.path) if who.path is not None else None,
+        checkpoint_sha256=who.file_sha256,
         sample_rate=int(model.sample_rate),
         layers={
             name: {
@@ -602,73 +614,128 @@ def extract(
         pool=pool,
         mix=mix,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    record_setup(out, setup, overwrite)
-    manifest = Manifest(out)
+    check_distinct(sources, lambda key: output_names(key, layers, fmt))
+    _make_folder(out)
+    with output_lock(out, rank):
+        record_setup(out, setup, overwrite)
+        manifest = Manifest(out)
+        summary = ExtractSummary(
+            out, total=sum(len(s.routes) for s in mine), rank=rank, world_size=world_size
+        )
+        todo = _plan(out, mine, layers, fmt, overwrite, manifest, summary, rank)
+        targets = (
+            out / n for s in todo for r in s.routes for n in output_names(r.key, layers, fmt)
+        )
+        remove_stale_temporaries(out, targets, rank)
+        if optimise:
+            from soundnet_cli.models import for_inference
+
+            model = for_inference(
+                model, layers, precision=precision, compile=compile, announce=announce
+            )
+        extractor = _Extractor(
+            model,
+            layers,
+            out,
+            setup,
+            fmt=fmt,
+            pool=pool,
+            mix=mix,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            workers=workers or default_workers(model.device.type),
+            chunk_seconds=chunk_seconds,
+            progress=progress,
+            summary=summary,
+            manifest=manifest,
+            rank=rank,
+        )
+        import torch
+
+        previous_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        elif extractor.device.type == "cpu":
+            # One busy thread per core: the model's threads plus the decoding ones. More, and
+            # the model's OpenMP threads wait on descheduled peers (3-4x slower on 2 cores).
+            torch.set_num_threads(max(1, available_cpus() - extractor.workers))
+        try:
+            extractor.run(todo)
+        finally:
+            torch.set_num_threads(previous_threads)
+            manifest.merge()
+            summary.elapsed = time.perf_counter() - started
+        return summary
+
+
+def _make_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageProblem(f"--out {out} is a file; name a folder (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SoundnetError(f"cannot create the output folder {out}: {exc.strerror}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise SoundnetError(f"cannot write to the output folder {out}: permission denied")
+
+
+def _plan(
+    out: Path,
+    mine: Sequence[Source],
+    layers: list[str],
+    fmt: str,
+    overwrite: bool,
+    manifest: Manifest,
+    summary: ExtractSummary,
+    rank: int,
+) -> list[Source]:
+    """The inputs still to compute. Finished outputs are trusted only when complete and of the
+    shape their manifest row records; damaged ones are redone and reported in the summary.
+    Routes that link to a finished file get its outputs now."""
     previous = manifest.rows()
-    summary = ExtractSummary(out, total=len(mine), rank=rank, world_size=world_size)
     todo = []
     for source in mine:
-        names = output_names(source.key, layers, fmt)
-        if not overwrite and all((out / n).is_file() for n in names):
-            summary.skipped += 1
-            row = previous.get(source.key)
-            if (
-                row is None
-                or row.get("status") != "ok"
-                or set(row.get("outputs", [])) != set(names)
-            ):
-                manifest.append(recovered_row(source, names, layers, rank))
-        else:
+        row = None if overwrite else _finished(out, source, layers, fmt, previous, summary)
+        if row is None:
             todo.append(source)
-    remove_stale_temporaries(
-        out, (out / n for s in todo for n in output_names(s.key, layers, fmt)), rank
-    )
-    if optimise:
-        from soundnet_cli.students.inference import optimise as make_fast
-
-        model = make_fast(
-            model, layers=layers, precision=precision, compile=compile, announce=announce
-        )
-    extractor = _Extractor(
-        model,
-        layers,
-        out,
-        setup,
-        fmt=fmt,
-        pool=pool,
-        mix=mix,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        workers=workers or default_workers(next(model.parameters()).device.type),
-        chunk_seconds=chunk_seconds,
-        progress=progress,
-        summary=summary,
-        manifest=manifest,
-        rank=rank,
-    )
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    elif extractor.device.type == "cpu":
-        # One busy thread per core: the model's threads plus the decoding ones. More, and the
-        # model's OpenMP threads wait on descheduled peers (3-4x slower on 2 cores).
-        torch.set_num_threads(max(1, available_cpus() - extractor.workers))
-    try:
-        extractor.run(todo)
-    finally:
-        torch.set_num_threads(previous_threads)
-        manifest.merge()
-        summary.elapsed = time.perf_counter() - started
-    return summary
+            continue
+        if previous.get(source.key) is not row:
+            manifest.append(row)
+        summary.skipped += 1
+        for alias in source.aliases:
+            done = _finished(out, alias, layers, fmt, previous, summary)
+            if done is None:
+                manifest.append(mirror(out, row, alias, layers, fmt))
+                summary.extracted += 1
+            else:
+                if previous.get(alias.key) is not done:
+                    manifest.append(done)
+                summary.skipped += 1
+    return todo
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def _finished(
+    out: Path,
+    source: Source,
+    layers: list[str],
+    fmt: str,
+    previous: dict[str, dict[str, Any]],
+    summary: ExtractSummary,
+) -> dict[str, Any] | None:
+    """The manifest row of ``source``'s finished outputs (recovered when it has none), or None
+    when they are missing or damaged."""
+    names = output_names(source.key, layers, fmt)
+    if not all((out / n).is_file() for n in names):
+        return None
+    row = previous.get(source.key)
+    if row is not None and (
+        row.get("status") != "ok" or not set(names) <= set(row.get("outputs") or [])
+    ):
+        row = None
+    problem = outputs_problem(out, names, layers, row)
+    if problem is not None:
+        summary.redone.append(f"{source.path}: {problem}; extracted again")
+        return None
+    return row if row is not None else recovered_row(source, names, layers, rank=summary.rank)
 
 
 def default_workers(device_type: str) -> int:

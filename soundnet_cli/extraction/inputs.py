@@ -2,44 +2,36 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import posixpath
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from soundnet_cli.errors import UsageProblem
-from soundnet_cli.media.audio import AUDIO_EXTENSIONS
+from soundnet_cli.media.files import AUDIO_EXTENSIONS, FoundFile, walk
 
 
 @dataclass(frozen=True)
 class Source:
-    """One input file and the output stem it maps to (posix, relative to OUT)."""
+    """One input file and the output stem it maps to (posix, relative to OUT).
 
-    path: Path
+    ``aliases`` are the other routes the user gave to the same file (symlinks): it is computed
+    once, and each alias gets its own outputs under its own stem.
+    """
+
+    file: str
     key: str
+    aliases: tuple[Source, ...] = ()
 
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
-def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
-    return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Every file under ``root``, sorted, following directory symlinks but never twice."""
-    seen: set[tuple[int, int]] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:  # a symlink loop or a second link to one folder
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        for name in sorted(files):
-            yield Path(folder) / name
+    @property
+    def routes(self) -> tuple[Source, ...]:
+        """This source and its aliases, each with its own path and output stem."""
+        return (Source(self.file, self.key), *self.aliases)
 
 
 def discover(
@@ -53,60 +45,56 @@ def discover(
     In folders a file is kept when its extension is one of ``extensions`` (default: the audio
     extensions) and, if ``globs`` are given, its path relative to the folder or its name matches
     one. Files named explicitly are always kept, so that a bad one is reported.
+
+    Every route is kept: routes to one file (symlinks) become one :class:`Source` (the shortest
+    route) with the others as ``aliases``. Stems follow :func:`output_stems`.
     """
-    exts = _normalise_extensions(extensions) if extensions else AUDIO_EXTENSIONS
-    candidates: list[tuple[Path, Path]] = []  # (file, the folder given that holds it)
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            for file in _walk(path):
-                rel = file.relative_to(path).as_posix()
-                if (extensions is not None or not globs) and file.suffix.lower() not in exts:
-                    continue
-                if globs and not any(
-                    fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(file.name, g) for g in globs
-                ):
-                    continue
-                candidates.append((file, path))
-        elif path.exists() or path.is_symlink():
-            candidates.append((path, path.parent))
-        else:
-            raise UsageProblem(f"{path}: no such file or folder")
-    # One file reached by several routes (links) is read once, by its shortest route.
-    found: dict[str, tuple[Path, Path]] = {}
-    for file, base in sorted(candidates, key=lambda c: (len(c[0].parts), str(c[0]))):
-        found.setdefault(os.path.realpath(file), (file, base))
+    if extensions is not None:
+        exts: Sequence[str] = extensions
+    else:
+        exts = () if globs else AUDIO_EXTENSIONS
+    found = walk(paths, extensions=exts, globs=globs)
     if not found:
         return []
-    bases = [os.path.abspath(base) for _, base in found.values()]
-    common = Path(os.path.commonpath(bases))
-    rels = {
-        real: Path(os.path.relpath(os.path.abspath(file), common)).as_posix()
-        for real, (file, _) in found.items()
+    # Routes relative to the common folder of the roots (the mirror's top).
+    roots = {root: os.path.abspath(root) for root in {f.root for f in found}}
+    common = os.path.commonpath(list(roots.values()))
+    prefixes = {
+        root: ("" if rel == "." else rel + "/")
+        for root, absolute in roots.items()
+        for rel in [Path(os.path.relpath(absolute, common)).as_posix()]
     }
-    stems = [str(Path(r).with_suffix("")) if Path(r).suffix else r for r in rels.values()]
-    clash = {s for s in stems if stems.count(s) > 1}
+    routes: dict[str, FoundFile] = {}  # a route given twice (a file and its folder) counts once
+    for f in found:
+        routes.setdefault(prefixes[f.root] + f.rel, f)
+    stems = output_stems(list(routes))
+    groups: dict[str, list[Source]] = {}
+    for route, f in routes.items():
+        groups.setdefault(f.identity, []).append(Source(f.file, stems[route]))
     sources = []
-    for (real, (path, _)), stem in zip(found.items(), stems, strict=True):
-        sources.append(Source(path, rels[real] if stem in clash else stem))
+    for group in groups.values():
+        if len(group) > 1:
+            group.sort(key=lambda s: (s.key.count("/"), s.key))  # the shortest route computes
+        sources.append(Source(group[0].file, group[0].key, tuple(group[1:])))
     return sorted(sources, key=lambda s: s.key)
+
+
+def output_stems(routes: Sequence[str]) -> dict[str, str]:
+    """Route -> output stem: the route without its extension, unless another route has the
+    same stem or is named like that stem (``a.wav`` next to ``a.wav.flac``); then the route
+    keeps its extension. Distinct routes always get distinct stems."""
+    given = set(routes)
+    stripped = {route: posixpath.splitext(route)[0] for route in routes}
+    counts = Counter(stripped.values())
+    return {
+        route: route if counts[stem] > 1 or (stem != route and stem in given) else stem
+        for route, stem in stripped.items()
+    }
 
 
 def shard(sources: Sequence[Source], rank: int, world_size: int) -> list[Source]:
     """This rank's share: every ``world_size``-th input, starting at ``rank``."""
     return list(sources[rank::world_size])
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) outside it."""
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError as exc:
-        raise UsageProblem(f"RANK and WORLD_SIZE must be integers ({exc})") from exc
-    if world < 1 or not 0 <= rank < world:
-        raise UsageProblem(f"RANK {rank} is not within WORLD_SIZE {world}")
-    return rank, world
 
 
 # -- decoding ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 
 from soundnet_cli import __version__
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.extraction.inputs import Source
 from soundnet_cli.media.audio import SCALE
 
@@ -154,10 +154,14 @@ class Manifest:
         return rows
 
     def rows(self) -> dict[str, dict[str, Any]]:
-        """Latest row per output stem, from the manifest then the journal."""
+        """Latest row per output stem, from the manifest then the journal.
+
+        A row that adds layers in their own files keeps the earlier row's other layers (a run
+        with ``--layer pool5`` into a folder that holds conv5 features lists both)."""
         merged: dict[str, dict[str, Any]] = {}
         for row in [*self._read(self.path), *self._read(self.journal)]:
-            merged[row["key"]] = row
+            earlier = merged.get(row["key"])
+            merged[row["key"]] = _carry_layers(earlier, row) if earlier else row
         return merged
 
     def merge(self) -> dict[str, dict[str, Any]]:
@@ -170,6 +174,159 @@ class Manifest:
             with contextlib.suppress(FileNotFoundError):
                 self.journal.unlink()
         return merged
+
+
+def _carry_layers(earlier: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    if earlier.get("status") != "ok" or row.get("status") != "ok":
+        return row
+    outputs = list(row.get("outputs") or [])
+    layers = dict(row.get("layers") or {})
+    old_outputs = earlier.get("outputs") or []
+    old_layers = earlier.get("layers") or {}
+    if not isinstance(old_layers, dict) or any(name in outputs for name in old_outputs):
+        return row  # the same file rewritten (an .npz): it holds only what the new row says
+    for name in old_outputs:
+        outputs.append(name)
+    for layer, info in old_layers.items():
+        layers.setdefault(layer, info)
+    return {**row, "outputs": outputs, "layers": layers}
+
+
+# -- checking finished outputs -----------------------------------------------------------------
+def npy_problem(path: Path, shape: Sequence[int] | None = None) -> str | None:
+    """Why the .npy at ``path`` is not a complete float32 array (of ``shape``), or None."""
+    try:
+        with open(path, "rb") as handle:
+            found, data_bytes = _npy_header(handle)
+            start = handle.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    if size != start + data_bytes:
+        return f"truncated or padded ({size} bytes, the header asks for {start + data_bytes})"
+    if shape is not None and list(found) != list(shape):
+        return f"shape {list(found)}, the manifest recorded {list(shape)}"
+    return None
+
+
+def _npy_header(handle: Any) -> tuple[tuple[int, ...], int]:
+    version = np.lib.format.read_magic(handle)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read(handle)
+    if dtype != np.dtype(np.float32) or fortran:
+        raise ValueError(f"dtype {dtype}, expected float32")
+    return tuple(shape), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def npz_problem(path: Path, shapes: dict[str, Sequence[int] | None]) -> str | None:
+    """Why the .npz at ``path`` lacks a complete member for each of ``shapes``' layers."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            for layer, shape in shapes.items():
+                if f"{layer}.npy" not in names:
+                    return f"no layer {layer!r} inside"
+                info = archive.getinfo(f"{layer}.npy")
+                with archive.open(info) as handle:
+                    found, data_bytes = _npy_header(handle)
+                    start = handle.tell()
+                if info.file_size != start + data_bytes:
+                    return f"layer {layer!r} truncated"
+                if shape is not None and list(found) != list(shape):
+                    return f"layer {layer!r} has shape {list(found)}, the manifest recorded "
+                    f"{list(shape)}"
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return f"unreadable ({exc})"
+    return None
+
+
+def outputs_problem(
+    out: Path, names: Sequence[str], layers: Sequence[str], row: dict[str, Any] | None
+) -> str | None:
+    """Why outputs found on disk cannot be trusted, or None when each is complete and has the
+    shape its manifest row records (with no row: is complete)."""
+    recorded = (row or {}).get("layers") or {}
+    if not isinstance(recorded, dict):
+        recorded = {}
+
+    def shape_of(layer: str) -> Sequence[int] | None:
+        info = recorded.get(layer)
+        return info.get("shape") if isinstance(info, dict) else None
+
+    if len(names) == 1 and names[0].endswith(".npz"):
+        reason = npz_problem(out / names[0], {layer: shape_of(layer) for layer in layers})
+        return f"{names[0]}: {reason}" if reason else None
+    for name, layer in zip(names, layers, strict=True):
+        reason = npy_problem(out / name, shape_of(layer))
+        if reason:
+            return f"{name}: {reason}"
+    return None
+
+
+def check_distinct(sources: Iterable[Source], names_of: Any) -> None:
+    """Refuse, before any work, routes whose outputs would land on one file, or on a folder
+    that another route's outputs need (``x.pool5.npy`` the file and ``x.pool5.npy/`` the
+    folder)."""
+    files: dict[str, str] = {}
+    for source in sources:
+        for route in source.routes:
+            for name in names_of(route.key):
+                other = files.setdefault(name, route.file)
+                if other != route.file:
+                    raise UsageProblem(
+                        f"{other} and {route.file} would both be written to {name}; rename one"
+                    )
+    folders = {parent for name in files for parent in _parents(name)}
+    for name, file in files.items():
+        if name in folders:
+            raise UsageProblem(f"the output {name} of {file} is also a folder of other outputs")
+
+
+def _parents(name: str) -> Iterator[str]:
+    head, _, _ = name.rpartition("/")
+    while head:
+        yield head
+        head, _, _ = head.rpartition("/")
+
+
+def copy_output(source: Path, target: Path) -> None:
+    """Give ``target`` the content of the finished output ``source``: a hard link where the
+    file system allows, else a copy; atomically either way."""
+    import shutil
+
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+# -- one run per folder ------------------------------------------------------------------------
+@contextlib.contextmanager
+def output_lock(out: Path, rank: int) -> Iterator[None]:
+    """Hold ``OUT/.extract-rank<rank>.lock`` for the run: a second run into the same folder
+    stops with a clear error instead of deleting the first one's temporary files. The ranks of
+    one torchrun job take different locks and share the folder."""
+    path = out / f".extract-rank{rank}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SoundnetError(
+                f"{out} is in use by another `soundnet extract` (rank {rank}); wait for it to "
+                "finish, or write to another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -244,3 +401,73 @@ def record_setup(out: Path, setup: Setup, overwrite: bool) -> None:
             mine["layers"] = {**existing.get("layers", {}), **mine["layers"]}
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+
+
+# -- reading a features folder -----------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureFile:
+    """One input's features for one layer, in a folder written by extract."""
+
+    key: str  # the output stem: the input's path relative to the inputs, without extension
+    layer: str
+    path: Path  # ``<key>.<layer>.npy``, or ``<key>.npz`` holding every layer
+    source: str  # the input path from the manifest (the key when there is no row)
+
+
+def _recorded_layers(folder: Path) -> list[str]:
+    try:
+        setup = json.loads((folder / SETUP).read_text(encoding="utf-8"))
+        return list(setup.get("layers", {}))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, list[FeatureFile]]:
+    """The layer's features files under ``folder``, sorted by key, without reading them.
+
+    ``layer`` may be omitted when the folder holds one layer. Hidden files and folders (the
+    manifest's journal, a search index) are never taken for features.
+    """
+    if not folder.is_dir():
+        raise UsageProblem(f"{folder}: no such features folder")
+    known = _recorded_layers(folder)
+    found: dict[str, dict[str, Path]] = {}  # layer -> key -> .npy
+    archives: dict[str, Path] = {}  # key -> .npz
+    for path in sorted(folder.rglob("*")):
+        if path.suffix not in {".npy", ".npz"} or not path.is_file():
+            continue
+        rel = path.relative_to(folder).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if path.suffix == ".npz":
+            archives[rel[: -len(".npz")]] = path
+            continue
+        key, _, name = rel[: -len(".npy")].rpartition(".")
+        if key and (not known or name in known):
+            found.setdefault(name, {})[key] = path
+    if layer is None:
+        layers = sorted(found) or known
+        if len(layers) != 1:
+            what = ", ".join(layers) if layers else "none found"
+            raise UsageProblem(f"{folder}: choose a layer with --layer (layers: {what})")
+        layer = layers[0]
+    chosen = dict(found.get(layer, {}))
+    for key, path in archives.items():
+        if key not in chosen:
+            with np.load(path, allow_pickle=False) as data:
+                if layer in data.files:
+                    chosen[key] = path
+    if not chosen:
+        raise UsageProblem(f"{folder}: no features for layer {layer!r} (run `soundnet extract`)")
+    sources = {key: str(row.get("path", key)) for key, row in Manifest(folder).rows().items()}
+    files = [FeatureFile(key, layer, chosen[key], sources.get(key, key)) for key in sorted(chosen)]
+    return layer, files
+
+
+def read_feature_file(item: FeatureFile) -> np.ndarray:
+    """The features of one :class:`FeatureFile`: float32 (time, channels), or (channels,) when
+    extract pooled them."""
+    if item.path.suffix == ".npz":
+        with np.load(item.path, allow_pickle=False) as data:
+            return np.asarray(data[item.layer])
+    return np.asarray(np.load(item.path, allow_pickle=False))

@@ -10,12 +10,14 @@ from typing import Literal
 import numpy as np
 
 from soundnet_cli.errors import AudioError
+from soundnet_cli.media.files import AUDIO_EXTENSIONS as AUDIO_EXTENSIONS  # re-exported
 
 SAMPLE_RATE = 22050
 SCALE = 256.0  # float audio in [-1, 1] times 256, as the authors' release; no mean subtraction
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64")
 Mix = Literal["first", "mean"]
 MIX_CHOICES: tuple[str, ...] = ("first", "mean")
+RESAMPLER = "soxr-hq"  # names the resampling in feature caches (features depend on it)
+RESAMPLE_QUALITY = "HQ"  # libsoxr "HQ": 20-bit precision, a steep low-pass below Nyquist
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Waveform:
     sample_rate: int
     source_rate: int
     source_channels: int
+    source_frames: int = 0  # frames in the file, at ``source_rate``
 
     @property
     def duration(self) -> float:
@@ -33,22 +36,76 @@ class Waveform:
 
 
 def decode(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Read a file as float32 (frames, channels) in [-1, 1] with its sample rate."""
+    """Read a whole file as float32 (frames, channels) in [-1, 1] with its sample rate.
+
+    Raises AudioError naming the file when it is missing, unreadable, empty, truncated (fewer
+    frames than its header promises) or holds NaN/infinite samples.
+    """
     import soundfile as sf
 
     name = str(path)
     if not Path(name).is_file():
-        raise AudioError(f"{name}: no such file")
+        broken = " (broken link)" if Path(name).is_symlink() else ""
+        raise AudioError(f"{name}: no such file{broken}")
+    if Path(name).stat().st_size == 0:
+        raise AudioError(f"{name}: empty file (0 bytes)")
     try:
-        data, rate = sf.read(name, dtype="float32", always_2d=True)
+        with sf.SoundFile(name) as handle:
+            declared, rate = int(handle.frames), int(handle.samplerate)
+            data = handle.read(dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile reports every format problem as its own error type
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise AudioError(f"{name}: cannot read audio ({reason})") from exc
+        raise AudioError(f"{name}: cannot read audio ({reason_of(exc)})") from exc
     if data.size == 0:
         raise AudioError(f"{name}: the file holds no audio samples")
+    check_complete(Path(name), len(data), declared)
+    check_finite(data, name)
+    return data, rate
+
+
+def check_finite(data: np.ndarray, name: str) -> None:
     if not np.isfinite(data).all():
         raise AudioError(f"{name}: the audio contains NaN or infinite samples")
-    return data, int(rate)
+
+
+def reason_of(exc: BaseException) -> str:
+    """The last line of a decoder's message (or the exception's type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def declared_wav_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE header promises, or None when it is not a plain RIFF WAV."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = 0
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"fmt ":
+                body = handle.read(size + (size & 1))
+                block_align = int.from_bytes(body[12:14], "little")
+            elif chunk[:4] == b"data":
+                return size // block_align if block_align else None
+            else:
+                handle.seek(size + (size & 1), os.SEEK_CUR)
+
+
+def check_complete(path: Path, frames_read: int, frames_declared: int) -> None:
+    """AudioError when a file holds fewer frames than its header promises (a truncated file)."""
+    declared = frames_declared
+    if path.suffix.lower() in {".wav", ".wave"}:
+        declared = declared_wav_frames(path) or frames_declared
+    # MP3 lengths from a Xing header are estimates; a truncated file falls far short.
+    slack = max(2048, declared // 100) if path.suffix.lower() == ".mp3" else 2
+    if frames_read + slack < declared:
+        raise AudioError(
+            f"{path}: truncated file (the header promises {declared} frames, "
+            f"only {frames_read} are there)"
+        )
 
 
 def to_mono(data: np.ndarray, mix: str = "first") -> np.ndarray:
@@ -60,25 +117,51 @@ def to_mono(data: np.ndarray, mix: str = "first") -> np.ndarray:
     raise AudioError(f"unknown channel mix {mix!r}; use one of {', '.join(MIX_CHOICES)}")
 
 
+def resampled_length(frames: int, rate: int, target: int = SAMPLE_RATE) -> int:
+    """Samples that :func:`resample` gives for ``frames`` at ``rate`` (rounded half up)."""
+    return (2 * frames * target + rate) // (2 * rate)
+
+
 def resample(wave: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited resampling (windowed sinc) to ``target_rate``."""
+    """Band-limited resampling to ``target_rate`` with libsoxr (its "HQ" setting).
+
+    ``wave`` is float32 (samples,) or (samples, channels); channels are resampled alike, so a
+    batch of equal-length clips can go as channels. Cost and memory depend on the length only,
+    not on how the two rates divide (any ratio, e.g. 16,001 -> 22,050 Hz). Windows read by
+    :class:`~soundnet_cli.media.streaming.StreamingAudio` equal slices of this result.
+    """
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
     if source_rate == target_rate:
         return wave
-    import torch
-    import torchaudio.functional as taf
+    import soxr
 
-    out = taf.resample(torch.from_numpy(np.ascontiguousarray(wave)), source_rate, target_rate)
-    return out.numpy()
+    return soxr.resample(wave, source_rate, target_rate, quality=RESAMPLE_QUALITY)
+
+
+def model_ready(
+    mono: np.ndarray, source_rate: int, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """Mono float audio in [-1, 1] -> what a student takes: resampled, times :data:`SCALE`."""
+    out = resample(mono, source_rate, sample_rate)
+    if out is mono:
+        out = out.copy()
+    out *= np.float32(SCALE)
+    return out
 
 
 def load_audio(
     path: str | os.PathLike[str], *, mix: Mix = "first", sample_rate: int = SAMPLE_RATE
 ) -> Waveform:
-    """Decode ``path`` and return the model-ready waveform; raises AudioError naming the file."""
+    """Decode ``path`` and return the model-ready waveform; raises AudioError naming the file.
+
+    The one reading path (decode -> mono -> resample -> scale) of every command; long files are
+    read in windows of the same waveform by :class:`~soundnet_cli.media.streaming.StreamingAudio`.
+    """
     data, rate = decode(path)
-    mono = resample(to_mono(data, mix), rate, sample_rate)
-    scaled = (mono * SCALE).astype(np.float32, copy=False)
-    return Waveform(scaled, sample_rate, rate, data.shape[1])
+    frames, channels = data.shape
+    mono = to_mono(data, mix)
+    del data
+    return Waveform(model_ready(mono, rate, sample_rate), sample_rate, rate, channels, frames)
 
 
 def tile(wave: np.ndarray, length: int) -> np.ndarray:
@@ -87,22 +170,3 @@ def tile(wave: np.ndarray, length: int) -> np.ndarray:
         raise AudioError("cannot tile an empty waveform")
     reps = -(-length // len(wave))
     return np.tile(wave, reps)[:length]
-
-
-def is_audio_file(path: Path, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> bool:
-    return path.is_file() and path.suffix.lower() in extensions
-
-
-def find_audio(paths: list[Path], extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Expand files and directories (recursively, sorted) into a list of audio files.
-
-    Files named explicitly are kept whatever their extension, so that a bad one is reported
-    rather than silently dropped.
-    """
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if is_audio_file(p, extensions)))
-        else:
-            found.append(path)
-    return found

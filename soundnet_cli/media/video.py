@@ -18,22 +18,9 @@ import numpy as np
 
 from soundnet_cli.errors import VideoError
 from soundnet_cli.media.audio import SAMPLE_RATE, Mix
+from soundnet_cli.media.files import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS  # re-exported
+from soundnet_cli.media.files import find_videos as find_videos  # re-exported
 
-VIDEO_EXTENSIONS = (
-    ".mp4",
-    ".m4v",
-    ".mov",
-    ".mkv",
-    ".webm",
-    ".avi",
-    ".flv",
-    ".mpg",
-    ".mpeg",
-    ".ogv",
-    ".3gp",
-    ".ts",
-    ".wmv",
-)
 INT16_SCALE = 32768.0
 
 
@@ -48,21 +35,6 @@ class VideoInfo:
     width: int
     height: int
     fps: float | None
-
-
-def find_videos(
-    paths: Sequence[Path], extensions: tuple[str, ...] = VIDEO_EXTENSIONS
-) -> list[Path]:
-    """Expand files and directories (recursively, sorted); files named explicitly are kept."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-            )
-        else:
-            found.append(path)
-    return found
 
 
 def _open(path: str | os.PathLike[str]) -> Any:

@@ -1,5 +1,7 @@
-"""Student networks: 1-D convolutional nets on the raw waveform."""
+"""Student networks: 1-D convolutional nets on the raw waveform, and the contract every student
+keeps (:class:`Student`; plugins subclass :class:`StudentBase`)."""
 
+from soundnet_cli.media.audio import SAMPLE_RATE, SCALE
 from soundnet_cli.students.base import (
     ConvLayer,
     ConvStudent,
@@ -8,16 +10,30 @@ from soundnet_cli.students.base import (
     HeadSpec,
     PoolLayer,
 )
+from soundnet_cli.students.contract import (
+    Student,
+    StudentBase,
+    check_taps,
+    feature_of,
+    forward_inputs,
+)
 from soundnet_cli.students.soundnet import PRETRAINED_HEADS, soundnet5, soundnet8
 
 __all__ = [
     "PRETRAINED_HEADS",
+    "SAMPLE_RATE",
+    "SCALE",
     "ConvLayer",
     "ConvStudent",
     "FeatureInfo",
     "HeadLayer",
     "HeadSpec",
     "PoolLayer",
+    "Student",
+    "StudentBase",
+    "check_taps",
+    "feature_of",
+    "forward_inputs",
     "soundnet5",
     "soundnet8",
 ]

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from soundnet_cli.errors import AudioError, LayerError, SoundnetError
+from soundnet_cli.errors import SoundnetError
+from soundnet_cli.media.audio import SAMPLE_RATE
+from soundnet_cli.students.contract import StudentBase, feature_of
 
-SAMPLE_RATE = 22050
 BN_EPS = 1e-5
 HEAD_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -99,7 +100,7 @@ class ConvBlock(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-class ConvStudent(nn.Module):
+class ConvStudent(StudentBase):
     """A SoundNet-style student: conv/pool body, then one output conv per head.
 
     ``forward(wave)`` returns ``{head: log-probabilities (batch, categories, time)}``;
@@ -197,21 +198,10 @@ class ConvStudent(nn.Module):
             infos.append(FeatureInfo(name, channels, stride, field, offset))
         return infos
 
-    @property
-    def layer_names(self) -> list[str]:
-        return [info.name for info in self.feature_info]
-
-    def feature(self, name: str) -> FeatureInfo:
-        return self.feature_info[self._tap_index_of(name)]
-
     def _tap_index_of(self, name: str) -> int:
-        try:
-            return self._tap_index[name]
-        except KeyError:
-            raise LayerError(
-                f"{self.architecture} has no layer {name!r}; valid layers: "
-                f"{', '.join(self.layer_names)}"
-            ) from None
+        if name not in self._tap_index:
+            feature_of(self, name)  # raises LayerError listing the valid layers
+        return self._tap_index[name]
 
     def output_length(self, layer: str, samples: int) -> int:
         """Time steps that ``layer`` gives for an input of ``samples`` (0 when too short)."""
@@ -231,38 +221,14 @@ class ConvStudent(nn.Module):
         return needed
 
     # -- forward ------------------------------------------------------------------------------
-    @staticmethod
-    def _as_batch(wave: torch.Tensor) -> torch.Tensor:
-        if wave.dim() == 1:
-            return wave[None, None]
-        if wave.dim() == 2:
-            return wave[:, None]
-        if wave.dim() == 3 and wave.shape[1] == 1:
-            return wave
-        raise SoundnetError(
-            f"expected a waveform shaped (samples,), (batch, samples) or (batch, 1, samples); "
-            f"got {tuple(wave.shape)}"
-        )
-
     def forward_features(
         self, wave: torch.Tensor, layers: Sequence[str]
     ) -> dict[str, torch.Tensor]:
         """Run the network up to the last requested layer and return those taps."""
-        if isinstance(layers, str):
-            layers = [layers]
-        if not layers:
-            raise LayerError(f"no layer requested; valid layers: {', '.join(self.layer_names)}")
-        last = max(self._tap_index_of(name) for name in layers)
-        x = self._as_batch(wave)
-        last_name = self.feature_info[last].name
-        if self.output_length(last_name, x.shape[-1]) == 0:
-            need = self.min_samples(last_name)
-            raise AudioError(
-                f"input of {x.shape[-1]} samples ({x.shape[-1] / self.sample_rate:.3f} s) is too "
-                f"short for layer {last_name!r}, which needs at least {need} samples "
-                f"({need / self.sample_rate:.3f} s)"
-            )
-        wanted = set(layers)
+        batch, wanted_layers = self.forward_inputs(wave, layers)
+        last = max(self._tap_index_of(name) for name in wanted_layers)
+        x = batch[:, None]
+        wanted = set(wanted_layers)
         taps: dict[str, torch.Tensor] = {}
         for index, (name, block) in enumerate(self.blocks.items()):
             x = block(x)
@@ -276,13 +242,7 @@ class ConvStudent(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         """Log-probabilities per head, each (batch, categories, time)."""
-        x = self._as_batch(wave)
-        need = self.min_samples(self.head_spec.name)
-        if x.shape[-1] < need or self.output_length(self.head_spec.name, x.shape[-1]) == 0:
-            raise AudioError(
-                f"input of {x.shape[-1]} samples is too short for the output heads, which need "
-                f"at least {need} samples ({need / self.sample_rate:.2f} s)"
-            )
+        x = self.forward_inputs(wave, self.head_spec.name)[0][:, None]
         for block in self.blocks.values():
             x = block(x)
         return {name: F.log_softmax(head(x), dim=1) for name, head in self.heads.items()}

@@ -10,22 +10,30 @@ geometry as the student it was built from, computed faster:
   convolution over the input's ``stride`` phases (polyphase), which oneDNN runs much faster;
 - the output heads run as one convolution (their weights concatenated);
 - everything runs under ``torch.inference_mode``; ``compile=True`` adds ``torch.compile``;
-- on CUDA, ``precision="bf16"`` or ``"fp16"`` runs in half precision after a check on a probe
-  signal that the features stay within ``tolerance`` of float32 (else it falls back to float32).
+- ``precision="bf16"`` or ``"fp16"`` runs in half precision where the device has native
+  kernels for it (CUDA; CPUs with AVX512-BF16/AMX, or AVX512-FP16/AMX-FP16), after a check on
+  real-looking clips (:func:`probe_clips`) that every clip's features at the requested layers
+  stay within ``tolerance`` of float32. A convolution whose half-precision kernel is wrong on
+  this device stays in float32 (:func:`choose_precision`); if the whole still misses the
+  tolerance, float32 is used. Weights always derive from float32 copies, so a failed check
+  leaves the float32 model exact.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.media.audio import SAMPLE_RATE, SCALE
 from soundnet_cli.students.base import ConvBlock, ConvLayer, ConvStudent, FeatureInfo
+from soundnet_cli.students.contract import StudentBase, as_batch, describe, forward_inputs
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -84,13 +92,14 @@ class _Stage:
     pool: int
 
 
-class FastStudent(nn.Module):
+class FastStudent(StudentBase):
     """The inference-only twin of a :class:`ConvStudent`: same taps, same geometry."""
 
     def __init__(self, student: ConvStudent) -> None:
         super().__init__()
         self.architecture = student.architecture
         self.sample_rate = student.sample_rate
+        self.default_layer = student.default_layer
         self.head_specs = student.head_specs
         self.head_spec = student.head_spec
         self.feature_info: list[FeatureInfo] = list(student.feature_info)
@@ -132,24 +141,26 @@ class FastStudent(nn.Module):
         self.head.requires_grad_(False)
         self._order = {info.name: i for i, info in enumerate(self.feature_info)}
         self.dtype = torch.float32
+        self.fp32_convs: tuple[str, ...] = ()
+        # float32 originals (shared with the parameters until set_dtype swaps them: no copy)
+        self._fp32 = {name: p.detach() for name, p in self.named_parameters()}
         self._body: Callable[[torch.Tensor, frozenset[str], str], dict[str, torch.Tensor]] = (
             self._run
         )
         self.eval()
 
-    def set_dtype(self, dtype: torch.dtype) -> None:
-        """Run in ``dtype`` (features are still returned as float32)."""
-        self.to(dtype)
+    def set_dtype(self, dtype: torch.dtype, keep_fp32: Sequence[str] = ()) -> None:
+        """Run in ``dtype``, except the convolutions named in ``keep_fp32`` (features are still
+        returned as float32). Weights always come from the float32 originals, so going to half
+        precision and back loses nothing."""
+        for name, param in self.named_parameters():
+            conv = name.split(".")[1] if name.startswith("convs.") else None
+            wanted = torch.float32 if conv in keep_fp32 else dtype
+            param.data = self._fp32[name].to(device=param.device, dtype=wanted)
         self.dtype = dtype
+        self.fp32_convs = tuple(keep_fp32) if dtype != torch.float32 else ()
 
     # -- geometry, delegated to the original student ----------------------------------------
-    @property
-    def layer_names(self) -> list[str]:
-        return [info.name for info in self.feature_info]
-
-    def feature(self, name: str) -> FeatureInfo:
-        return self._geometry.feature(name)
-
     def output_length(self, layer: str, samples: int) -> int:
         return self._geometry.output_length(layer, samples)
 
@@ -160,7 +171,12 @@ class FastStudent(nn.Module):
     def _run(self, x: torch.Tensor, wanted: frozenset[str], last: str) -> dict[str, torch.Tensor]:
         taps: dict[str, torch.Tensor] = {}
         for stage in self.stages:
-            y = self.convs[stage.conv_name](x)
+            conv = self.convs[stage.conv_name]
+            weight = conv.weight
+            assert isinstance(weight, torch.Tensor)
+            if x.dtype != weight.dtype:  # a layer kept in float32 (see set_dtype)
+                x = x.to(weight.dtype)
+            y = conv(x)
             if stage.pool_name is None:
                 x = F.relu_(y)
                 if stage.conv_name in wanted:
@@ -177,24 +193,19 @@ class FastStudent(nn.Module):
                 taps[stage.pool_name] = x
             if stage.pool_name == last:
                 return taps
-        taps[self.head_spec.name] = self.head(x)
+        head_weight: torch.Tensor = self.head.weight
+        taps[self.head_spec.name] = self.head(x.to(head_weight.dtype))
         return taps
 
     def forward_features(
         self, wave: torch.Tensor, layers: Sequence[str]
     ) -> dict[str, torch.Tensor]:
         """The same taps as ``ConvStudent.forward_features``, in float32."""
-        if isinstance(layers, str):
-            layers = [layers]
-        if not layers:
-            raise UsageProblem(f"no layer requested; valid layers: {', '.join(self.layer_names)}")
+        x, layers = forward_inputs(self, wave, layers)
         last = max(layers, key=lambda name: self._geometry._tap_index_of(name))
-        x = ConvStudent._as_batch(wave)
-        if self.output_length(last, x.shape[-1]) == 0:
-            # The original raises the same AudioError, with its wording.
-            self._geometry.forward_features(x[..., :0], [last])
+        x = x[:, None]
         with torch.inference_mode():
-            taps = self._body(x.to(self.dtype), frozenset(layers), last)
+            taps = self._body(x.float(), frozenset(layers), last)
             return {name: taps[name].float() for name in layers}
 
     def forward(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -207,15 +218,46 @@ class FastStudent(nn.Module):
         return out
 
 
-def probe_signal(seconds: float = 12.0, sample_rate: int = 22050) -> torch.Tensor:
-    """A fixed test sound (tones, a chirp, noise; scaled as real input) for precision checks."""
+def probe_clips(
+    count: int = 4, seconds: float = 5.0, sample_rate: int = SAMPLE_RATE
+) -> torch.Tensor:
+    """Fixed, real-looking test sounds for precision checks: (count, samples), scaled as input.
+
+    Each clip mixes what recordings hold: harmonic tones with vibrato and decaying notes,
+    low-passed noise in bursts, clicks, mains hum, silent gaps, and a quiet passage ~40 dB
+    below the loud one, so the check sees the dynamic range of real audio rather than one
+    steady signal.
+    """
     generator = torch.Generator().manual_seed(1234)
-    t = torch.arange(int(seconds * sample_rate), dtype=torch.float64) / sample_rate
-    wave = 0.3 * torch.sin(2 * torch.pi * 440 * t) + 0.2 * torch.sin(
-        2 * torch.pi * (200 + 300 * t) * t
-    )
-    wave += 0.1 * torch.randn(t.shape, generator=generator, dtype=torch.float64)
-    return (wave * 256).float()
+    n = int(seconds * sample_rate)
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    clips = []
+    for index in range(count):
+        rand = torch.rand(8, generator=generator, dtype=torch.float64)
+        pitch = 150 + 600 * rand[0]
+        vibrato = 1 + 0.01 * torch.sin(2 * torch.pi * (4 + 3 * rand[1]) * t)
+        phase = 2 * torch.pi * torch.cumsum(pitch * vibrato, 0) / sample_rate
+        tone = sum(torch.sin(k * phase) / k for k in range(1, 6))
+        notes = torch.exp(-((t * (1.5 + rand[2])) % 1.0) * 4)  # struck notes, decaying
+        noise = torch.randn(n, generator=generator, dtype=torch.float64)
+        corner = 300 + 4000 * rand[3]  # a gentle low-pass: darker or brighter noise
+        freqs = torch.fft.rfftfreq(n, 1 / sample_rate, dtype=torch.float64)
+        noise = torch.fft.irfft(torch.fft.rfft(noise) / (1 + freqs / corner), n)
+        noise = noise / noise.abs().max()
+        bursts = (torch.sin(2 * torch.pi * (0.7 + rand[4]) * t) > 0.3).double()
+        clicks = torch.zeros(n, dtype=torch.float64)
+        where = torch.randint(0, n, (int(20 + 40 * rand[5]),), generator=generator)
+        clicks[where] = torch.randn(len(where), generator=generator, dtype=torch.float64)
+        hum = 0.02 * torch.sin(2 * torch.pi * 50 * t)
+        mix = 0.3 * tone * notes + 0.4 * noise * bursts + 0.8 * clicks + hum
+        level = torch.ones(n, dtype=torch.float64)
+        quiet = slice(int(n * (0.55 + 0.1 * rand[6])), int(n * (0.75 + 0.1 * rand[6])))
+        level[quiet] = 0.01  # about -40 dB
+        level[: int(n * 0.05 * (index % 3))] = 0.0  # some clips start with silence
+        mix = mix * level
+        peak = mix.abs().max().clamp_min(1e-9)
+        clips.append(mix / peak * (0.1 + 0.8 * rand[7]))  # peaks from -20 dB to about 0 dB
+    return (torch.stack(clips) * SCALE).float()
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -224,19 +266,129 @@ def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return (ours.float() - reference.float()).abs().max().item() / (scale if scale > 0 else 1.0)
 
 
-def precision_error(fast: FastStudent, layers: Sequence[str], dtype: torch.dtype) -> float:
-    """Worst relative error of ``layers`` in ``dtype`` against float32, on the probe signal."""
-    device = next(fast.parameters()).device
-    wave = probe_signal(sample_rate=fast.sample_rate).to(device)
-    previous = fast.dtype
+def clip_errors(ours: torch.Tensor, reference: torch.Tensor) -> list[float]:
+    """:func:`relative_error` of each clip of a batch (batch, channels, time): the measure a
+    features file is judged by."""
+    return [relative_error(a, b) for a, b in zip(ours, reference, strict=True)]
+
+
+def precision_error(
+    fast: FastStudent,
+    layers: Sequence[str],
+    dtype: torch.dtype,
+    wave: torch.Tensor | None = None,
+    keep_fp32: Sequence[str] = (),
+) -> float:
+    """Worst relative error of any clip at any of ``layers`` in ``dtype`` against float32, on
+    ``wave`` (default: :func:`probe_clips`), with the convolutions ``keep_fp32`` in float32."""
+    if wave is None:
+        wave = probe_clips(sample_rate=fast.sample_rate)
+    wave = wave.to(fast.device)
+    previous = (fast.dtype, fast.fp32_convs)
     try:
         fast.set_dtype(torch.float32)
         reference = fast.forward_features(wave, layers)
-        fast.set_dtype(dtype)
+        fast.set_dtype(dtype, keep_fp32=keep_fp32)
         ours = fast.forward_features(wave, layers)
     finally:
-        fast.set_dtype(previous)
-    return max(relative_error(ours[name], reference[name]) for name in layers)
+        fast.set_dtype(previous[0], keep_fp32=previous[1])
+    return max(max(clip_errors(ours[name], reference[name])) for name in layers)
+
+
+def stage_errors(fast: FastStudent, dtype: torch.dtype, wave: torch.Tensor) -> dict[str, float]:
+    """Each convolution alone in ``dtype``, fed the float32 input it sees in a float32 run:
+    its output's worst relative error per clip. Finds the one layer a CPU's half-precision
+    kernel gets wrong (a whole-model error does not say where)."""
+    errors: dict[str, float] = {}
+    previous = (fast.dtype, fast.fp32_convs)
+    try:
+        fast.set_dtype(torch.float32)
+        with torch.inference_mode():
+            x = as_batch(wave).to(fast.device, torch.float32)[:, None]
+            for stage in fast.stages:
+                conv = fast.convs[stage.conv_name]
+                reference = conv(x)
+                half = copy.deepcopy(conv).to(dtype)
+                ours = half(x.to(dtype)).float()
+                errors[stage.conv_name] = max(clip_errors(ours, reference))
+                x = F.relu(reference)
+                if stage.pool_name is not None:
+                    x = F.max_pool1d(x, stage.pool, stage.pool)
+    finally:
+        fast.set_dtype(previous[0], keep_fp32=previous[1])
+    return errors
+
+
+def half_supported(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when ``device`` runs ``dtype`` convolutions natively, else the reason it does not
+    (emulated half precision on a CPU is slower than float32, so it is not used)."""
+    if device.type == "cuda":
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return "this GPU has no bf16 support"
+        return None
+    if device.type != "cpu":
+        return None
+    check = {
+        torch.bfloat16: ("_is_mkldnn_bf16_supported", "bf16 (AVX512-BF16 or AMX)"),
+        torch.float16: ("_is_mkldnn_fp16_supported", "fp16 (AVX512-FP16 or AMX-FP16)"),
+    }[dtype]
+    try:
+        native = bool(getattr(torch.ops.mkldnn, check[0])())
+    except (AttributeError, RuntimeError):
+        native = False
+    return None if native else f"this CPU has no {check[1]} instructions"
+
+
+class ProbeCache(Protocol):
+    """Where :func:`optimise` remembers a precision check (``weights.identity.PrecisionCache``)."""
+
+    def get(self, precision: str, layers: Sequence[str]) -> dict[str, Any] | None: ...
+
+    def put(self, precision: str, layers: Sequence[str], value: dict[str, Any]) -> None: ...
+
+
+def choose_precision(
+    fast: FastStudent,
+    precision: str,
+    layers: Sequence[str],
+    limit: float,
+    cache: ProbeCache | None = None,
+) -> tuple[tuple[str, ...] | None, float, str]:
+    """(convolutions kept in float32, or None for all-float32; the measured error; a note).
+
+    The whole model in half precision first; when that misses ``limit``, the convolutions
+    whose own half-precision error is large stay in float32 and the rest is checked again.
+    """
+    dtype = _DTYPES[precision]
+    unsupported = half_supported(fast.device, dtype)
+    if unsupported is not None:
+        return None, float("inf"), f"{unsupported}"
+    cached = cache.get(precision, layers) if cache is not None else None
+    if cached is not None and isinstance(cached.get("error"), (int, float)):
+        remembered = cached.get("keep_fp32")
+        error = float(cached["error"])
+        if error <= limit and isinstance(remembered, list):
+            return tuple(remembered), error, str(cached.get("note", ""))
+        if error > limit:
+            return None, error, f"relative error {error:.2e} exceeds the tolerance {limit:.0e}"
+    wave = probe_clips(sample_rate=fast.sample_rate)
+    try:
+        kept: tuple[str, ...] = ()
+        error = precision_error(fast, layers, dtype, wave)
+        note = ""
+        if error > limit:
+            per_stage = stage_errors(fast, dtype, wave)
+            kept = tuple(name for name, e in per_stage.items() if e > limit / 4)
+            if kept:
+                error = precision_error(fast, layers, dtype, wave, keep_fp32=kept)
+                note = f"{', '.join(kept)} kept in fp32 (wrong in {precision} on this device)"
+    except RuntimeError as exc:  # e.g. fp16 convolutions unsupported on this device
+        return None, float("inf"), f"not supported here ({str(exc).splitlines()[0]})"
+    if cache is not None:
+        cache.put(precision, layers, {"error": error, "keep_fp32": list(kept), "note": note})
+    if error > limit:
+        return None, error, f"relative error {error:.2e} exceeds the tolerance {limit:.0e}"
+    return kept, error, note
 
 
 def optimise(
@@ -247,32 +399,34 @@ def optimise(
     tolerance: float | None = None,
     compile: bool = False,
     announce: Callable[[str], None] | None = None,
+    cache: ProbeCache | None = None,
 ) -> Any:
     """The fastest equivalent of ``model`` for ``layers``, on the model's device.
 
     A model that is not a :class:`ConvStudent` (a plugin's own architecture) is returned as is.
-    Half precision is allowed only where the device supports it and the probe check passes;
-    otherwise float32 is kept and ``announce`` says why.
+    Half precision is used only where the device runs it natively and its features at
+    ``layers`` stay within ``tolerance`` of float32 on :func:`probe_clips` (checked once per
+    weights, device and layers when a ``cache`` is given); otherwise float32 is kept and
+    ``announce`` says why.
     """
     if precision not in PRECISIONS:
         raise UsageProblem(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if not isinstance(model, ConvStudent):
+        if precision != "fp32" and announce is not None:
+            announce(f"{precision}: {describe(model)} has no half-precision path; using fp32")
         return model
-    device = next(model.parameters()).device
+    device = model.device
     fast = FastStudent(model).to(device)
     if precision != "fp32":
-        dtype = _DTYPES[precision]
         limit = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
-        try:
-            error = precision_error(fast, layers, dtype)
-        except RuntimeError as exc:  # e.g. fp16 convolutions unsupported on this device
-            error, reason = float("inf"), f"not supported here ({str(exc).splitlines()[0]})"
+        kept, _error, note = choose_precision(fast, precision, layers, limit, cache)
+        if kept is None:
+            if announce is not None:
+                announce(f"{precision}: {note}; using fp32")
         else:
-            reason = f"relative error {error:.2e} exceeds the tolerance {limit:.0e}"
-        if error <= limit:
-            fast.set_dtype(dtype)
-        elif announce is not None:
-            announce(f"{precision}: {reason}; using fp32")
+            fast.set_dtype(_DTYPES[precision], keep_fp32=kept)
+            if note and announce is not None:
+                announce(f"{precision}: {note}")
     if compile:
         fast._body = torch.compile(fast._run, dynamic=True)
     return fast

@@ -69,8 +69,6 @@ def predict_waveform(model: Any, wave: Waveform, *, top_k: int = 5, path: str = 
     """Predict one waveform, tiling it circularly to 20 s if it is shorter (see PAPER "Edges")."""
     import torch
 
-    from soundnet_cli.models import model_device
-
     heads = getattr(model, "head_specs", None)
     if not heads or any(h.categories is None for h in heads):
         raise SoundnetError(
@@ -83,7 +81,7 @@ def predict_waveform(model: Any, wave: Waveform, *, top_k: int = 5, path: str = 
     if len(samples) < target:
         samples = tile(samples, target)
         tiled_to = TRAINING_SECONDS
-    device = model_device(model)
+    device = model.device
     with torch.inference_mode():
         log_probs = model(torch.from_numpy(samples).to(device))
     info = model.feature(model.head_spec.name)

@@ -46,6 +46,9 @@ class FrameTransform:
     """Resize, centre crop and normalise RGB frames, as the teacher's weights were trained.
 
     ``resize`` is the shorter side (an int, aspect kept) or an exact ``(height, width)``.
+    Pixels are scaled to [0, ``value_range``] (1: torchvision's convention; 255: Caffe's), put
+    in ``channel_order`` ("RGB", or "BGR" for networks trained in Caffe), then normalised with
+    ``mean`` and ``std``, given in that channel order and on that scale.
     """
 
     resize: int | tuple[int, int] = 256
@@ -53,6 +56,12 @@ class FrameTransform:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    channel_order: str = "RGB"
+    value_range: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise SoundnetError(f"channel_order must be RGB or BGR, not {self.channel_order!r}")
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) or (N, 3, H, W) -> float32 (N, 3, crop, crop)."""
@@ -69,7 +78,12 @@ class FrameTransform:
         mode = InterpolationMode(self.interpolation)
         pixels = TF.resize(pixels.contiguous(), size, interpolation=mode, antialias=True)
         pixels = TF.center_crop(pixels, [self.crop, self.crop])
-        scaled = TF.convert_image_dtype(pixels, torch.float32)
+        if self.value_range == 1.0:
+            scaled = TF.convert_image_dtype(pixels, torch.float32)
+        else:
+            scaled = pixels.to(torch.float32) * (self.value_range / 255.0)
+        if self.channel_order == "BGR":
+            scaled = scaled.flip(1)
         return TF.normalize(scaled, list(self.mean), list(self.std))
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,6 +93,9 @@ class FrameTransform:
             "mean": list(self.mean),
             "std": list(self.std),
             "interpolation": self.interpolation,
+            # recorded only when they differ from torchvision's, so older corpora still match
+            **({"channel_order": self.channel_order} if self.channel_order != "RGB" else {}),
+            **({"value_range": self.value_range} if self.value_range != 1.0 else {}),
         }
 
 

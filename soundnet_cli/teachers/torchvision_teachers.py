@@ -3,8 +3,8 @@
 ImageNet weights and category names come from torchvision (its download URLs, with the sha256
 prefix in the file name); Places365 weights and names come from the CSAIL Places365 release
 (the PyTorch ``.pth.tar`` checkpoints and ``categories_places365.txt``). CSAIL published VGG16
-Places365 only as a Caffe model, so ``vgg16-places`` needs converted weights given with
-``--teacher-weights`` (docs/teachers.md says how).
+Places365 only as a Caffe model: ``vgg16-places`` converts it once (caffe_vgg16.py) and feeds
+the network as Caffe did (BGR, 0-255, minus the Places365 mean).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from soundnet_cli.errors import WeightsError
 from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
+from soundnet_cli.teachers.caffe_vgg16 import caffe_weights, vgg16_network
 from soundnet_cli.teachers.weights import (
     WeightSource,
     fetch,
@@ -35,6 +36,17 @@ PLACES_CLASSES = 365
 # The Places365 demo scripts resize to 256 x 256 (no aspect kept), then centre crop 224.
 PLACES_TRANSFORM = FrameTransform(resize=(256, 256), crop=224)
 IMAGENET_TRANSFORM = FrameTransform(resize=256, crop=224)
+# VGG16-Places365 was trained in Caffe: BGR pixels in 0-255 minus the per-channel mean of
+# places365CNN_mean.binaryproto (docs/teachers.md gives the source), no division.
+PLACES_CAFFE_MEAN_BGR = (104.051, 112.514, 116.676)
+PLACES_CAFFE_TRANSFORM = FrameTransform(
+    resize=(256, 256),
+    crop=224,
+    mean=PLACES_CAFFE_MEAN_BGR,
+    std=(1.0, 1.0, 1.0),
+    channel_order="BGR",
+    value_range=255.0,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,8 @@ class TorchvisionTeacherSpec:
     name: str
     architecture: str  # a torchvision.models builder: vgg16, alexnet, resnet50
     dataset: str  # imagenet | places365
-    source: WeightSource | None  # None: no published PyTorch weights (pass --teacher-weights)
+    source: WeightSource | None  # None: no published weights (pass --teacher-weights)
+    caffe: bool = False  # the source is a VGG16 .caffemodel, converted on first use
 
     @property
     def num_classes(self) -> int:
@@ -52,6 +65,8 @@ class TorchvisionTeacherSpec:
 
     @property
     def transform(self) -> FrameTransform:
+        if self.caffe:
+            return PLACES_CAFFE_TRANSFORM
         return IMAGENET_TRANSFORM if self.dataset == "imagenet" else PLACES_TRANSFORM
 
 
@@ -77,7 +92,13 @@ SPECS: dict[str, TorchvisionTeacherSpec] = {
             "imagenet",
             WeightSource("torchvision:AlexNet_Weights.IMAGENET1K_V1"),
         ),
-        TorchvisionTeacherSpec("vgg16-places", "vgg16", "places365", None),
+        TorchvisionTeacherSpec(
+            "vgg16-places",
+            "vgg16",
+            "places365",
+            WeightSource(PLACES_BASE + "vgg16_places365.caffemodel"),
+            caffe=True,
+        ),
         TorchvisionTeacherSpec(
             "alexnet-places",
             "alexnet",
@@ -168,7 +189,12 @@ def build_teacher(
     weights_path = Path(weights).expanduser() if weights is not None else None
     provenance: dict[str, Any] = {"architecture": f"torchvision.models.{spec.architecture}"}
     state = None
-    if weights_path is not None:
+    if spec.caffe and not (random_init and weights_path is None):
+        state, origin, found = caffe_weights(
+            spec.name, spec.source, weights_path, classes=spec.num_classes, announce=announce
+        )
+        provenance.update(found)
+    elif weights_path is not None:
         state, origin = read_state_dict(weights_path), str(weights_path)
     elif random_init:
         origin = "random init"
@@ -184,7 +210,10 @@ def build_teacher(
         names, names_from = imagenet_names(), "torchvision"
     else:
         names, names_from = places_names(weights_path, random_init, announce)
-    network = build_network(spec, initialise=state is None)
+    if spec.caffe and state is not None:
+        network = vgg16_network(state)  # widths from the file: torchvision's for CSAIL's
+    else:
+        network = build_network(spec, initialise=state is None)
     if state is not None:
         load_into(network, state, f"{spec.name} from {origin}", assign=True)
     provenance["weights"] = origin

@@ -167,18 +167,69 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
         raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from exc
 
 
+def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header (nothing loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
+
+
+def shape_mismatch(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> str | None:
+    """The first way ``found`` tensors differ from ``expected`` ones, naming the tensor."""
+    for name, shape in expected.items():
+        if name not in found:
+            return f"tensor {name!r} is missing"
+        if tuple(found[name]) != tuple(shape):
+            return f"tensor {name!r} has shape {list(found[name])}, expected {list(shape)}"
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        return f"unexpected tensor {extra[0]!r}"
+    return None
+
+
+def _expected_shapes(students: Any, info: CheckpointInfo) -> dict[str, tuple[int, ...]] | None:
+    """The state-dict shapes of the checkpoint's model, built on the meta device (no memory);
+    None for a student that cannot be built there (then loading itself checks)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = students.create(info.architecture, heads=info.heads)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    except Exception:
+        return None
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Build the checkpoint's architecture (from the registry) and load its weights."""
+    """Build the checkpoint's architecture (from the registry) and load its weights.
+
+    The metadata is checked against the tensors before anything is allocated: the model is
+    first built on PyTorch's "meta" device (shapes only), so a small file whose metadata asks
+    for huge heads is refused at once, naming the tensor that does not fit.
+    """
     from safetensors.torch import load_file
 
     from soundnet_cli.plugins import get_plugins
 
     info = read_info(path)
-    model = get_plugins().students.create(info.architecture, heads=info.heads)
+    students = get_plugins().students
+    students.get(info.architecture)  # an unknown architecture: UnknownNameError, first
+    expected = _expected_shapes(students, info)
+    if expected is not None:
+        problem = shape_mismatch(expected, tensor_shapes(info.path))
+        if problem is not None:
+            raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({problem})")
+    model = students.create(info.architecture, heads=info.heads)
     try:
         state = load_file(str(info.path), device="cpu")
         model.load_state_dict(state, strict=True)

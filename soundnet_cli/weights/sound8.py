@@ -130,9 +130,16 @@ def read_category_names(source: str) -> dict[str, list[str]]:
         if isinstance(node, ast.Assign):
             for target in node.targets:
                 if isinstance(target, ast.Name) and target.id in wanted:
-                    value = ast.literal_eval(node.value)
-                    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                        found[wanted[target.id]] = value
+                    try:
+                        value = ast.literal_eval(node.value)
+                    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                        value = None
+                    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                        raise WeightsError(
+                            f"category names, line {node.lineno}: {target.id} is not a literal "
+                            "list of strings"
+                        )
+                    found[wanted[target.id]] = value
     missing = [NAME_LISTS[h] for h in NAME_LISTS if h not in found]
     if missing:
         raise WeightsError(f"category names not found: {', '.join(missing)}")

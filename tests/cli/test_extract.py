@@ -103,3 +103,36 @@ def test_plain_model_gives_the_same_features(run, named_checkpoint, tmp_path):
         np.load(tmp_path / "plain" / "clip.pool5.npy"),
     )
     assert np.abs(fast - plain).max() <= 1e-4 * np.abs(plain).max()
+
+
+def test_threads_option_reaches_the_model(run, named_checkpoint, tmp_path, monkeypatch):
+    import torch
+
+    from soundnet_cli.students import ConvStudent
+
+    seen: list[int] = []
+    original = ConvStudent.forward_features
+
+    def recording(self, wave, layers):
+        seen.append(torch.get_num_threads())
+        return original(self, wave, layers)
+
+    monkeypatch.setattr(ConvStudent, "forward_features", recording)
+    write_wav(tmp_path / "in" / "x.wav", tone(2.0))
+    before = torch.get_num_threads()
+    for threads in ("1", "2"):
+        result = run(
+            "extract",
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / f"out{threads}"),
+            "--checkpoint",
+            str(named_checkpoint),
+            "--plain",
+            "--threads",
+            threads,
+        )
+        assert result.exit_code == 0, result.stderr
+        assert seen and set(seen) == {int(threads)}, seen
+        seen.clear()
+    assert torch.get_num_threads() == before  # restored after the run

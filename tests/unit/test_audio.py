@@ -3,7 +3,8 @@ import pytest
 import soundfile as sf
 
 from soundnet_cli.errors import AudioError
-from soundnet_cli.media.audio import find_audio, load_audio, tile
+from soundnet_cli.media.audio import load_audio, tile
+from soundnet_cli.media.files import find_audio
 
 from ..conftest import tone, write_wav
 

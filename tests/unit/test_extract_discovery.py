@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from soundnet_cli.errors import UsageProblem
-from soundnet_cli.extraction.inputs import discover, distributed_rank, shard
+from soundnet_cli.extraction.inputs import discover, shard
 from soundnet_cli.extraction.outputs import output_names
 
 
@@ -89,15 +89,3 @@ def test_sharding_is_a_deterministic_partition(tree: Path):
     parts = [shard(found, r, 3) for r in range(3)]
     assert sorted(keys([s for p in parts for s in p])) == sorted(keys(found))
     assert parts == [shard(discover([tree]), r, 3) for r in range(3)]
-
-
-def test_rank_comes_from_torchrun_environment(monkeypatch):
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert distributed_rank() == (0, 1)
-    monkeypatch.setenv("RANK", "2")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    assert distributed_rank() == (2, 4)
-    monkeypatch.setenv("RANK", "4")
-    with pytest.raises(UsageProblem):
-        distributed_rank()

@@ -223,8 +223,18 @@ def test_default_layers():
         ConvStudent("x", SOUNDNET8_BODY, SOUNDNET8_HEAD, [HeadSpec("a", 2)], default_layer="fc7")
 
 
-def test_model_device_without_parameters():
-    from soundnet_cli.models import model_device
+def test_student_device_follows_parameters_or_buffers():
+    from soundnet_cli.students import StudentBase
 
-    assert model_device(torch.nn.Identity()).type == "cpu"
-    assert model_device(torch.nn.BatchNorm1d(2)).type == "cpu"
+    class Empty(StudentBase):
+        pass
+
+    class BuffersOnly(StudentBase):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("window", torch.ones(4, dtype=torch.float64))
+
+    assert Empty().device.type == "cpu"
+    moved = BuffersOnly().to("meta")
+    assert moved.device.type == "meta"  # a parameter-free student still knows where it runs
+    assert soundnet8().to("meta").device.type == "meta"

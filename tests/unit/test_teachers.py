@@ -212,12 +212,6 @@ def test_offline_without_weights_says_what_to_do(name):
     assert "--teacher-weights" in message and "--random-init" in message
 
 
-def test_vgg16_places_needs_converted_weights(monkeypatch):
-    monkeypatch.delenv("SOUNDNET_OFFLINE")
-    with pytest.raises(WeightsError, match="no published PyTorch weights.*--teacher-weights"):
-        get_teacher("vgg16-places")
-
-
 def test_weights_that_do_not_fit_give_one_line(tmp_path):
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(WeightsError, match="do not fit") as info:
@@ -265,7 +259,8 @@ def test_torchvision_urls_carry_a_hash_prefix():
     source = from_torchvision_url("https://download.pytorch.org/models/vgg16-397923af.pth")
     assert source.sha256 == "397923af" and source.filename == "vgg16-397923af.pth"
     assert tvt.resolve_source(tvt.SPECS["vgg16-imagenet"]) == source
-    assert tvt.resolve_source(tvt.SPECS["vgg16-places"]) is None
+    caffe = tvt.resolve_source(tvt.SPECS["vgg16-places"])  # CSAIL's, converted on first use
+    assert caffe is not None and caffe.filename == "vgg16_places365.caffemodel"
 
 
 # -- downloads, from a local server only -----------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from soundnet_cli.errors import VideoError
 from soundnet_cli.media import video
+from soundnet_cli.media.files import find_videos
 
 from ..videos import FPS, frame_index, make_video, truncate
 
@@ -101,7 +102,7 @@ def test_find_videos(tmp_path):
     for name in ("b/x.mp4", "a.webm", "c.MKV", "notes.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
-    found = video.find_videos([tmp_path, tmp_path / "notes.txt"])
+    found = find_videos([tmp_path, tmp_path / "notes.txt"])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "a.webm",
         "b/x.mp4",

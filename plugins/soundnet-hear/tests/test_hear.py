@@ -15,7 +15,7 @@ from hear_checks import validate
 
 from soundnet_cli import testing
 from soundnet_cli.errors import AudioError, LayerError, SoundnetError, UnknownNameError
-from soundnet_cli.students import FeatureInfo, soundnet8
+from soundnet_cli.students import FeatureInfo, StudentBase, soundnet8
 
 
 @pytest.mark.integration
@@ -97,12 +97,12 @@ def test_chunked_embeddings_equal_one_pass():
     assert not many.is_inference() and not torch.is_inference_mode_enabled()
 
 
-class Strided(torch.nn.Module):
+class Strided(StudentBase):
     """A cheap student with geometry that records the longest input it was given."""
 
     architecture = "strided"
-    sample_rate = 22050
     feature_info = [FeatureInfo("frames", 3, 441, 882, -441)]
+    default_layer = "frames"
 
     def __init__(self) -> None:
         super().__init__()

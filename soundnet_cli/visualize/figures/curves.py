@@ -13,7 +13,6 @@ Lines that are not JSON objects (a line cut short by an interruption) are skippe
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -21,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from soundnet_cli.distillation.rundir import METRICS, metrics_rows
 from soundnet_cli.errors import UsageProblem
 from soundnet_cli.visualize.figures._base import _pyplot, no_data, save_png
-
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -85,14 +83,7 @@ def read_curves(run: Path) -> Curves:
     """The curves of a run folder (or a metrics file); later rows for a step replace earlier
     ones, as after a resumed run."""
     rows: dict[int, dict[str, Any]] = {}
-    lines = metrics_file(run).read_text(encoding="utf-8", errors="replace").splitlines()
-    for position, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(row, dict):
-            continue
+    for position, row in enumerate(metrics_rows(metrics_file(run))):
         step = _number(row.get("step"))
         rows[int(step) if step is not None else position] = row
     curves = Curves()

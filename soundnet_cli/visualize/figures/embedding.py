@@ -3,7 +3,6 @@ its features mean-pooled over time; labels only colour the points."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import numpy as np
 
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.evaluation.labels import LabelMap
+from soundnet_cli.extraction.outputs import list_feature_files, read_feature_file
 from soundnet_cli.visualize.figures._base import _pyplot, save_png
 
 UNLABELLED = "(no label)"
@@ -29,31 +29,6 @@ class FeatureSet:
     layer: str
 
 
-def _layers_in(folder: Path) -> list[str]:
-    setup = folder / "features.json"
-    if setup.is_file():
-        try:
-            layers = json.loads(setup.read_text(encoding="utf-8")).get("layers", {})
-            return list(layers)
-        except (OSError, ValueError):
-            pass
-    return []
-
-
-def _manifest_paths(folder: Path) -> dict[str, str]:
-    manifest = folder / "manifest.jsonl"
-    paths: dict[str, str] = {}
-    if manifest.is_file():
-        for line in manifest.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "key" in row and "path" in row:
-                paths[str(row["key"])] = str(row["path"])
-    return paths
-
-
 def _pool(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim == 1:  # extracted with --pool already
         return array.astype(np.float64)
@@ -65,50 +40,13 @@ def _pool(array: np.ndarray, name: str) -> np.ndarray:
 def load_feature_folder(folder: Path, layer: str | None = None) -> FeatureSet:
     """Read every ``<stem>.<layer>.npy`` (or ``<stem>.npz``) under ``folder`` and mean-pool each
     over time. ``layer`` may be omitted when the folder holds one layer."""
-    if not folder.is_dir():
-        raise UsageProblem(f"{folder}: no such features folder")
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix in {".npy", ".npz"}
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    found: dict[str, dict[str, Path]] = {}  # layer -> stem -> file
-    known = _layers_in(folder)
-    for file in files:
-        rel = file.relative_to(folder).as_posix()
-        if file.suffix == ".npz":
-            found.setdefault("*npz*", {})[rel[: -len(".npz")]] = file
-            continue
-        stem, _, name = rel[: -len(".npy")].rpartition(".")
-        if stem and (not known or name in known):
-            found.setdefault(name, {})[stem] = file
-    npz = found.pop("*npz*", {})
-    layers = sorted(found) or known
-    if layer is None:
-        if len(layers) != 1:
-            what = ", ".join(layers) if layers else "none found"
-            raise UsageProblem(f"{folder}: choose a layer with --layer (layers: {what})")
-        layer = layers[0]
-    chosen = found.get(layer, {})
-    keys, vectors = [], []
-    for stem, file in sorted(chosen.items()):
-        keys.append(stem)
-        vectors.append(_pool(np.load(file, allow_pickle=False), str(file)))
-    for stem, file in sorted(npz.items()):
-        if stem in chosen:
-            continue
-        with np.load(file, allow_pickle=False) as data:
-            if layer in data.files:
-                keys.append(stem)
-                vectors.append(_pool(data[layer], str(file)))
-    if not keys:
-        raise UsageProblem(f"{folder}: no features for layer {layer!r} (run `soundnet extract`)")
+    layer, files = list_feature_files(folder, layer)
+    vectors = [_pool(read_feature_file(item), str(item.path)) for item in files]
     if len({v.shape for v in vectors}) != 1:
         raise SoundnetError(f"{folder}: the {layer} features have different channel counts")
-    sources = _manifest_paths(folder)
-    return FeatureSet(keys, [sources.get(k, k) for k in keys], np.stack(vectors), layer)
+    return FeatureSet(
+        [item.key for item in files], [item.source for item in files], np.stack(vectors), layer
+    )
 
 
 def assign_labels(features: FeatureSet, labels: LabelMap | None) -> list[str]:

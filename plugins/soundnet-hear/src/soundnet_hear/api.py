@@ -9,7 +9,6 @@ the recording's length (20 minutes of audio included).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,26 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from soundnet_cli.errors import AudioError, LayerError, SoundnetError
-from soundnet_cli.students import FeatureInfo
+from soundnet_cli.errors import AudioError, SoundnetError
+from soundnet_cli.extraction.chunks import chunk_plan, run_chunk
+from soundnet_cli.students import SCALE, Student, feature_of
 
-SCALE = 256.0  # HEAR audio is in [-1, 1]; students take it times 256
 OFFICIAL = ("", "official")
 DEFAULT_CHUNK_SECONDS = 60.0
-
-
-def default_layer(student: Any) -> str:
-    """The student's own ``default_layer``, else ``pool5`` (the paper's best), else its deepest
-    layer that is not an output head."""
-    names = [info.name for info in student.feature_info]
-    chosen = getattr(student, "default_layer", None)
-    if chosen in names:
-        return str(chosen)
-    if "pool5" in names:
-        return "pool5"
-    head = getattr(getattr(student, "head_spec", None), "name", None)
-    body = [name for name in names if name != head]
-    return body[-1] if body else names[-1]
 
 
 class HearModel(nn.Module):
@@ -48,20 +33,15 @@ class HearModel(nn.Module):
 
     def __init__(
         self,
-        student: Any,
+        student: Student,
         layer: str | None = None,
         chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
     ) -> None:
         super().__init__()
-        self.student = student.eval()
-        infos: dict[str, FeatureInfo] = {i.name: i for i in student.feature_info}
-        self.layer = layer or default_layer(student)
-        if self.layer not in infos:
-            raise LayerError(
-                f"{getattr(student, 'architecture', 'this student')} has no layer "
-                f"{self.layer!r}; valid layers: {', '.join(infos)}"
-            )
-        self.info = infos[self.layer]
+        self.student = student
+        student.eval()  # type: ignore[attr-defined]  (a Student is an nn.Module)
+        self.layer = layer or student.default_layer
+        self.info = feature_of(student, self.layer)
         self.sample_rate = int(student.sample_rate)
         self.scene_embedding_size = int(self.info.channels)
         self.timestamp_embedding_size = int(self.info.channels)
@@ -73,14 +53,11 @@ class HearModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in itertools.chain(self.student.parameters(), self.student.buffers()):
-            return tensor.device
-        return torch.device("cpu")
+        return self.student.device
 
     def min_samples(self) -> int:
         """Shorter audio is padded with zeros at its end to this length."""
-        measure = getattr(self.student, "min_samples", None)
-        return int(measure(self.layer)) if callable(measure) else 1
+        return int(self.student.min_samples(self.layer))
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return get_timestamp_embeddings(audio, self)
@@ -134,42 +111,19 @@ def _as_student_input(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     return wave
 
 
-def _chunks(wave: torch.Tensor, model: HearModel) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first step, activations (batch, channels, steps)) for consecutive runs of steps."""
-    student, layer, info = model.student, model.layer, model.info
-    samples = wave.shape[1]
-    output_length = getattr(student, "output_length", None)
-    if not callable(output_length):  # no geometry: one pass
-        yield 0, _run(student, wave, layer, wave.shape[0])
-        return
-    total = int(output_length(layer, samples))
-    per_chunk = max(1, (model.chunk_samples - info.receptive_field) // info.stride + 1)
-    for first in range(0, total, per_chunk):
-        last = min(total, first + per_chunk)  # steps [first, last)
-        # Start on the step grid at or before step `first`'s receptive field, end where step
-        # `last - 1`'s ends: the steps in between never see the chunk's edges.
-        grid = max(0, first + info.offset // info.stride)
-        start = grid * info.stride
-        stop = min(samples, info.offset + (last - 1) * info.stride + info.receptive_field)
-        rows = max(1, model.chunk_samples // max(1, stop - start))
-        taps = _run(student, wave[:, start:stop], layer, rows)
-        if taps.shape[2] < last - grid:
-            raise SoundnetError(
-                f"{layer}: a chunk gave {taps.shape[2]} steps, expected at least "
-                f"{last - grid}; the student's feature_info does not match its output"
-            )
-        yield first, taps[:, :, first - grid : last - grid]
-
-
-def _run(student: Any, wave: torch.Tensor, layer: str, rows: int) -> torch.Tensor:
-    """One layer for ``wave``, ``rows`` sounds at a time (inference mode stays inside here:
-    a generator must not leave it switched on for its caller)."""
-    with torch.inference_mode():
+def _chunks(wave: torch.Tensor, model: HearModel) -> Iterator[torch.Tensor]:
+    """Activations (batch, channels, steps) for consecutive runs of steps, from the core's
+    chunk plan (bounded memory, equal to one pass), a few sounds at a time."""
+    student, layer = model.student, model.layer
+    for chunk in chunk_plan(student, [layer], wave.shape[1], model.chunk_samples):
+        rows = max(1, model.chunk_samples // max(1, chunk.stop - chunk.start))
+        piece = wave[:, chunk.start : chunk.stop]
         parts = [
-            student.forward_features(wave[r : r + rows], [layer])[layer]
-            for r in range(0, wave.shape[0], rows)
+            run_chunk(student, piece[r : r + rows], chunk)[layer]
+            for r in range(0, len(piece), rows)
         ]
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        # a new, ordinary tensor: inference-mode tensors must not leak to the caller
+        yield (torch.cat(parts) if len(parts) > 1 else parts[0]).clone()
 
 
 def get_timestamp_embeddings(
@@ -179,7 +133,7 @@ def get_timestamp_embeddings(
     n_timestamps) in milliseconds: the centre of each step's receptive field, evenly spaced by
     the layer's stride."""
     wave = _as_student_input(audio, model)
-    pieces = [taps.transpose(1, 2) for _, taps in _chunks(wave, model)]
+    pieces = [taps.transpose(1, 2) for taps in _chunks(wave, model)]
     embeddings = torch.cat(pieces, dim=1).float()  # a new, ordinary (not inference) tensor
     steps = embeddings.shape[1]
     centres = torch.tensor(model.info.step_centres(steps, model.sample_rate), dtype=torch.float64)
@@ -192,7 +146,7 @@ def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     wave = _as_student_input(audio, model)
     total: torch.Tensor | None = None
     steps = 0
-    for _, taps in _chunks(wave, model):
+    for taps in _chunks(wave, model):
         chunk_sum = taps.double().sum(dim=2)
         total = chunk_sum if total is None else total + chunk_sum
         steps += taps.shape[2]

@@ -26,17 +26,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 import torchaudio
-from torch import nn
 
-from soundnet_cli.errors import AudioError, LayerError, SoundnetError
-from soundnet_cli.students import FeatureInfo
+from soundnet_cli.errors import SoundnetError
+from soundnet_cli.students import SAMPLE_RATE, SCALE, FeatureInfo, StudentBase
 
-SAMPLE_RATE = 22050
-SCALE = 256.0  # the student contract's waveforms are float audio times 256
 LOG_FLOOR = 1e-6  # torchaudio's log_mels offset; keeps every frame independent of the others
 
 
-class MfccStudent(nn.Module):
+class MfccStudent(StudentBase):
     """MFCC frames and per-window statistics with the student contract.
 
     ``forward_features(wave, layers)`` takes (samples,), (batch, samples) or (batch, 1, samples)
@@ -72,9 +69,6 @@ class MfccStudent(nn.Module):
                 f"got {summary_frames} and {summary_hop}"
             )
         self.sample_rate = SAMPLE_RATE
-        # Nothing here is learned, but commands find a model's device from its parameters:
-        # an empty, frozen one travels with .to(device) and holds no data.
-        self.device_anchor = nn.Parameter(torch.empty(0), requires_grad=False)
         self.n_fft, self.hop_length = n_fft, hop_length
         self.summary_frames, self.summary_hop = summary_frames, summary_hop
         self.params = {
@@ -115,16 +109,6 @@ class MfccStudent(nn.Module):
         ]
 
     # -- geometry -----------------------------------------------------------------------------
-    @property
-    def layer_names(self) -> list[str]:
-        return [info.name for info in self.feature_info]
-
-    def feature(self, name: str) -> FeatureInfo:
-        for info in self.feature_info:
-            if info.name == name:
-                return info
-        raise LayerError(f"mfcc has no layer {name!r}; valid layers: {', '.join(self.layer_names)}")
-
     def _frames(self, samples: int) -> int:
         # Reflect padding needs more than n_fft // 2 samples.
         return 1 + samples // self.hop_length if samples > self.n_fft // 2 else 0
@@ -146,19 +130,6 @@ class MfccStudent(nn.Module):
         return max(first, (self.summary_frames - 1) * self.hop_length)
 
     # -- forward ------------------------------------------------------------------------------
-    @staticmethod
-    def _as_batch(wave: torch.Tensor) -> torch.Tensor:
-        if wave.dim() == 1:
-            return wave[None]
-        if wave.dim() == 2:
-            return wave
-        if wave.dim() == 3 and wave.shape[1] == 1:
-            return wave[:, 0]
-        raise SoundnetError(
-            f"expected a waveform shaped (samples,), (batch, samples) or (batch, 1, samples); "
-            f"got {tuple(wave.shape)}"
-        )
-
     def zero_crossing_rate(self, audio: torch.Tensor) -> torch.Tensor:
         """Fraction of sign changes in each centred frame, (batch, frames)."""
         pad = self.n_fft // 2
@@ -170,22 +141,8 @@ class MfccStudent(nn.Module):
     def forward_features(
         self, wave: torch.Tensor, layers: Sequence[str]
     ) -> dict[str, torch.Tensor]:
-        if isinstance(layers, str):
-            layers = [layers]
-        if not layers:
-            raise LayerError(f"no layer requested; valid layers: {', '.join(self.layer_names)}")
-        for name in layers:
-            self.feature(name)
-        audio = self._as_batch(wave).float() / SCALE
-        samples = audio.shape[-1]
-        for name in layers:
-            if self.output_length(name, samples) == 0:
-                need = self.min_samples(name)
-                raise AudioError(
-                    f"input of {samples} samples ({samples / SAMPLE_RATE:.3f} s) is too short "
-                    f"for layer {name!r}, which needs at least {need} samples "
-                    f"({need / SAMPLE_RATE:.3f} s)"
-                )
+        batch, layers = self.forward_inputs(wave, layers)
+        audio = batch.float() / SCALE
         coefficients = self.transform(audio)  # (batch, n_mfcc, frames)
         taps: dict[str, torch.Tensor] = {}
         if "mfcc" in layers:

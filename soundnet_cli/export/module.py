@@ -1,0 +1,216 @@
+"""The module that gets exported: raw waveform in, one named tensor per requested output.
+
+Its input is ``waveform``, float32 (batch, samples) in [-1, 1] at the model's sample rate; the
+x256 scaling the network was trained with happens inside, so another runtime only has to decode
+and resample. Outputs are (batch, channels, time), as ``forward_features`` gives them: a layer's
+activations, or a head's probabilities over its categories (softmax of its slice of the output
+layer's logits).
+
+The forward pass uses no Python arithmetic on shapes, so it traces to a graph whose batch and
+length stay free (the student's own ``forward_features`` checks lengths first, which an exporter
+would freeze into constants).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from soundnet_cli.errors import LayerError, SoundnetError, UsageProblem
+
+SCALE = 256.0  # the authors' input scaling: float audio in [-1, 1] times 256
+
+
+class ExportError(SoundnetError):
+    """A model that cannot be exported, or an exported file that does not match PyTorch."""
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of the exported model."""
+
+    name: str
+    kind: str  # "layer" or "head"
+    channels: int
+    stride: int  # input samples per time step
+    receptive_field: int
+    offset: int
+    categories: tuple[str, ...] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "shape": ["batch", self.channels, "time"],
+            "stride": self.stride,
+            "receptive_field": self.receptive_field,
+            "offset": self.offset,
+        }
+        if self.categories is not None:
+            row["categories"] = list(self.categories)
+        return row
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What the exported model computes: its outputs in order, and the shortest valid input."""
+
+    architecture: str
+    sample_rate: int
+    outputs: tuple[OutputSpec, ...]
+    min_samples: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    def metadata(self) -> dict[str, Any]:
+        """Stored inside the exported file, so that a user of another runtime can read it."""
+        return {
+            "architecture": self.architecture,
+            "input": {
+                "name": "waveform",
+                "dtype": "float32",
+                "shape": ["batch", "samples"],
+                "range": [-1.0, 1.0],
+                "sample_rate": self.sample_rate,
+                "min_samples": self.min_samples,
+                "scaling": f"x{SCALE:g} inside the model",
+            },
+            "outputs": [o.as_dict() for o in self.outputs],
+            "provenance": self.provenance,
+        }
+
+
+def _is_conv_student(model: Any) -> bool:
+    return all(hasattr(model, name) for name in ("blocks", "heads", "head_spec", "head_specs"))
+
+
+def plan_export(model: Any, layers: Sequence[str] = (), heads: bool = False) -> ExportPlan:
+    """Check the requested outputs against ``model`` and describe them.
+
+    ``layers`` are feature taps (duplicates dropped, order kept); ``heads`` adds one output per
+    output head. With neither, the model's default layer is exported.
+    """
+    taps = {info.name: info for info in model.feature_info}
+    wanted = list(dict.fromkeys(layers))
+    for name in wanted:
+        if name not in taps:
+            raise LayerError(
+                f"{model.architecture} has no layer {name!r}; valid layers: {', '.join(taps)}"
+            )
+    if not wanted and not heads:
+        wanted = [str(getattr(model, "default_layer", None) or list(taps)[-1])]
+    outputs = []
+    for name in wanted:
+        info = taps[name]
+        outputs.append(
+            OutputSpec(name, "layer", info.channels, info.stride, info.receptive_field, info.offset)
+        )
+    needs_heads = heads
+    if heads:
+        specs = getattr(model, "head_specs", None)
+        if not specs or not _is_conv_student(model):
+            raise UsageProblem(f"{model.architecture} has no output heads to export; drop --heads")
+        info = taps[model.head_spec.name]
+        for head in specs:
+            if head.name in wanted:
+                raise UsageProblem(
+                    f"head {head.name!r} has the name of a layer; export one or the other"
+                )
+            outputs.append(
+                OutputSpec(
+                    head.name,
+                    "head",
+                    head.size,
+                    info.stride,
+                    info.receptive_field,
+                    info.offset,
+                    tuple(head.categories) if head.categories is not None else None,
+                )
+            )
+    order = list(taps)
+    last = max((order.index(name) for name in wanted), default=-1)
+    if needs_heads:
+        last = order.index(model.head_spec.name)
+    min_samples = int(model.min_samples(order[last]))
+    checkpoint = getattr(model, "checkpoint_info", None)
+    provenance = {"checkpoint": str(checkpoint.path)} if checkpoint is not None else {}
+    return ExportPlan(
+        str(model.architecture), int(model.sample_rate), tuple(outputs), min_samples, provenance
+    )
+
+
+class ExportModule(nn.Module):
+    """``forward(waveform) -> tuple`` of the plan's outputs, in the plan's order."""
+
+    def __init__(self, model: Any, plan: ExportPlan) -> None:
+        super().__init__()
+        self.plan = plan
+        self.names = plan.names
+        self.direct = _is_conv_student(model)
+        if not self.direct:
+            self.student = model
+        self.layers = [o.name for o in plan.outputs if o.kind == "layer"]
+        self.head_names = [o.name for o in plan.outputs if o.kind == "head"]
+        if self.direct:
+            order = [info.name for info in model.feature_info]
+            head_layer = model.head_spec.name
+            # the body blocks up to the deepest requested tap (all of them when heads are asked)
+            stop = (
+                len(order) - 1
+                if self.head_names or head_layer in self.layers
+                else max(order.index(name) for name in self.layers)
+            )
+            self.block_names = [name for name in model.blocks if order.index(name) <= stop]
+            self.body = nn.ModuleList(model.blocks[name] for name in self.block_names)
+            self.head_layer = head_layer
+            self.run_heads = stop == len(order) - 1
+            self.head_convs = nn.ModuleList(model.heads.values()) if self.run_heads else None
+        self.eval()
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = (waveform * SCALE).unsqueeze(1)
+        taps: dict[str, torch.Tensor] = {}
+        if not self.direct:
+            taps.update(self.student.forward_features(x, self.layers))
+            return tuple(taps[name] for name in self.names)
+        for name, block in zip(self.block_names, self.body, strict=True):
+            x = block(x)
+            taps[name] = x
+        if self.head_convs is not None:
+            logits = [conv(x) for conv in self.head_convs]
+            taps[self.head_layer] = torch.cat(logits, dim=1)
+            if self.head_names:
+                for name, head_logits in zip(self.head_names, logits, strict=True):
+                    taps[name] = F.softmax(head_logits, dim=1)
+        return tuple(taps[name] for name in self.names)
+
+
+class NamedOutputs(nn.Module):
+    """The same outputs as a ``{name: tensor}`` dict (TorchScript keeps the names this way)."""
+
+    def __init__(self, inner: ExportModule) -> None:
+        super().__init__()
+        self.inner = inner
+        self.names = inner.names
+
+    def forward(self, waveform: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.inner(waveform), strict=True))
+
+
+def reference_outputs(model: Any, plan: ExportPlan, waveform: torch.Tensor) -> list[torch.Tensor]:
+    """The plan's outputs computed by the model itself in PyTorch, for verification."""
+    scaled = waveform * SCALE
+    layers = [o.name for o in plan.outputs if o.kind == "layer"]
+    with torch.inference_mode():
+        taps = dict(model.forward_features(scaled, layers)) if layers else {}
+        if any(o.kind == "head" for o in plan.outputs):
+            taps.update({name: lp.exp() for name, lp in model(scaled).items()})
+    return [taps[name].float() for name in plan.names]

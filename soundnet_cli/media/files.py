@@ -1,0 +1,167 @@
+"""Finding media files: one walker for audio and video, used by every command.
+
+The walker expands the paths a user gives (files and folders, recursively) into every route to
+every matching file. Directory symlinks are followed, except into a folder the walk is already
+inside (a loop), so a tree of links (train/test splits) is listed path by path; each route
+carries the file's real path, so callers that compute once per file can group the routes.
+The cost is one directory scan per folder and one ``realpath`` per symlink: linear in the
+number of paths.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from soundnet_cli.errors import UsageProblem
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64")
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".flv",
+    ".mpg",
+    ".mpeg",
+    ".ogv",
+    ".3gp",
+    ".ts",
+    ".wmv",
+)
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """One route to one file.
+
+    ``root`` is the folder the user gave (or a named file's parent) as given, made absolute but
+    not resolved; ``rel`` is the route below it (posix); ``identity`` is the file's real path,
+    the same for every route to one file.
+    """
+
+    root: str
+    rel: str
+    identity: str
+    explicit: bool
+
+    @property
+    def file(self) -> str:
+        """The file as the user reaches it (relative when the given path was)."""
+        return self.rel if self.root == "." else f"{self.root.rstrip(os.sep)}{os.sep}{self.rel}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
+
+
+def normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
+    """``["WAV", ".flac"]`` -> ``(".wav", ".flac")``."""
+    return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+
+
+def walk(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    extensions: Sequence[str] = AUDIO_EXTENSIONS,
+    globs: Sequence[str] | None = None,
+    missing: Literal["error", "keep"] = "error",
+) -> list[FoundFile]:
+    """Every route to a matching file under ``paths``, each root's files sorted by route.
+
+    In folders a file is kept when its extension (any case) is one of ``extensions`` and, if
+    ``globs`` are given, its route below the folder or its name matches one (case-sensitive).
+    ``extensions=()`` with ``globs`` keeps any extension. Files named explicitly are always
+    kept, so that a bad one is reported; a path that does not exist raises
+    :class:`UsageProblem`, or with ``missing="keep"`` is kept for the caller to report.
+    """
+    exts = frozenset(normalise_extensions(extensions))
+    patterns = [re.compile(fnmatch.translate(g)) for g in globs or ()]
+    found: list[FoundFile] = []
+    for given in paths:
+        name = os.fspath(given)
+        if os.path.isdir(name):
+            root = os.path.abspath(name)
+            files = _scan(root, exts, patterns)
+            files.sort(key=lambda f: f[0])
+            found.extend(FoundFile(name, rel, real, False) for rel, real in files)
+        elif os.path.lexists(name) or missing == "keep":
+            parent, base = os.path.split(name)
+            found.append(FoundFile(parent or ".", base, os.path.realpath(name), True))
+        else:
+            raise UsageProblem(f"{name}: no such file or folder")
+    return found
+
+
+def _scan(
+    root: str, exts: frozenset[str], patterns: list[re.Pattern[str]]
+) -> list[tuple[str, str]]:
+    """(route below ``root``, real path) of every matching file; symlink loops are cut."""
+    real_root = os.path.realpath(root)
+    out: list[tuple[str, str]] = []
+    # (folder on disk, its route below root, its real path, the real paths of the folders
+    # the walk is inside, this one included)
+    stack: list[tuple[str, str, str, frozenset[str]]] = [
+        (root, "", real_root, frozenset([real_root]))
+    ]
+    while stack:
+        folder, rel, real, inside = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # unreadable folder: nothing under it can be listed
+            continue
+        for entry in entries:
+            route = f"{rel}{entry.name}"
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if target in inside:  # a link back up: following it never ends
+                        continue
+                else:
+                    target = f"{real}{os.sep}{entry.name}"
+                stack.append((entry.path, f"{route}/", target, inside | {target}))
+                continue
+            if exts and posixpath.splitext(entry.name)[1].lower() not in exts:
+                continue
+            if patterns and not any(p.match(route) or p.match(entry.name) for p in patterns):
+                continue
+            identity = (
+                os.path.realpath(entry.path)
+                if entry.is_symlink()
+                else f"{real}{os.sep}{entry.name}"
+            )
+            out.append((route, identity))
+    return out
+
+
+def find_files(paths: Sequence[str | os.PathLike[str]], extensions: Sequence[str]) -> list[Path]:
+    """Files under ``paths`` with one of ``extensions`` (folders recursively, each sorted);
+    files named explicitly are kept whatever their extension, and missing ones too, so that
+    the caller reports them as it reports any bad file."""
+    return [f.path for f in walk(paths, extensions=extensions, missing="keep")]
+
+
+def find_audio(
+    paths: Sequence[str | os.PathLike[str]], extensions: Sequence[str] = AUDIO_EXTENSIONS
+) -> list[Path]:
+    """Audio files under ``paths``; see :func:`find_files`."""
+    return find_files(paths, extensions)
+
+
+def find_videos(
+    paths: Sequence[str | os.PathLike[str]], extensions: Sequence[str] = VIDEO_EXTENSIONS
+) -> list[Path]:
+    """Video files under ``paths``; see :func:`find_files`."""
+    return find_files(paths, extensions)

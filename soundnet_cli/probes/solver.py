@@ -1,0 +1,528 @@
+"""Full-batch linear probes in PyTorch: every class at once, no materialised windows.
+
+A window of ``steps`` consecutive feature steps is scored by the sum over its steps of that
+step's features times that step's slice of the weights. The scores of every window of a clip are
+therefore a 1-D convolution of the clip's (channels, time) features with the weights, and the
+gradient is that convolution's weight gradient: memory is that of the features, not ``steps``
+times it.
+
+The objectives are the reference solvers', so ``C`` means what it means for liblinear:
+
+* ``squared-hinge``, one-vs-rest, for each class k:
+  ``0.5 * (|w_k|^2 + b_k^2) + C * sum over windows of max(0, 1 - y * (w_k . x + b_k))^2``
+  (liblinear's L2-loss SVM with ``-B 1``: the bias is regularised);
+* ``logistic``: ``0.5 * |W|^2 + C * sum over windows of the cross-entropy``, the bias not
+  regularised; multinomial, or one sigmoid column for two classes (as scikit-learn).
+
+The solver is truncated Newton. Each step solves the Newton system by conjugate gradients,
+preconditioned by the Cholesky factor of ``R + C * rho * G``: ``G`` is the Gram matrix of all
+windows (bias column included, computed from lagged products of the steps), ``R`` the
+regulariser and ``rho`` the loss's mean curvature. That is a change of variables, not of the
+objective, and it makes badly scaled features (conv8's logits, around -200) as easy to fit as
+standardised ones. Features are centred internally, with the offset folded into the bias, so
+float32 convolutions keep their precision.
+
+Convergence: a class (for the multinomial loss, the whole problem) has converged when the norm
+of its gradient is at most ``tol`` times its norm at zero weights. A fit that stops earlier
+(``max_iter`` Newton steps, or a line search that cannot decrease the objective any more) says
+so in its :class:`FitReport`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SoundnetError
+
+Loss = Literal["squared-hinge", "logistic"]
+DEFAULT_TOL = 1e-4
+DEFAULT_MAX_ITER = 100
+MAX_CG = 50
+COARSE_WINDOWS = 16  # windows per clip below which the coarse pass is not worth it
+GRAM_FLOPS = 2e9  # lagged products for the preconditioner: subsample steps beyond this
+
+Tensor = torch.Tensor
+import os
+_DEBUG = bool(os.environ.get("SOUNDNET_PROBE_DEBUG"))
+_PCG_COUNT = 0
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """How a fit ended: ``gradient_ratio`` is the worst class's gradient norm over its norm at
+    zero weights; ``converged`` when it is at most ``tol``."""
+
+    solver: str
+    converged: bool
+    iterations: int
+    gradient_ratio: float
+    tol: float
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LinearSolution:
+    """Window-level weights in ``cut_windows``' layout (step-major) and one bias per column."""
+
+    coef: np.ndarray  # (columns, steps * channels)
+    intercept: np.ndarray  # (columns,)
+    report: FitReport
+
+
+class WindowData:
+    """Clips' per-step features packed for window scores by 1-D convolution.
+
+    Clips of one length are stacked as a batch; clips of several lengths are concatenated in
+    time, and the windows that straddle two clips are masked out. A clip shorter than one window
+    is repeated circularly to one window, as ``cut_windows`` does.
+    """
+
+    def __init__(
+        self, clips: Sequence[np.ndarray], steps: int, device: str | torch.device = "cpu"
+    ) -> None:
+        if steps < 1:
+            raise SoundnetError(f"a window needs at least one step, not {steps}")
+        arrays = [_at_least(np.asarray(c, dtype=np.float32), steps) for c in clips]
+        if not arrays:
+            raise SoundnetError("a probe needs training clips")
+        channels = {a.shape[1] for a in arrays}
+        if len(channels) != 1:
+            raise SoundnetError(f"clips have different channel counts: {sorted(channels)}")
+        self.steps, self.channels = steps, channels.pop()
+        self.device = torch.device(device)
+        self.stride = 1
+        self.n_clips = len(arrays)
+        lengths = np.array([len(a) for a in arrays])
+        stacked = np.concatenate(arrays)
+        del arrays
+        mean = torch.from_numpy(stacked.mean(0, dtype=np.float64))
+        if (lengths == lengths[0]).all():
+            x = torch.from_numpy(stacked).view(len(lengths), int(lengths[0]), self.channels)
+            windows = int(lengths[0]) - steps + 1
+            valid = torch.ones(len(lengths), windows, dtype=torch.bool)
+            owner = torch.arange(len(lengths))[:, None].expand(-1, windows)
+        else:
+            x = torch.from_numpy(stacked)[None]
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            owner_np = np.repeat(np.arange(len(lengths)), lengths)[: len(stacked) - steps + 1]
+            position = np.arange(len(owner_np)) - starts[owner_np]
+            valid = torch.from_numpy(position <= lengths[owner_np] - steps)[None]
+            owner = torch.from_numpy(owner_np)[None]
+        self.x = (x - mean.float()).transpose(1, 2).contiguous().to(self.device)
+        self.mean = mean.to(self.device)
+        self.mask = valid.to(self.device, torch.float64)[:, None, :]  # (B, 1, W)
+        self.owner = owner.to(self.device)  # (B, W): the clip each window belongs to
+        self.dim = steps * self.channels + 1  # weights and bias
+
+    @property
+    def batch(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def windows(self) -> int:
+        return int(self.mask.shape[2])
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def windows_per_clip(self) -> int:
+        return self.n_windows // self.n_clips
+
+    def strided(self, stride: int) -> WindowData:
+        """The same clips with every ``stride``-th window only."""
+        view = copy.copy(self)
+        view.stride = self.stride * stride
+        view.mask = self.mask[:, :, ::stride]
+        view.owner = self.owner[:, ::stride]
+        return view
+
+    def per_window(self, values: Tensor) -> Tensor:
+        """(clips, K) values -> (B, K, W), zero on masked windows."""
+        return values.to(self.device, torch.float64)[self.owner].permute(0, 2, 1) * self.mask
+
+    def scores(self, theta: Tensor) -> Tensor:
+        """(K, dim) weights and biases -> (B, K, W) window scores, zero on masked windows."""
+        k = theta.shape[0]
+        w = theta[:, :-1].reshape(k, self.steps, self.channels)
+        weight = w.transpose(1, 2).float().contiguous()
+        z = F.conv1d(self.x, weight, stride=self.stride).double()
+        offset = theta[:, -1] + (w * self.mean).sum((1, 2))
+        return (z + offset[None, :, None]) * self.mask
+
+    def adjoint(self, r: Tensor) -> Tensor:
+        """The transpose of :meth:`scores`: (B, K, W) window weights -> (K, dim)."""
+        k = r.shape[1]
+        r = r * self.mask
+        grad = torch.nn.grad.conv1d_weight(
+            self.x, (k, self.channels, self.steps), r.float(), stride=self.stride
+        )
+        total = r.sum((0, 2))
+        grad_w = grad.double().transpose(1, 2) + total[:, None, None] * self.mean
+        return torch.cat([grad_w.reshape(k, -1), total[:, None]], 1)
+
+    def gram(self) -> Tensor:
+        """The Gram matrix of the windows with a bias column, (dim, dim), from lagged products
+        of the steps of (a subsample of) the clips. Every lag is normalised by the same count,
+        which keeps the block-Toeplitz matrix positive semi-definite; it only preconditions."""
+        s, d = self.steps, self.channels
+        batch, _, length = self.x.shape
+        every = max(1, math.ceil(2 * s * batch * length * d * d / GRAM_FLOPS))
+        x = self.x[::every].double()
+        count = x.shape[0] * length
+        lags = (
+            torch.stack(
+                [
+                    torch.einsum("bdt,bet->de", x[:, :, : length - lag], x[:, :, lag:])
+                    for lag in range(s)
+                ]
+            )
+            / count
+        )
+        moment = self.mean[:, None] * self.mean[None, :]
+        gram = torch.empty(self.dim, self.dim, dtype=torch.float64, device=self.device)
+        for i in range(s):
+            for j in range(s):
+                block = lags[j - i] if j >= i else lags[i - j].T
+                gram[i * d : (i + 1) * d, j * d : (j + 1) * d] = block + moment
+        gram[:-1, -1] = gram[-1, :-1] = self.mean.repeat(s)
+        gram[-1, -1] = 1.0
+        return gram * self.n_windows
+
+
+def _at_least(features: np.ndarray, steps: int) -> np.ndarray:
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise SoundnetError(f"expected features shaped (time, channels), got {features.shape}")
+    if features.shape[0] >= steps:
+        return features
+    reps = -(-steps // features.shape[0])
+    return np.tile(features, (reps, 1))[:steps]
+
+
+class _SquaredHinge:
+    """One-vs-rest squared hinge; ``y`` is +1/-1 per window and column, 0 on masked windows."""
+
+    coupled = False
+
+    def __init__(self, y: Tensor) -> None:
+        self.y = y
+        self.columns = y.shape[1]
+
+    def select(self, cols: Tensor) -> _SquaredHinge:
+        return _SquaredHinge(self.y[:, cols])
+
+    def _violation(self, z: Tensor) -> Tensor:
+        return (1.0 - self.y * z).clamp_min(0.0) * self.y.abs()
+
+    def value(self, z: Tensor) -> Tensor:
+        return self._violation(z).square().sum((0, 2))
+
+    def grad(self, z: Tensor) -> Tensor:
+        return -2.0 * self.y * self._violation(z)
+
+    def hessian(self, z: Tensor) -> tuple[Callable[[Tensor], Tensor], float]:
+        active = (self._violation(z) > 0).double() * 2.0
+        return (lambda v: active * v), float(active.mean())
+
+
+class _BinaryLogistic:
+    """One sigmoid column: ``y`` is +1/-1 per window, 0 on masked windows."""
+
+    coupled = False
+
+    def __init__(self, y: Tensor) -> None:
+        self.y = y
+        self.columns = y.shape[1]
+
+    def select(self, cols: Tensor) -> _BinaryLogistic:
+        return _BinaryLogistic(self.y[:, cols])
+
+    def value(self, z: Tensor) -> Tensor:
+        return (F.softplus(-self.y * z) * self.y.abs()).sum((0, 2))
+
+    def grad(self, z: Tensor) -> Tensor:
+        return -self.y * torch.sigmoid(-self.y * z)
+
+    def hessian(self, z: Tensor) -> tuple[Callable[[Tensor], Tensor], float]:
+        p = torch.sigmoid(z)
+        weight = p * (1 - p) * self.y.abs()
+        return (lambda v: weight * v), float(weight.mean())
+
+
+class _Multinomial:
+    """Softmax cross-entropy over the columns; ``onehot`` is zero on masked windows."""
+
+    coupled = True
+
+    def __init__(self, onehot: Tensor, mask: Tensor) -> None:
+        self.onehot, self.mask = onehot, mask
+        self.columns = onehot.shape[1]
+
+    def select(self, cols: Tensor) -> _Multinomial:
+        return self  # the columns are coupled: always all of them
+
+    def value(self, z: Tensor) -> Tensor:
+        nll = torch.logsumexp(z, 1, keepdim=True) * self.mask - (z * self.onehot).sum(1, True)
+        return nll.sum().reshape(1)
+
+    def grad(self, z: Tensor) -> Tensor:
+        return (torch.softmax(z, 1) * self.mask) - self.onehot
+
+    def hessian(self, z: Tensor) -> tuple[Callable[[Tensor], Tensor], float]:
+        p = torch.softmax(z, 1) * self.mask
+
+        def apply(v: Tensor) -> Tensor:
+            return p * v - p * (p * v).sum(1, keepdim=True)
+
+        return apply, float((p * (1 - p)).mean())
+
+
+_LossObject = _SquaredHinge | _BinaryLogistic | _Multinomial
+
+
+def fit_linear(
+    clips: Sequence[np.ndarray],
+    labels: Sequence[int] | np.ndarray,
+    n_classes: int,
+    steps: int,
+    *,
+    loss: Loss = "squared-hinge",
+    C: float = 0.01,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+    device: str | torch.device = "cpu",
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+) -> LinearSolution:
+    """Fit window-level linear scores to clip labels (``labels[i]`` in ``range(n_classes)``).
+
+    Two classes give one column scoring class 1 (as scikit-learn's binary estimators); more give
+    one column per class. ``init`` (coef, intercept) warm-starts the solver. Clips with many
+    windows are first fitted on every ``stride``-th window (consecutive windows overlap in all
+    but one step, so that problem is nearly the same and ``stride`` times cheaper), and the full
+    problem starts from its solution.
+    """
+    import time
+
+    if n_classes < 2:
+        raise SoundnetError("a probe needs training examples of at least two classes")
+    if C <= 0:
+        raise SoundnetError(f"C must be positive, not {C}")
+    if loss not in ("squared-hinge", "logistic"):
+        raise SoundnetError(f"unknown loss {loss!r}")
+    started = time.perf_counter()
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    targets = F.one_hot(y, n_classes).double()
+    if n_classes == 2:
+        targets = targets[:, 1:]
+    with _deterministic(torch.device(device)):
+        data = WindowData(clips, steps, device)
+        reg = torch.ones(data.dim, dtype=torch.float64, device=data.device)
+        if loss == "logistic":
+            reg[-1] = 0.0  # scikit-learn does not regularise the intercept
+        theta = None
+        if init is not None:
+            theta = torch.from_numpy(np.hstack([init[0], init[1][:, None]])).to(data.device)
+        iterations = 0
+        stride = data.windows_per_clip // COARSE_WINDOWS
+        if theta is None and stride >= 2:
+            coarse = data.strided(stride)
+            scaled_c = C * data.n_windows / coarse.n_windows
+            theta, its, _ = _newton(
+                coarse, _make_loss(loss, coarse, targets), scaled_c, reg, 10 * tol, max_iter, None
+            )
+            iterations += its
+        theta, its, ratio = _newton(
+            data, _make_loss(loss, data, targets), C, reg, tol, max_iter, theta
+        )
+        iterations += its
+    report = FitReport(
+        solver=f"torch-newton-{loss}",
+        converged=bool(ratio <= tol),
+        iterations=iterations,
+        gradient_ratio=float(ratio),
+        tol=tol,
+        seconds=time.perf_counter() - started,
+    )
+    return LinearSolution(theta[:, :-1].cpu().numpy(), theta[:, -1].cpu().numpy(), report)
+
+
+def _make_loss(loss: Loss, data: WindowData, targets: Tensor) -> _LossObject:
+    if loss == "squared-hinge":
+        return _SquaredHinge(data.per_window(2 * targets - 1))
+    if targets.shape[1] == 1:
+        return _BinaryLogistic(data.per_window(2 * targets - 1))
+    return _Multinomial(data.per_window(targets), data.mask)
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """cuDNN picks convolution algorithms by timing and some reduce in any order: pin them, so
+    the same data gives the same probe."""
+    if device.type != "cuda":
+        yield
+        return
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
+
+
+def _newton(
+    data: WindowData,
+    loss: _LossObject,
+    C: float,
+    reg: Tensor,
+    tol: float,
+    max_iter: int,
+    theta0: Tensor | None,
+) -> tuple[Tensor, int, float]:
+    """Truncated Newton with per-group (class, or the whole problem) convergence; returns the
+    weights, the Newton steps taken and the worst gradient ratio. Each step works on the
+    columns still converging only, so finished classes cost nothing."""
+    columns = loss.columns
+
+    def group(a: Tensor) -> Tensor:  # (K, ...) -> one sum per group
+        a = a.reshape(a.shape[0], -1).sum(1)
+        return a.sum().reshape(1) if loss.coupled else a
+
+    def spread(a: Tensor, k: int) -> Tensor:  # one value per group -> (k, 1)
+        return a.expand(k)[:, None] if loss.coupled else a[:, None]
+
+    def gradient(theta: Tensor, z: Tensor, part: _LossObject) -> Tensor:
+        return reg * theta + C * data.adjoint(part.grad(z))
+
+    zero = torch.zeros(columns, data.dim, dtype=torch.float64, device=data.device)
+    zero_z = torch.zeros(data.batch, columns, data.windows, dtype=torch.float64)
+    zero_z = zero_z.to(data.device)
+    g_zero = gradient(zero, zero_z, loss)
+    if theta0 is None:
+        theta, z, g = zero, zero_z, g_zero
+    else:
+        theta = theta0.to(torch.float64)
+        z = data.scores(theta)
+        g = gradient(theta, z, loss)
+    scale = group(g_zero.square()).sqrt().clamp_min(1e-300)
+    gram = data.gram()
+    factor: tuple[float, Tensor] | None = None
+    stalled = torch.zeros_like(scale, dtype=torch.bool)
+    iterations = 0
+    while True:
+        ratio = group(g.square()).sqrt() / scale
+        live = (ratio > tol) & ~stalled
+        if not live.any() or iterations >= max_iter:
+            break
+        iterations += 1
+        cols = torch.arange(columns, device=data.device)
+        if not loss.coupled:
+            cols = cols[live]
+        part = loss.select(cols)
+        theta_c, z_c, g_c = theta[cols], z[:, cols], g[cols]
+        curvature, rho = part.hessian(z_c)
+        if factor is None or not 0.5 <= rho / max(factor[0], 1e-12) <= 2.0:
+            factor = (rho, _cholesky(torch.diag(reg) + C * max(rho, 1e-6) * gram))
+        chol = factor[1]
+
+        def hess(v: Tensor, curvature: Callable[[Tensor], Tensor] = curvature) -> Tensor:
+            return reg * v + C * data.adjoint(curvature(data.scores(v)))
+
+        def precondition(r: Tensor, chol: Tensor = chol) -> Tensor:
+            return torch.cholesky_solve(r.T, chol).T
+
+        def objective(theta: Tensor, z: Tensor, part: _LossObject = part) -> Tensor:
+            return 0.5 * group(reg * theta.square()) + C * part.value(z)
+
+        ratio_c = ratio if loss.coupled else ratio[live]
+        forcing = ratio_c.sqrt().clamp(max=0.1)
+        direction = _pcg(hess, -g_c, precondition, forcing, group, spread)
+        if _DEBUG:
+            print("newton", data.stride, iterations, len(cols), float(ratio.max()), _PCG_COUNT, flush=True)
+        zd = data.scores(direction)
+        slope = group(g_c * direction)
+        f = objective(theta_c, z_c)
+        step = torch.ones_like(slope)
+        for _ in range(40):
+            t = spread(step, len(cols))
+            ok = objective(theta_c + t * direction, z_c + t[None] * zd) <= f + 1e-4 * step * slope
+            ok |= step == 0
+            if ok.all():
+                break
+            step = torch.where(ok, step, step / 2)
+        else:  # no decrease along a descent direction: float32 precision is exhausted
+            failed = ~ok
+            stalled[cols[failed] if not loss.coupled else 0] = True
+            step = torch.where(failed, torch.zeros_like(step), step)
+        t = spread(step, len(cols))
+        theta[cols] = theta_c + t * direction
+        z[:, cols] = z_c + t[None] * zd
+        g[cols] = gradient(theta[cols], z[:, cols], part)
+    worst = float((group(g.square()).sqrt() / scale).max())
+    return theta, iterations, worst
+
+
+def _cholesky(matrix: Tensor) -> Tensor:
+    jitter = 0.0
+    scale = float(matrix.diagonal().mean())
+    for _ in range(12):
+        chol, info = torch.linalg.cholesky_ex(
+            matrix + jitter * torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
+        )
+        if int(info) == 0:
+            return chol
+        jitter = max(jitter * 10, 1e-12 * scale)
+    raise SoundnetError("the probe's preconditioner is not positive definite")
+
+
+def _pcg(
+    hess: Callable[[Tensor], Tensor],
+    b: Tensor,
+    precondition: Callable[[Tensor], Tensor],
+    forcing: Tensor,
+    group: Callable[[Tensor], Tensor],
+    spread: Callable[[Tensor, int], Tensor],
+) -> Tensor:
+    """Preconditioned conjugate gradients for ``hess(x) = b``, one system per group, each
+    stopped when its residual is below ``forcing`` times its right-hand side."""
+    columns = b.shape[0]
+
+    def per_column(a: Tensor) -> Tensor:
+        return spread(a, columns)
+
+    x = torch.zeros_like(b)
+    r = b.clone()
+    target = forcing * group(b.square()).sqrt()
+    live = target > 0
+    zr = precondition(r)
+    p = zr.clone()
+    rz = group(r * zr)
+    global _PCG_COUNT
+    for _ in range(MAX_CG):
+        _PCG_COUNT += 1
+        hp = hess(p)
+        curvature = group(p * hp)
+        alpha = torch.where(live, rz / curvature.clamp_min(1e-300), torch.zeros_like(rz))
+        x = x + per_column(alpha) * p
+        r = r - per_column(alpha) * hp
+        live = live & (group(r.square()).sqrt() > target)
+        if not live.any():
+            break
+        zr = precondition(r)
+        rz_new = group(r * zr)
+        beta = torch.where(live, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
+        p = (zr + per_column(beta) * p) * per_column(live.double())
+        rz = rz_new
+    return x

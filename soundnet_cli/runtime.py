@@ -1,0 +1,118 @@
+"""Where a process runs: its rank in a ``torchrun`` job, its device, its threads.
+
+One place for every command (extract, prepare, distill, finetune): torchrun sets ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; a rank on a CUDA machine takes the GPU of its local rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from soundnet_cli.errors import UsageProblem
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in a job: rank, world size and local rank (all 0/1 alone)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise UsageProblem(f"{name} must be an integer, not {value!r}") from exc
+
+
+def world_from_env(rank: int | None = None, size: int | None = None) -> World:
+    """The job's world from torchrun's variables; explicit ``rank``/``size`` win over them."""
+    size = _env_int("WORLD_SIZE", 1) if size is None else size
+    rank = _env_int("RANK", 0) if rank is None else rank
+    local = _env_int("LOCAL_RANK", 0)
+    if size < 1:
+        raise UsageProblem(f"the world size must be at least 1 (got {size})")
+    if not 0 <= rank < size:
+        raise UsageProblem(f"rank {rank} is not within a world of size {size}")
+    if local < 0:
+        raise UsageProblem(f"LOCAL_RANK must not be negative (got {local})")
+    return World(rank, size, local)
+
+
+def resolve_device(spec: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` as given."""
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageProblem(f"device {spec!r} asked for, but CUDA is not available here")
+        return spec
+    raise UsageProblem(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
+
+
+def device_for(spec: str, world: World | None = None) -> str:
+    """The device this rank uses: under torchrun, plain ``cuda`` means ``cuda:LOCAL_RANK``."""
+    device = resolve_device(spec)
+    world = world or world_from_env()
+    if device == "cuda" and world.distributed:
+        return f"cuda:{world.local_rank}"
+    return device
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads for torch's CPU kernels; ``None`` leaves torch's default."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageProblem(f"--threads must be at least 1 (got {threads})")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def join_process_group(device: str, world: World) -> bool:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) unless already in it or alone.
+
+    Returns whether this call created the group (the caller then destroys it).
+    """
+    if not world.distributed:
+        return False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def leave_process_group(created: bool) -> None:
+    if created:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()

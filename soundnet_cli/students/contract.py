@@ -1,0 +1,179 @@
+"""The student contract: what every command uses of a student, and the checks they share.
+
+A student is a ``torch.nn.Module`` with the members of :class:`Student`. Builtins and plugins
+usually subclass :class:`StudentBase`, which supplies ``device``, ``layer_names``, ``feature``
+and the argument checks of ``forward_features`` (:meth:`StudentBase.forward_inputs`), so that
+every student words its errors the same way. ``soundnet_cli.testing.check_student`` checks
+every member; a student that passes it runs through extract, predict, evaluate and HEAR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from soundnet_cli.errors import AudioError, LayerError, SoundnetError
+from soundnet_cli.media.audio import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.base import FeatureInfo
+
+
+class LayerGeometry(Protocol):
+    """The part of the contract that says which layers exist and how long their outputs are."""
+
+    @property
+    def architecture(self) -> str: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def feature_info(self) -> Sequence[FeatureInfo]: ...
+
+    def min_samples(self, layer: str) -> int: ...
+
+    def output_length(self, layer: str, samples: int) -> int: ...
+
+
+@runtime_checkable
+class Student(LayerGeometry, Protocol):
+    """Every member a command relies on.
+
+    ``architecture`` names the network; ``sample_rate`` is 22,050; ``feature_info`` lists the
+    taps (name, channels, stride, receptive field, offset); ``default_layer`` is the tap used
+    when none is asked for; ``device`` is where it runs. ``forward_features(wave, layers)``
+    takes (samples,), (batch, samples) or (batch, 1, samples) float32 at ``sample_rate``
+    scaled to [-256, 256] and returns ``{layer: (batch, channels, time)}`` for exactly the
+    requested layers, where ``channels`` is the layer's ``feature_info`` entry and ``time`` is
+    ``output_length(layer, samples)``; ``min_samples(layer)`` is the shortest input giving
+    one step.
+    """
+
+    @property
+    def default_layer(self) -> str: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def forward_features(
+        self, wave: torch.Tensor, layers: Sequence[str]
+    ) -> dict[str, torch.Tensor]: ...
+
+
+def describe(student: object) -> str:
+    """How errors name a student: ``student 'soundnet8'``."""
+    return f"student {getattr(student, 'architecture', type(student).__name__)!r}"
+
+
+def feature_of(student: LayerGeometry, name: str) -> FeatureInfo:
+    """The ``feature_info`` entry called ``name``; LayerError listing the valid ones if none."""
+    for info in student.feature_info:
+        if info.name == name:
+            return info
+    valid = ", ".join(info.name for info in student.feature_info)
+    raise LayerError(f"{student.architecture} has no layer {name!r}; valid layers: {valid}")
+
+
+def as_batch(wave: torch.Tensor) -> torch.Tensor:
+    """(samples,), (batch, samples) or (batch, 1, samples) -> (batch, samples)."""
+    if wave.dim() == 1:
+        return wave[None]
+    if wave.dim() == 2:
+        return wave
+    if wave.dim() == 3 and wave.shape[1] == 1:
+        return wave[:, 0]
+    raise SoundnetError(
+        f"expected a waveform shaped (samples,), (batch, samples) or (batch, 1, samples); "
+        f"got {tuple(wave.shape)}"
+    )
+
+
+def forward_inputs(
+    student: LayerGeometry, wave: torch.Tensor, layers: Sequence[str] | str
+) -> tuple[torch.Tensor, list[str]]:
+    """The checks every ``forward_features`` starts with: known layers (LayerError), a
+    waveform shape (SoundnetError), long enough for every requested layer (AudioError giving
+    the minimum). Returns the waveform as (batch, samples) and the layers as a list."""
+    wanted = [layers] if isinstance(layers, str) else list(layers)
+    if not wanted:
+        valid = ", ".join(info.name for info in student.feature_info)
+        raise LayerError(f"no layer requested; valid layers: {valid}")
+    for name in wanted:
+        feature_of(student, name)
+    batch = as_batch(wave)
+    samples = batch.shape[-1]
+    rate = student.sample_rate
+    for name in sorted(wanted, key=student.min_samples, reverse=True):  # the deepest first
+        if student.output_length(name, samples) <= 0:
+            need = student.min_samples(name)
+            raise AudioError(
+                f"input of {samples} samples ({samples / rate:.3f} s) is too short for layer "
+                f"{name!r}, which needs at least {need} samples ({need / rate:.3f} s)"
+            )
+    return batch, wanted
+
+
+def check_taps(
+    student: LayerGeometry,
+    taps: Mapping[str, torch.Tensor],
+    layers: Sequence[str],
+    batch: int,
+    samples: int,
+) -> None:
+    """Stop a student that returned something else than the contract says, naming it."""
+    who = describe(student)
+    missing = [name for name in layers if name not in taps]
+    if missing:
+        raise SoundnetError(f"{who} returned no {', '.join(map(repr, missing))} layer")
+    for name in layers:
+        tensor = taps[name]
+        info = feature_of(student, name)
+        expected = (batch, info.channels, student.output_length(name, samples))
+        shape = tuple(getattr(tensor, "shape", ()))
+        if not isinstance(tensor, torch.Tensor) or shape != expected:
+            raise SoundnetError(
+                f"{who} returned layer {name!r} shaped {shape} for {batch} x {samples} samples; "
+                f"its contract says {expected} (batch, channels, time)"
+            )
+
+
+class StudentBase(nn.Module):
+    """What students share: ``device``, layer lookups and the forward argument checks.
+
+    Subclasses set ``architecture``, ``feature_info`` and ``default_layer`` and implement
+    ``output_length``, ``min_samples`` and ``forward_features``.
+    """
+
+    architecture: str
+    sample_rate: int = SAMPLE_RATE
+    feature_info: Sequence[FeatureInfo]
+    default_layer: str
+
+    @property
+    def device(self) -> torch.device:
+        """Where the student's parameters (or, for parameter-free ones, buffers) live."""
+        for tensor in (*self.parameters(), *self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [info.name for info in self.feature_info]
+
+    def feature(self, name: str) -> FeatureInfo:
+        return feature_of(self, name)
+
+    def forward_inputs(
+        self, wave: torch.Tensor, layers: Sequence[str] | str
+    ) -> tuple[torch.Tensor, list[str]]:
+        return forward_inputs(self, wave, layers)
+
+    def output_length(self, layer: str, samples: int) -> int:
+        raise NotImplementedError
+
+    def min_samples(self, layer: str) -> int:
+        raise NotImplementedError

@@ -1,0 +1,111 @@
+"""`soundnet search index / query` over a folder written by `soundnet extract`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ..conftest import tone, write_wav
+
+
+def flat(text: str) -> str:
+    return " ".join(text.replace("│", " ").split())
+
+
+@pytest.fixture
+def features(run, named_checkpoint, tmp_path):
+    """Five tones extracted with a (random, but fixed) checkpoint, pool5."""
+    for i, freq in enumerate((220.0, 330.0, 440.0, 660.0, 880.0)):
+        write_wav(tmp_path / "audio" / f"tone{i}.wav", tone(2.0, freq=freq))
+    out = tmp_path / "feats"
+    result = run(
+        "extract", str(tmp_path / "audio"), "--out", str(out),
+        "--checkpoint", str(named_checkpoint), "--layer", "pool5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_index_then_query_by_key_and_by_audio(run, features, named_checkpoint, tmp_path):
+    result = run("search", "index", str(features), "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["index"], summary["kind"], summary["count"], summary["added"]) == (
+        "pool5-mean", "exact", 5, 5
+    )  # fmt: skip
+    result = run("search", "query", str(features), "--key", "tone2", "-k", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    hits = json.loads(result.stdout)["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["key"] == "tone2" and hits[0]["score"] == pytest.approx(1.0, abs=1e-6)
+    assert hits[0]["path"] == str(tmp_path / "audio" / "tone2.wav")
+    assert hits[1]["score"] <= hits[0]["score"] and hits[2]["score"] <= hits[1]["score"]
+
+    audio = tmp_path / "audio" / "tone3.wav"
+    result = run("search", "query", str(features), str(audio), "--json")
+    assert result.exit_code == 0, result.stderr
+    hits = json.loads(result.stdout)["results"]
+    assert len(hits) == 5
+    assert hits[0]["key"] == "tone3" and hits[0]["score"] == pytest.approx(1.0, abs=1e-6)
+
+    table = run("search", "query", str(features), "--key", "tone0")
+    assert table.exit_code == 0 and "tone0" in table.stdout and "1.000" in table.stdout
+
+
+def test_index_is_incremental(run, features, named_checkpoint, tmp_path):
+    assert run("search", "index", str(features)).exit_code == 0
+    write_wav(tmp_path / "audio" / "tone5.wav", tone(2.0, freq=990.0))
+    assert run(
+        "extract", str(tmp_path / "audio"), "--out", str(features),
+        "--checkpoint", str(named_checkpoint), "--layer", "pool5",
+    ).exit_code == 0  # fmt: skip
+    stale = run("search", "query", str(features), "--key", "tone0")
+    assert "newer than its index" in flat(stale.stderr)
+    summary = json.loads(run("search", "index", str(features), "--json").stdout)
+    assert (summary["added"], summary["unchanged"], summary["count"]) == (1, 5, 6)
+    hits = json.loads(run("search", "query", str(features), "--key", "tone5", "--json").stdout)
+    assert hits["results"][0]["key"] == "tone5" and not hits["stale"]
+
+
+def test_a_different_model_is_refused(run, features, tmp_path):
+    import torch
+
+    from soundnet_cli.students import soundnet8
+    from soundnet_cli.weights.checkpoints import save_checkpoint
+
+    assert run("search", "index", str(features)).exit_code == 0
+    torch.manual_seed(1)
+    other = save_checkpoint(soundnet8(), tmp_path / "other.safetensors")
+    audio = str(tmp_path / "audio" / "tone1.wav")
+    result = run("search", "query", str(features), audio, "--checkpoint", str(other))
+    assert result.exit_code == 2
+    assert "is not the model these features were extracted with" in flat(result.stderr)
+
+
+def test_usage_errors(run, features, tmp_path):
+    result = run("search", "query", str(features), "--key", "tone1")
+    assert result.exit_code == 2 and "search index" in flat(result.stderr)  # no index yet
+    assert run("search", "index", str(features)).exit_code == 0
+    audio = str(tmp_path / "audio" / "tone1.wav")
+    for args, message in [
+        ((), "give an AUDIO_FILE or --key"),
+        ((audio, "--key", "tone1"), "give an AUDIO_FILE or --key"),
+        (("--key", "nope"), "not in the index"),
+        (("--key", "tone1", "--pool", "median"), "--pool must be one of"),
+    ]:
+        result = run("search", "query", str(features), *args)
+        assert result.exit_code == 2, args
+        assert message in flat(result.stderr), (args, result.stderr)
+    result = run("search", "index", str(tmp_path / "audio"))
+    assert result.exit_code == 2 and "features.json" in flat(result.stderr)
+    result = run("search", "index", str(features), "--method", "fast")
+    assert result.exit_code == 2 and "--method" in flat(result.stderr)
+
+
+def test_unreadable_features_file_is_reported(run, features):
+    (features / "tone4.pool5.npy").write_bytes(b"not numpy")
+    result = run("search", "index", str(features), "--json")
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["count"] == 4 and [f["key"] for f in summary["failures"]] == ["tone4"]

@@ -1,0 +1,165 @@
+"""soundnet_cli.distillation.finetune on a tiny labelled set (tones against noise): the network,
+the run folder the distillation loop keeps, exact resume, and the exported classifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from soundnet_cli.distillation.finetune import (
+    FinetuneConfig,
+    build_model,
+    finetune,
+    labels_task,
+    resume_settings,
+)
+from soundnet_cli.distillation.rundir import read_metrics
+from soundnet_cli.errors import UsageProblem
+
+from ..conftest import write_wav
+
+# small and quick: SoundNet-5 from scratch, classifier on pool1, half-second crops
+FAST = dict(
+    init="scratch",
+    student="soundnet5",
+    layer="pool1",
+    batch_size=4,
+    crop_seconds=0.5,
+    log_every=1,
+    lr=3e-3,
+    workers=1,
+    threads=1,
+    device="cpu",
+)
+
+
+@pytest.fixture
+def sounds(tmp_path: Path) -> tuple[Path, Path]:
+    """Ten 0.6-s clips, tones and noise; fold 1 (one of each) is the test fold."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "audio"
+    rows = ["path,label,fold"]
+    t = np.arange(int(0.6 * 22050)) / 22050
+    for i in range(10):
+        label = "tone" if i % 2 == 0 else "noise"
+        if label == "tone":
+            wave = 0.5 * np.sin(2 * np.pi * (300 + 40 * i) * t)
+        else:
+            wave = 0.3 * rng.standard_normal(len(t))
+        write_wav(folder / f"{label}{i}.wav", wave.astype(np.float32))
+        rows.append(f"{label}{i}.wav,{label},{1 if i < 2 else 2}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    return folder, labels
+
+
+def test_task_from_a_labels_file(sounds):
+    folder, labels = sounds
+    task = labels_task(folder, labels, "1")
+    assert task.classes == ("noise", "tone") and task.head == "classes"
+    assert len(task.train) == 8 and len(task.test) == 2
+    assert {Path(p).name for p, _ in task.test} == {"tone0.wav", "noise1.wav"}
+    assert len(labels_task(folder, labels).train) == 10
+    with pytest.raises(UsageProblem, match="no row has fold '7'"):
+        labels_task(folder, labels, "7")
+
+
+def test_network_is_the_student_cut_at_the_layer_with_pretrained_weights(sounds, monkeypatch):
+    from soundnet_cli import models
+    from soundnet_cli.students import soundnet8
+
+    torch.manual_seed(3)
+    pretrained = soundnet8()
+    monkeypatch.setattr(models, "load_student", lambda *a, **k: pretrained)
+    task = labels_task(*sounds)
+    model = build_model(FinetuneConfig(layer="conv3"), task)
+    assert model.architecture == "classifier:soundnet8@conv3"
+    assert model.layer_names == ["conv1", "pool1", "conv2", "pool2", "conv3", "classifier"]
+    assert model.head_specs[0].categories == ("noise", "tone")
+    for name in ("conv1", "conv3"):
+        assert torch.equal(model.blocks[name].conv.weight, pretrained.blocks[name].conv.weight)
+        assert torch.equal(model.blocks[name].bn.running_var, pretrained.blocks[name].bn.running_var)
+    scratch = build_model(FinetuneConfig(init="scratch", layer="conv3"), task)
+    assert not torch.equal(scratch.blocks["conv1"].conv.weight, pretrained.blocks["conv1"].conv.weight)
+    with pytest.raises(UsageProblem, match="--freeze-below 'conv7' is not a layer"):
+        build_model(FinetuneConfig(init="scratch", layer="conv3", freeze_below="conv7"), task)
+
+
+def test_training_learns_and_leaves_a_loadable_classifier(sounds, tmp_path):
+    from soundnet_cli.models import load_student
+    from soundnet_cli.students.predict import predict_waveform
+    from soundnet_cli.media.audio import load_audio
+
+    folder, labels = sounds
+    task = labels_task(folder, labels, "1")
+    result = finetune(task, tmp_path / "run", FinetuneConfig(epochs=12, **FAST))
+    losses = [loss for _, loss in result.losses]
+    assert len(losses) == 12 * 2
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
+    assert result.train_accuracy == 1.0 and result.accuracy == 1.0
+    summary = result.as_dict()
+    assert summary["folds"] == [{"fold": "1", "test_accuracy": 1.0, "clips": 2}]
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.pt").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["init"] == "scratch" and config["task"]["classes"] == ["noise", "tone"]
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, 25))
+    assert "test" in metrics[-1]["agreement"]  # what `visualize curves` plots
+    model = load_student(run / "model.safetensors")
+    assert model.architecture == "classifier:soundnet5@pool1"
+    assert model.checkpoint_info.provenance["source"] == "soundnet finetune"
+    prediction = predict_waveform(model, load_audio(folder / "tone0.wav"), top_k=1)
+    assert prediction.summary[0].labels == ["tone"]
+
+
+def test_freezing_keeps_the_lower_layers(sounds, tmp_path):
+    task = labels_task(*sounds)
+    config = FinetuneConfig(epochs=1, freeze_below="conv2", **(FAST | {"layer": "pool2"}))
+    torch.manual_seed(0)
+    before = build_model(config, task).state_dict()
+    finetune(task, tmp_path / "run", config)
+    after = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(before["blocks.conv1.conv.weight"], after["blocks.conv1.conv.weight"])
+    assert torch.equal(before["blocks.conv1.bn.running_mean"], after["blocks.conv1.bn.running_mean"])
+    assert not torch.equal(before["blocks.conv2.conv.weight"], after["blocks.conv2.conv.weight"])
+
+
+def test_a_killed_run_resumes_exactly(sounds, tmp_path):
+    """Killed in step 5 (after the step-4 checkpoint), the run continues from step 4 and ends
+    with the weights and losses of an uninterrupted run."""
+    task = labels_task(*sounds, "1")
+    config = FinetuneConfig(epochs=4, **FAST)
+    whole = finetune(task, tmp_path / "a", config)
+
+    def crash(metrics):
+        if metrics.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(task, tmp_path / "b", config, on_step=crash)
+    with pytest.raises(UsageProblem, match="--resume"):
+        finetune(task, tmp_path / "b", config)
+    task_b, config_b = resume_settings(tmp_path / "b", {"log_every": 1})
+    resumed = finetune(task_b, tmp_path / "b", config_b, resume=True)
+    assert [s for s, _ in resumed.losses] == [5, 6, 7, 8]
+    assert [loss for _, loss in resumed.losses] == [loss for _, loss in whole.losses[4:]]
+    assert [m["step"] for m in read_metrics(tmp_path / "b")] == list(range(1, 9))
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UsageProblem, match="keeps its settings"):
+        resume_settings(tmp_path / "b", {"lr": 0.1})
+
+
+def test_bad_settings_are_usage_errors():
+    with pytest.raises(UsageProblem, match="--init must be one of"):
+        FinetuneConfig(init="random").check()
+    with pytest.raises(UsageProblem, match="use --init pretrained"):
+        FinetuneConfig(init="scratch", checkpoint="x.safetensors").check()
+    with pytest.raises(UsageProblem, match="unknown setting 'epoch'"):
+        FinetuneConfig.from_mapping({"epoch": 3})

@@ -1,0 +1,131 @@
+"""Predictions as rows: spans cover the file, segments merge steps, CSV/TSV/Audacity text."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from soundnet_cli.errors import UsageProblem
+from soundnet_cli.prediction.run import label_file_names
+from soundnet_cli.prediction.tables import (
+    COLUMNS,
+    audacity_labels,
+    delimited,
+    segment_rows,
+    spans,
+    step_rows,
+    table_rows,
+)
+from soundnet_cli.students.predict import HeadPrediction, Prediction, StepPrediction
+
+
+def prediction(tops: list[tuple[str, float]], *, duration: float = 20.0, tiled: bool = False):
+    """A file with one step per entry of ``tops`` (the objects head's top label), centred
+    every 3 s from 1.5 s; the scenes head always says 'beach'."""
+    steps = [
+        StepPrediction(
+            1.5 + 3 * i,
+            [
+                HeadPrediction("objects", [label, "other"], [p, (1 - p) / 2]),
+                HeadPrediction("scenes", ["beach"], [0.9]),
+            ],
+        )
+        for i, (label, p) in enumerate(tops)
+    ]
+    summary = [
+        HeadPrediction("objects", ["dog", "cat"], [0.6, 0.2]),
+        HeadPrediction("scenes", ["beach"], [0.9]),
+    ]
+    return Prediction("a/clip.wav", duration, 20.0 if tiled else None, steps, summary)
+
+
+def test_spans_cover_the_file_without_gaps() -> None:
+    result = spans(prediction([("dog", 0.5)] * 5, duration=14.2))
+    assert [s.start for s in result] == [0.0, 3.0, 6.0, 9.0, 12.0]
+    assert [s.end for s in result] == [3.0, 6.0, 9.0, 12.0, 14.2]
+
+
+def test_a_step_centred_past_the_end_covers_nothing() -> None:
+    result = spans(prediction([("dog", 0.5)] * 5, duration=8.0))
+    assert [(s.start, s.end) for s in result] == [(0.0, 3.0), (3.0, 6.0), (6.0, 8.0)]
+
+
+def test_a_tiled_clip_is_one_span_holding_the_mean() -> None:
+    (span,) = spans(prediction([("cat", 0.9)] * 4, duration=5.0, tiled=True))
+    assert (span.start, span.end) == (0.0, 5.0)
+    assert span.heads[0].labels == ["dog", "cat"]  # the summary, not a step
+
+
+def test_step_rows_one_per_step_head_and_rank() -> None:
+    rows = step_rows(prediction([("dog", 0.5), ("cat", 0.7)], duration=6.0), top_k=2)
+    assert len(rows) == 2 * (2 + 1)  # scenes has a single label
+    assert [(r.start, r.head, r.rank, r.label) for r in rows[:3]] == [
+        (0.0, "objects", 1, "dog"),
+        (0.0, "objects", 2, "other"),
+        (0.0, "scenes", 1, "beach"),
+    ]
+    assert step_rows(prediction([("dog", 0.5)], duration=3.0), top_k=1)[0].rank == 1
+
+
+def test_segments_merge_runs_of_the_same_top_label() -> None:
+    tops = [("dog", 0.4), ("dog", 0.6), ("cat", 0.3), ("cat", 0.5), ("cat", 0.7), ("dog", 0.2)]
+    rows = [r for r in segment_rows(prediction(tops, duration=18.0)) if r.head == "objects"]
+    assert [(r.label, r.start, r.end) for r in rows] == [
+        ("dog", 0.0, 6.0),
+        ("cat", 6.0, 15.0),
+        ("dog", 15.0, 18.0),
+    ]
+    assert [r.probability for r in rows] == pytest.approx([0.5, 0.5, 0.2], rel=1e-9)
+    scenes = [r for r in segment_rows(prediction(tops, duration=18.0)) if r.head == "scenes"]
+    assert [(r.start, r.end) for r in scenes] == [(0.0, 18.0)]
+
+
+def test_threshold_drops_labels_and_breaks_events() -> None:
+    tops = [("dog", 0.6), ("dog", 0.1), ("dog", 0.7)]
+    rows = table_rows([prediction(tops, duration=9.0)], segments=True, threshold=0.5)
+    objects = [(r.start, r.end) for r in rows if r.head == "objects"]
+    assert objects == [(0.0, 3.0), (6.0, 9.0)]
+    steps = table_rows([prediction(tops, duration=9.0)], top_k=5, threshold=0.5)
+    assert all(r.probability >= 0.5 for r in steps)
+    with pytest.raises(UsageProblem, match="threshold"):
+        table_rows([], threshold=1.5)
+
+
+def test_csv_and_tsv_have_the_columns_and_three_decimal_times() -> None:
+    rows = step_rows(prediction([("dog, domestic", 0.5)], duration=2.0004), top_k=1)
+    text = delimited(rows)
+    parsed = list(csv.reader(io.StringIO(text)))
+    assert tuple(parsed[0]) == COLUMNS
+    assert parsed[1] == [
+        "a/clip.wav",
+        "0.000",
+        "2.000",
+        "objects",
+        "1",
+        "dog, domestic",
+        "0.500000",
+    ]
+    tsv = delimited(rows, "\t").splitlines()
+    assert tsv[0] == "\t".join(COLUMNS) and tsv[1].split("\t")[5] == "dog, domestic"
+
+
+def test_audacity_label_track_format() -> None:
+    rows = segment_rows(prediction([("dog", 0.5), ("dog\tbad", 0.6)], duration=6.0))
+    lines = audacity_labels(rows).splitlines()
+    assert len(lines) == len(rows)
+    for line in lines:
+        start, end, label = line.split("\t")  # exactly three fields: a tab in a label is removed
+        assert float(start) < float(end) and label.split(": ")[0] in {"objects", "scenes"}
+    assert lines[0].startswith("0.000000\t3.000000\tobjects: dog (0.50)")
+
+
+def test_label_file_names_mirror_inputs_and_avoid_clashes() -> None:
+    names = label_file_names(["in/a.wav", "in/sub/b.flac", "in/c.wav", "in/c.mp3"])
+    assert names == {
+        "in/a.wav": "a.txt",
+        "in/sub/b.flac": "sub/b.txt",
+        "in/c.wav": "c.wav.txt",
+        "in/c.mp3": "c.mp3.txt",
+    }

@@ -1,0 +1,68 @@
+"""runtime: one place for rank, world size, device per rank and threads."""
+
+import pytest
+import torch
+
+from soundnet_cli.errors import UsageProblem
+from soundnet_cli.runtime import World, device_for, set_threads, world_from_env
+
+
+@pytest.fixture(autouse=True)
+def no_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_alone_outside_torchrun():
+    assert world_from_env() == World(0, 1, 0)
+    assert world_from_env().main and not world_from_env().distributed
+
+
+def test_rank_comes_from_torchrun_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert world_from_env() == World(2, 4, 1)
+    assert world_from_env(rank=0, size=1) == World(0, 1, 1)  # explicit options win
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"RANK": "4", "WORLD_SIZE": "4"},
+        {"RANK": "-1", "WORLD_SIZE": "2"},
+        {"RANK": "x", "WORLD_SIZE": "2"},
+        {"WORLD_SIZE": "0"},
+        {"LOCAL_RANK": "-2"},
+    ],
+)
+def test_bad_environment_is_a_usage_error(monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UsageProblem):
+        world_from_env()
+
+
+def test_cpu_stays_cpu_under_torchrun():
+    assert device_for("cpu", World(1, 2, 1)) == "cpu"
+    with pytest.raises(UsageProblem, match="unknown device"):
+        device_for("tpu")
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the name is resolved
+    assert device_for("cuda", World(3, 4, 1)) == "cuda:1"
+    assert device_for("cuda", World(0, 1, 0)) == "cuda"
+
+
+def test_set_threads():
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        set_threads(None)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(UsageProblem):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(before)

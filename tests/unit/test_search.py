@@ -1,0 +1,201 @@
+"""The search index: exact and approximate cosine search, its files, incremental updates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.search import store, vectors
+from soundnet_cli.search.store import Entry, StoredIndex, update_index
+from soundnet_cli.search.vectors import IvfIndex, exact_search, normalise
+
+MODEL = {"architecture": "soundnet8", "checkpoint": "a.safetensors", "checkpoint_sha256": "ab"}
+
+
+def clustered(count: int, channels: int = 32, seed: int = 0) -> np.ndarray:
+    """Non-negative vectors around 20 centres, like pooled ReLU features."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((20, channels)) * 2
+    picks = rng.integers(0, 20, count)
+    return np.maximum(centres[picks] + 0.3 * rng.standard_normal((count, channels)), 0)
+
+
+def brute_force(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    scores = normalise(queries) @ normalise(data).T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+# -- vectors ------------------------------------------------------------------------------------
+def test_normalise_gives_unit_rows_and_keeps_zero_rows_zero() -> None:
+    out = normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+    with pytest.raises(SoundnetError, match="NaN"):
+        normalise(np.array([[np.nan, 1.0]]))
+
+
+def test_exact_search_matches_brute_force_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectors, "BLOCK_ROWS", 37)  # many blocks, the last one partial
+    data = clustered(500)
+    queries = clustered(7, seed=1)
+    scores, ids = exact_search(normalise(data), normalise(queries), 10)
+    np.testing.assert_array_equal(ids, brute_force(data, queries, 10))
+    expected = np.take_along_axis(normalise(queries) @ normalise(data).T, ids, axis=1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+def test_exact_search_asks_for_more_than_there_is() -> None:
+    data = normalise(clustered(3))
+    scores, ids = exact_search(data, data[:1], 10)
+    assert ids.shape == (1, 3) and ids[0, 0] == 0
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ivf_index_is_calibrated_to_the_recall_it_promises() -> None:
+    everything = normalise(clustered(4100))
+    data, queries = everything[:4000], everything[4000:]  # held-out queries, same distribution
+    ivf = IvfIndex.train(data)
+    ivf.add(data, first_id=0)
+    settings = ivf.calibrate(data)
+    assert settings.nlist == vectors.cells_for(4000)
+    assert settings.recall_at_10 >= vectors.CALIBRATION_RECALL or settings.nprobe == settings.nlist
+    _, found = ivf.search(queries, 10)
+    truth = brute_force(data, queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+    assert recall >= 0.9
+
+
+# -- the stored index ---------------------------------------------------------------------------
+class Folder:
+    """A fake features folder: keys -> vectors, with file stamps that change on rewrite."""
+
+    def __init__(self, root: Path, data: np.ndarray) -> None:
+        self.root = root
+        self.vectors = {f"clip{i:04d}": row for i, row in enumerate(data)}
+        self.stamps = {key: 1 for key in self.vectors}
+        self.loaded: list[str] = []
+
+    def listing(self) -> list[Entry]:
+        return [
+            Entry(key, f"/audio/{key}.wav", f"{key}.pool5.npy", self.stamps[key], 1024)
+            for key in self.vectors
+        ]
+
+    def load(self, entry: Entry) -> np.ndarray:
+        self.loaded.append(entry.key)
+        return self.vectors[entry.key]
+
+    def update(self, **kwargs: object) -> store.UpdateSummary:
+        self.loaded = []
+        return update_index(
+            self.root,
+            "pool5",
+            "mean",
+            self.listing(),
+            self.load,
+            MODEL,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def query_self(root: Path, key: str) -> tuple[str, float]:
+    index = StoredIndex.open(root, "pool5", "mean")
+    assert index is not None
+    vector = np.asarray(index.vectors[index.row_of(key)])[None, :]
+    scores, rows = index.search(vector, 3)
+    return index.entries[rows[0, 0]].key, float(scores[0, 0])
+
+
+@pytest.mark.parametrize("method", ["exact", "approximate"])
+def test_update_reads_only_new_and_changed_files(tmp_path: Path, method: str) -> None:
+    data = clustered(900)
+    folder = Folder(tmp_path, data[:600])
+    first = folder.update(method=method)
+    assert (first.count, first.added, first.kind) == (600, 600, method)
+    assert len(folder.loaded) == 600
+
+    for i in range(600, 900):  # extract ran again on more files
+        folder.vectors[f"clip{i:04d}"] = data[i]
+        folder.stamps[f"clip{i:04d}"] = 1
+    folder.stamps["clip0003"] = 2  # re-extracted
+    folder.vectors["clip0003"] = data[5]
+    del folder.vectors["clip0010"], folder.stamps["clip0010"]
+    second = folder.update(method=method)
+    assert (second.added, second.changed, second.removed) == (300, 1, 1)
+    assert second.unchanged == 598 and second.count == 899
+    assert sorted(folder.loaded) == sorted(["clip0003"] + [f"clip{i:04d}" for i in range(600, 900)])
+
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.count == 899
+    assert "clip0010" not in {e.key for e in index.entries}
+    for key in ("clip0000", "clip0700", "clip0899"):
+        found, score = query_self(tmp_path, key)
+        assert found == key and score == pytest.approx(1.0, abs=1e-6)
+    # clip0003 now holds clip0005's vector: the two are equal, so both score 1.
+    row = index.row_of("clip0003")
+    np.testing.assert_allclose(index.vectors[row], normalise(data[5])[0], rtol=1e-6)
+    generations = [p for p in (tmp_path / store.SEARCH_DIR).iterdir() if p.is_dir()]
+    assert len(generations) == 1  # the old generation was removed
+
+    third = folder.update(method=method)
+    assert folder.loaded == [] and third.unchanged == 899 and third.added == 0
+
+
+def test_approximate_index_grows_by_appending(tmp_path: Path) -> None:
+    data = clustered(1200)
+    folder = Folder(tmp_path, data[:1000])
+    folder.update(method="approximate")
+    before = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert before is not None and before.description.ivf is not None
+    trained = before.description.ivf.trained_rows
+    for i in range(1000, 1200):
+        folder.vectors[f"clip{i:04d}"] = data[i]
+        folder.stamps[f"clip{i:04d}"] = 1
+    folder.update(method="approximate")
+    after = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert after is not None and after.description.ivf is not None
+    assert after.description.ivf.trained_rows == trained  # cells reused, rows appended
+    assert [e.key for e in after.entries[:1000]] == [e.key for e in before.entries]
+    assert query_self(tmp_path, "clip1100")[0] == "clip1100"
+
+
+def test_auto_switches_to_approximate_at_the_limit(tmp_path: Path) -> None:
+    folder = Folder(tmp_path, clustered(300))
+    assert folder.update(exact_limit=1000).kind == "exact"
+    summary = folder.update(exact_limit=200)
+    assert summary.kind == "approximate" and summary.recall_at_10 is not None
+    assert StoredIndex.open(tmp_path, "pool5", "mean").description.kind == "approximate"  # type: ignore[union-attr]
+
+
+def test_another_model_rebuilds_and_a_bad_file_is_left_out(tmp_path: Path) -> None:
+    folder = Folder(tmp_path, clustered(50))
+    folder.update()
+    folder.vectors["clip0007"] = np.array([np.nan] * 32)
+    folder.stamps["clip0007"] = 5
+    summary = update_index(
+        tmp_path,
+        "pool5",
+        "mean",
+        folder.listing(),
+        folder.load,
+        {**MODEL, "checkpoint_sha256": "cd"},
+    )
+    assert summary.rebuilt and summary.count == 49
+    assert [key for key, _ in summary.failures] == ["clip0007"]
+    description = json.loads((tmp_path / ".search" / "pool5-mean.json").read_text())
+    assert description["model"]["checkpoint_sha256"] == "cd"
+
+
+def test_unknown_key_and_bad_method_are_usage_errors(tmp_path: Path) -> None:
+    folder = Folder(tmp_path, clustered(20))
+    folder.update()
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    with pytest.raises(UsageProblem, match="not in the index"):
+        index.row_of("nope")
+    with pytest.raises(UsageProblem, match="--method"):
+        folder.update(method="fast")
