@@ -23,15 +23,15 @@ sys.path.insert(0, str(REPO))
 def synthetic_corpus(root: Path, clips: int, seconds: int = 20, heads: int = 2) -> Path:
     from soundnet_cli.corpus.format import (
         ClipData,
+        CorpusManifest,
         HeadInfo,
-        Manifest,
         ShardWriter,
         VideoRecord,
         write_manifest,
     )
 
     sizes = (1000, 365)[:heads]
-    manifest = Manifest(
+    manifest = CorpusManifest(
         sample_rate=22050,
         clip_seconds=float(seconds),
         frame_interval=5.0,

@@ -1,23 +1,33 @@
-"""Benchmark `soundnet extract`: audio seconds per second (x realtime), next to a naive baseline.
+"""Benchmark `soundnet extract` as a user runs it: whole processes, next to a naive baseline.
 
-Two workloads, each run by the engine (decode threads overlapped with compute, equal-length
-batches, the inference rewrites) and by a naive pipeline in the same process (one file at a time,
-`audio.load_audio`, the unfused model, batch 1, `np.save`), with their ratio:
+One workload: the ESC-50 fold-4 clips (400 five-second 44.1-kHz FLAC files) copied ``--copies``
+times under distinct names (default 4: 1,600 files, 8,000 s of audio). Printed, each as
+x realtime (audio seconds per wall second, median of ``--runs`` whole processes, start-up
+included):
 
-  clips - the 400 44.1-kHz FLAC clips of ../shared/data/esc50-fold4 (decoding and resampling count)
-  long  - one 30-minute 44.1-kHz FLAC file (streamed in chunks by the engine)
+  naive  - a plain loop in its own process: libsndfile decode, torchaudio resampling, the
+           model as defined (no rewrites), batch 1, np.save per file (`extract.py naive`)
+  fp32   - `soundnet extract DIR --out OUT` (defaults)
+  bf16   - `soundnet extract DIR --out OUT --precision bf16`
 
-Also the forward pass alone (pool5, batch 16 x 5 s) for the plain and the rewritten model.
-The model is a randomly initialised SoundNet-8 (same arithmetic as the official weights).
+then the largest relative error of bf16 pool5 features against fp32 over all files, the time
+of `soundnet extract one.flac` (and where it goes), and a stage breakdown in one process:
+decode, resample (soxr as used; torchaudio for comparison), model (plain, rewritten fp32,
+rewritten bf16; batch 16 x 5 s), write. The official SoundNet-8 weights are used (fetched once).
 
     python benchmarks/extract.py
-    python benchmarks/extract.py --workloads clips --batch-size 32 --device cuda
+    python benchmarks/extract.py --copies 1 --runs 1        # quicker: 400 files
+    python benchmarks/extract.py --stages-only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,148 +38,220 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ESC = REPO.parent / "shared" / "data" / "esc50-fold4" / "audio"
+SOUNDNET = [str(Path(sys.executable).with_name("soundnet"))]  # the installed command
 
 
-def naive(files: list[Path], model, out: Path, layer: str, device: str) -> float:
-    """Audio seconds extracted per second, one file at a time, plain model, batch 1."""
+# -- the naive baseline (run in its own process) ----------------------------------------------
+def naive(folder: Path, out: Path, layer: str = "pool5") -> None:
+    """Decode, resample, plain model, batch 1, save: one file at a time."""
+    import soundfile as sf
     import torch
+    import torchaudio.functional as taf
 
-    from soundnet_cli.media.audio import load_audio
+    from soundnet_cli.models import load_student
 
+    model = load_student("soundnet8", pretrained=True)
     out.mkdir(parents=True, exist_ok=True)
-    audio = 0.0
-    start = time.perf_counter()
-    for i, path in enumerate(files):
-        wave = load_audio(path)
+    for i, path in enumerate(sorted(folder.glob("*.flac"))):
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        wave = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
+        if rate != 22050:
+            wave = taf.resample(wave, rate, 22050)
         with torch.inference_mode():
-            feats = model.forward_features(torch.from_numpy(wave.samples).to(device), [layer])
-        np.save(out / f"{i}.npy", feats[layer][0].T.cpu().numpy())
-        audio += wave.duration
-    return audio / (time.perf_counter() - start)
+            feats = model.forward_features(wave * 256, [layer])[layer]
+        np.save(out / f"{i}.npy", feats[0].T.numpy())
 
 
-def engine(files: list[Path], model, out: Path, layer: str, args) -> tuple[float, float]:
-    """(steady-state x realtime after the first batch, end to end x realtime) of extract()."""
-    from soundnet_cli.extraction.engine import extract
-
-    marks: list[tuple[float, float]] = []
-    summary = extract(
-        [str(f) for f in files],
-        [layer],
-        out,
-        model=model,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        progress=lambda p: marks.append((p.elapsed, p.audio_seconds)),
-    )
-    assert not summary.failures, summary.failures[:3]
-    skip = min(args.batch_size, len(marks) - 1)
-    (t0, a0), (t1, a1) = marks[skip - 1] if skip > 0 else (0.0, 0.0), marks[-1]
-    steady = (a1 - a0) / (t1 - t0) if t1 > t0 else summary.realtime
-    return steady, summary.realtime
-
-
-def forward_only(model, fast, device: str, layer: str) -> tuple[float, float]:
-    import torch
-
-    x = torch.randn(16, 5 * 22050, device=device) * 50
-    speeds = []
-    for m in (model, fast):
-        with torch.inference_mode():
-            for _ in range(2):
-                m.forward_features(x, [layer])
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start, runs = time.perf_counter(), 5
-            for _ in range(runs):
-                m.forward_features(x, [layer])
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-        speeds.append(16 * 5 * runs / (time.perf_counter() - start))
-    return speeds[0], speeds[1]
-
-
-def long_file(folder: Path, minutes: float) -> Path:
-    """A long 44.1-kHz FLAC made of ESC clips (or noise if they are absent), written in blocks."""
+# -- whole processes -------------------------------------------------------------------------
+def workload(folder: Path, copies: int) -> tuple[Path, float]:
+    """The fold-4 clips copied ``copies`` times with distinct names; (folder, audio seconds)."""
     import soundfile as sf
 
-    path = folder / f"long-{minutes:g}min.flac"
-    clips = sorted(ESC.glob("*.flac"))[:60]
-    blocks = [sf.read(str(c), dtype="float32")[0] for c in clips] or [
-        (0.1 * np.random.default_rng(0).standard_normal(44100 * 5)).astype(np.float32)
+    clips = sorted(ESC.glob("*.flac"))
+    if not clips:
+        sys.exit(f"no clips in {ESC}")
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds = 0.0
+    for copy in range(copies):
+        for clip in clips:
+            shutil.copyfile(clip, folder / f"c{copy}-{clip.name}")
+            seconds += sf.info(str(clip)).duration
+    return folder, seconds
+
+
+def timed(command: list[str], scratch: Path) -> float:
+    """Wall seconds of one whole process (its output folder removed first)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def whole_processes(folder: Path, seconds: float, tmp: Path, runs: int) -> dict[str, dict]:
+    commands = {
+        "naive": [sys.executable, __file__, "naive", str(folder), str(tmp / "naive")],
+        "fp32": [*SOUNDNET, "extract", str(folder), "--out", str(tmp / "fp32")],
+        "bf16": [
+            *SOUNDNET,
+            "extract",
+            str(folder),
+            "--out",
+            str(tmp / "bf16"),
+            "--precision",
+            "bf16",
+        ],
+    }
+    scratch = {"naive": tmp / "naive", "fp32": tmp / "fp32", "bf16": tmp / "bf16"}
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    subprocess.run([*SOUNDNET, "weights", "fetch"], check=False, capture_output=True)
+    for _ in range(runs):  # interleaved, so that drifts in machine load hit all alike
+        for name, command in commands.items():
+            walls[name].append(timed(command, scratch[name]))
+    results = {}
+    for name, values in walls.items():
+        wall = statistics.median(values)
+        results[name] = {"wall_s": round(wall, 2), "x_realtime": round(seconds / wall, 1)}
+    for name in ("fp32", "bf16"):
+        results[name]["vs_naive"] = round(results["naive"]["wall_s"] / results[name]["wall_s"], 2)
+    return results
+
+
+def bf16_error(tmp: Path) -> dict[str, float]:
+    """Largest per-file relative error (max |bf16 - fp32| / max |fp32|) of pool5 features."""
+    errors = []
+    for reference in sorted((tmp / "fp32").rglob("*.pool5.npy")):
+        ours = np.load(tmp / "bf16" / reference.relative_to(tmp / "fp32"))
+        ref = np.load(reference)
+        errors.append(float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12)))
+    return {
+        "files": len(errors),
+        "max": round(max(errors), 4) if errors else float("nan"),
+        "median": round(float(np.median(errors)), 4) if errors else float("nan"),
+    }
+
+
+def one_file(tmp: Path, runs: int) -> dict[str, float]:
+    """`soundnet extract one.flac` whole, then where an in-process run spends its time."""
+    clip = sorted(ESC.glob("*.flac"))[0]
+    walls = [
+        timed([*SOUNDNET, "extract", str(clip), "--out", str(tmp / "one")], tmp / "one")
+        for _ in range(runs)
     ]
-    total = int(minutes * 60 * 44100)
-    with sf.SoundFile(str(path), "w", 44100, 1, "PCM_16") as handle:
-        written, i = 0, 0
-        while written < total:
-            block = blocks[i % len(blocks)][: total - written]
-            handle.write(block)
-            written += len(block)
-            i += 1
-    return path
+    probe = (
+        "import time, sys\n"
+        "t0 = time.perf_counter()\n"
+        "import torch\n"
+        "t1 = time.perf_counter()\n"
+        "from soundnet_cli.extraction.engine import extract\n"
+        "from soundnet_cli.models import load_student\n"
+        "t2 = time.perf_counter()\n"
+        "m = load_student('soundnet8', pretrained=True)\n"
+        "t3 = time.perf_counter()\n"
+        "extract([sys.argv[1]], ['pool5'], sys.argv[2], model=m)\n"
+        "t4 = time.perf_counter()\n"
+        "print(t1 - t0, t2 - t1, t3 - t2, t4 - t3)\n"
+    )
+    shutil.rmtree(tmp / "one", ignore_errors=True)
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(clip), str(tmp / "one")],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    total = time.perf_counter() - started
+    torch_s, ours_s, load_s, run_s = (float(v) for v in out[-4:])
+    return {
+        "wall_s": round(statistics.median(walls), 2),
+        "python_start_s": round(total - torch_s - ours_s - load_s - run_s, 2),
+        "import_torch_s": round(torch_s, 2),
+        "import_soundnet_s": round(ours_s, 2),
+        "load_weights_s": round(load_s, 2),
+        "extract_call_s": round(run_s, 2),
+    }
+
+
+# -- stages in one process -------------------------------------------------------------------
+def stages(tmp: Path, clips: int = 64) -> dict[str, float]:
+    """x realtime of each stage alone, on one thread except the model (all threads)."""
+    import soundfile as sf
+    import torch
+    import torchaudio.functional as taf
+
+    from soundnet_cli.media.audio import resample
+    from soundnet_cli.models import load_student
+    from soundnet_cli.students.inference import FastStudent
+
+    files = sorted(ESC.glob("*.flac"))[:clips]
+    decoded = []
+    started = time.perf_counter()
+    for path in files:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        decoded.append((np.ascontiguousarray(data[:, 0]), rate))
+    decode_s = time.perf_counter() - started
+    seconds = sum(len(w) / r for w, r in decoded)
+    started = time.perf_counter()
+    waves = [resample(w, r) for w, r in decoded]
+    soxr_s = time.perf_counter() - started
+    threads = torch.get_num_threads()
+    started = time.perf_counter()
+    for w, r in decoded:
+        taf.resample(torch.from_numpy(w), r, 22050)
+    torchaudio_s = time.perf_counter() - started
+
+    model = load_student("soundnet8", pretrained=True)
+    fast = FastStudent(model)
+    batch = torch.from_numpy(np.stack(waves[:16])) * 256
+
+    def speed(m, dtype=None) -> float:
+        if dtype is not None:
+            m.set_dtype(dtype)
+        with torch.inference_mode():
+            m.forward_features(batch, ["pool5"])
+            started = time.perf_counter()
+            for _ in range(3):
+                m.forward_features(batch, ["pool5"])
+        return 3 * len(batch) * 5.0 / (time.perf_counter() - started)
+
+    plain, fp32, bf16 = speed(model), speed(fast, torch.float32), speed(fast, torch.bfloat16)
+    features = np.random.default_rng(0).standard_normal((13, 256)).astype(np.float32)
+    started = time.perf_counter()
+    for i in range(len(files)):
+        np.save(tmp / f"w{i}.npy", features)
+    write_s = time.perf_counter() - started
+    return {
+        "decode_flac_1_thread": round(seconds / decode_s),
+        "resample_soxr_1_thread": round(seconds / soxr_s),
+        f"resample_torchaudio_{threads}_threads": round(seconds / torchaudio_s),
+        f"model_plain_fp32_{threads}_threads": round(plain),
+        f"model_rewritten_fp32_{threads}_threads": round(fp32),
+        f"model_rewritten_bf16_{threads}_threads": round(bf16),
+        "write_npy": round(seconds / write_s),
+    }
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "naive":
+        naive(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default="clips,long")
-    parser.add_argument("--layer", default="pool5")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--clips", type=int, default=400)
+    parser.add_argument("--copies", type=int, default=4, help="copies of the 400 clips")
+    parser.add_argument("--runs", type=int, default=3, help="whole processes per pipeline")
+    parser.add_argument("--stages-only", action="store_true")
     args = parser.parse_args()
-
-    import torch
-
-    from soundnet_cli.students import soundnet8
-    from soundnet_cli.students.inference import optimise
-
-    torch.manual_seed(0)
-    model = soundnet8().to(args.device).eval()
-    fast = optimise(model, layers=[args.layer])
-    results: dict[str, object] = {
-        "device": args.device,
-        "threads": torch.get_num_threads(),
-        "layer": args.layer,
-    }
-    plain_fw, fast_fw = forward_only(model, fast, args.device, args.layer)
-    results["forward_only_x_realtime"] = {"plain": round(plain_fw), "optimised": round(fast_fw)}
-    print(f"forward pass alone (batch 16 x 5 s): plain {plain_fw:.0f}x, optimised {fast_fw:.0f}x")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        workloads = args.workloads.split(",")
-        if "clips" in workloads:
-            files = sorted(ESC.glob("*.flac"))[: args.clips]
-            if not files:
-                sys.exit(f"no clips in {ESC}")
-            base = naive(files, model, folder / "naive", args.layer, args.device)
-            steady, end_to_end = engine(files, model, folder / "engine", args.layer, args)
-            results["clips"] = {
-                "files": len(files),
-                "naive_x_realtime": round(base),
-                "engine_x_realtime_steady": round(steady),
-                "engine_x_realtime_end_to_end": round(end_to_end),
-                "ratio": round(steady / base, 2),
-            }
-            print(
-                f"{len(files)} clips: naive {base:.0f}x, engine {steady:.0f}x steady "
-                f"({end_to_end:.0f}x end to end, with setup), ratio {steady / base:.2f}"
-            )
-        if "long" in workloads:
-            path = long_file(folder, args.minutes)
-            base = naive([path], model, folder / "naive-long", args.layer, args.device)
-            _, end_to_end = engine([path], model, folder / "engine-long", args.layer, args)
-            results["long"] = {
-                "minutes": args.minutes,
-                "naive_x_realtime": round(base),
-                "engine_x_realtime": round(end_to_end),
-                "ratio": round(end_to_end / base, 2),
-            }
-            print(
-                f"one {args.minutes:g}-min file: naive {base:.0f}x, engine {end_to_end:.0f}x, "
-                f"ratio {end_to_end / base:.2f}"
-            )
+    results: dict[str, object] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        results["stages_x_realtime"] = stages(tmp)
+        print("stages (x realtime):", json.dumps(results["stages_x_realtime"]), flush=True)
+        if not args.stages_only:
+            folder, seconds = workload(tmp / "audio", args.copies)
+            results["workload"] = {"files": args.copies * 400, "audio_seconds": round(seconds)}
+            results["whole_process"] = whole_processes(folder, seconds, tmp, args.runs)
+            print("whole processes:", json.dumps(results["whole_process"]), flush=True)
+            results["bf16_pool5_error"] = bf16_error(tmp)
+            results["one_file"] = one_file(tmp, args.runs)
+    results["load_average_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))
 
 

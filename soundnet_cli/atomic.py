@@ -12,11 +12,10 @@ from pathlib import Path
 def _umask() -> int:
     """The process's current umask; read from /proc where it can be, since elsewhere the only
     way to read it is to set it (a moment in which other threads' files get 022)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0o022)
     os.umask(umask)
     return umask

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class SoundnetError(Exception):
     """Base class: the message says what went wrong and what to do about it."""
@@ -43,3 +45,15 @@ class CheckpointError(SoundnetError):
 
 class VideoError(SoundnetError):
     """A video file that cannot be used (no audio or video stream, corrupt, too short)."""
+
+
+def reason(exc: BaseException, line: Literal["first", "last"] = "last") -> str:
+    """One line saying why ``exc`` happened, for messages like ``"x.wav: cannot read audio
+    (<reason>)"``: the last line of its message by default (decoders such as libsndfile and
+    FFmpeg put the cause last), the first with ``line="first"`` (torch's exporters put it
+    first), a network error's ``reason``, or the exception's type when it says nothing."""
+    text = str(getattr(exc, "reason", None) or exc).strip()
+    if not text:
+        return type(exc).__name__
+    lines = text.splitlines()
+    return lines[-1] if line == "last" else lines[0]

@@ -33,7 +33,8 @@ import pytest
 
 from soundnet_cli import plugins as _plugins
 from soundnet_cli.errors import AudioError, LayerError
-from soundnet_cli.students.base import SAMPLE_RATE, FeatureInfo
+from soundnet_cli.media.audio import SAMPLE_RATE, SCALE
+from soundnet_cli.students.base import FeatureInfo
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +75,7 @@ def make_wave(
         0.4 * np.sin(2 * np.pi * (220.0 * (row + 1)) * t) + 0.1 * rng.standard_normal(samples)
         for row in range(rows)
     ]
-    wave = torch.from_numpy((np.clip(np.stack(waves), -1, 1) * 256).astype(np.float32))
+    wave = torch.from_numpy((np.clip(np.stack(waves), -1, 1) * SCALE).astype(np.float32))
     return wave[0] if batch is None else wave
 
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from soundnet_cli.corpus.format import (
     ClipData,
+    CorpusManifest,
     HeadInfo,
-    Manifest,
     ShardWriter,
     VideoRecord,
     write_manifest,
@@ -45,7 +45,7 @@ def tone_corpus(root: Path, videos: int = 12, frames: int = 4, seed: int = 0) ->
     """A corpus whose 'sound' is a tone per class and whose teacher posteriors name the class:
     the student can learn it. Clips of ``frames`` 1-s intervals."""
     rng = np.random.default_rng(seed)
-    manifest = Manifest(
+    manifest = CorpusManifest(
         sample_rate=RATE,
         clip_seconds=4.0,
         frame_interval=1.0,

@@ -56,6 +56,9 @@ def distill_command(
     random_init: bool = typer.Option(
         False, "--random-init", help="When preparing: random-init teachers (dry runs)."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a finished run in --out (metrics, checkpoint, student)."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
 ) -> None:
     """Train a sound student to predict the vision teachers' posteriors (the paper's method).
@@ -64,7 +67,8 @@ def distill_command(
     crops, the paper's initialisation. Metrics go to RUN_DIR/metrics.jsonl, checkpoints to
     RUN_DIR/checkpoints/last.pt, and the student to RUN_DIR/student.safetensors, which
     `extract`, `predict` and `evaluate` accept. Given a folder of videos, it prepares a corpus
-    in RUN_DIR/corpus first. Under `torchrun` it trains with DDP.
+    in RUN_DIR/corpus first. Under `torchrun` it trains with DDP. An --out where a run left
+    results is refused unless --overwrite (or continued with --resume).
 
     Examples:
 
@@ -79,6 +83,8 @@ def distill_command(
     * `torchrun --nproc-per-node 8 -m soundnet_cli distill corpus/ --batch-size 512 --out run/`
     """
     from soundnet_cli.distillation import new_config, prepare_source, resume_settings
+    from soundnet_cli.distillation.rundir import claim_run_dir
+    from soundnet_cli.distillation.train import STUDENT
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.teachers import parse_weight_specs
 
@@ -112,6 +118,7 @@ def distill_command(
             raise UsageProblem("give a CORPUS (or a folder of videos) and --out RUN_DIR")
         config = new_config(given, tuple(teacher), config_file)
         run_dir = out
+        claim_run_dir(run_dir, STUDENT, overwrite=overwrite, remove=False)  # before preparing
         corpus = prepare_source(
             source,
             run_dir,
@@ -121,7 +128,7 @@ def distill_command(
             announce=_common.info,
             on_failure=lambda path, reason: _common.warn(f"skipped: {reason}"),
         )
-    summary = _train(corpus, run_dir, config, resume is not None, json_output)
+    summary = _train(corpus, run_dir, config, resume is not None, overwrite, json_output)
     if json_output:
         _common.print_json(summary)
     else:
@@ -138,7 +145,7 @@ def distill_command(
 
 
 def _train(
-    corpus: Path, run_dir: Path, config: Any, resume: bool, json_output: bool
+    corpus: Path, run_dir: Path, config: Any, resume: bool, overwrite: bool, json_output: bool
 ) -> dict[str, Any]:
     from soundnet_cli.cli._progress import file_progress
     from soundnet_cli.distillation import distill
@@ -155,7 +162,9 @@ def _train(
                 f"data wait {m.data_wait:.0%}",
             )
 
-        result = distill(corpus, run_dir, config, resume=resume, on_step=on_step)
+        result = distill(
+            corpus, run_dir, config, resume=resume, overwrite=overwrite, on_step=on_step
+        )
     return {
         "run_dir": str(run_dir),
         "corpus": str(corpus),

@@ -11,10 +11,11 @@ from rich.progress import TaskID
 from rich.table import Table
 
 from soundnet_cli.cli import _common
+from soundnet_cli.cli._model import PRECISION_HELP
 from soundnet_cli.cli._progress import file_progress
 
 if TYPE_CHECKING:
-    from soundnet_cli.evaluation.protocol import EvaluationReport
+    from soundnet_cli.evaluation.protocol import EvaluationReport, SplitResult
 
 
 def evaluate_command(
@@ -36,6 +37,12 @@ def evaluate_command(
         "SoundNet-8.",
     ),
     probe: str = typer.Option("linear-svm", "--probe", help="A registered probe."),
+    solver: str = typer.Option(
+        "torch",
+        "--solver",
+        help="torch: all classes at once, on --device (default); liblinear: the reference, "
+        "one class at a time on the CPU (slow on conv4/conv5).",
+    ),
     c_value: str = typer.Option(
         "0.01", "--C", help="Probe regularisation, or 'auto' (inner cross-validation over a grid)."
     ),
@@ -47,6 +54,7 @@ def evaluate_command(
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute features even if cached."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Reproduce the paper's evaluations: a linear probe on frozen features.
@@ -65,9 +73,15 @@ def evaluate_command(
     * `soundnet evaluate esc50 data/ESC-50 --checkpoint run/student.safetensors --json`
 
     * `soundnet evaluate dcase2013 data/dcase2013 --C auto`
+
+    * `soundnet evaluate esc50 data/ESC-50 -l conv5 --device cuda` (probes fitted on the GPU)
+
+    * `soundnet evaluate esc10 data/ESC-50 --solver liblinear` (the reference solver)
+
+    * `soundnet evaluate esc10 data/ESC-50 --precision bf16`
     """
     from soundnet_cli.atomic import atomic_path
-    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.cli._model import check_precision, load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.evaluation.protocol import evaluate
     from soundnet_cli.models import default_layer
@@ -76,6 +90,8 @@ def evaluate_command(
     from soundnet_cli.visualize.figures import confusion_matrix_png
 
     C = _parse_c(c_value)
+    _check_solver(solver)
+    check_precision(precision)
     get_plugins().probes.get(probe)  # unknown names fail before any work
     data = get_plugins().datasets.create(dataset)
     if not root.is_dir():
@@ -103,8 +119,12 @@ def evaluate_command(
             C=C,
             use_cache=not no_cache,
             device=resolve_device(device),
+            precision=precision,
+            solver=solver,
+            announce=_common.warn,
             progress=progress,
         )
+    _warn_unconverged(report)
     payload = report.as_dict()
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "report.json") as tmp:
@@ -128,6 +148,13 @@ def evaluate_command(
     _common.err.print(f"report: {out / 'report.json'}; confusion matrices: {out}/confusion-*.png")
 
 
+def _check_solver(solver: str) -> None:
+    from soundnet_cli.errors import UsageProblem
+
+    if solver not in ("torch", "liblinear"):
+        raise UsageProblem(f"--solver must be torch or liblinear, not {solver!r}")
+
+
 def _parse_c(value: str) -> float | str:
     from soundnet_cli.errors import UsageProblem
 
@@ -142,6 +169,20 @@ def _parse_c(value: str) -> float | str:
     return c
 
 
+def _cell(result: SplitResult) -> str:
+    return f"{result.accuracy:.1%}" + ("*" if result.converged is False else "")
+
+
+def _warn_unconverged(report: EvaluationReport) -> None:
+    stopped = report.unconverged()
+    if stopped:
+        names = ", ".join(f"{r.layer} {r.split}" for r in stopped)
+        _common.warn(
+            f"{len(stopped)} probe(s) stopped before the solver converged (marked * in the "
+            f"table; 'converged': false in report.json): {names}"
+        )
+
+
 def _render(report: EvaluationReport) -> None:
     _common.out.print(
         f"{report.dataset}: clip accuracy of {report.probe} (C={report.C}) on "
@@ -153,7 +194,7 @@ def _render(report: EvaluationReport) -> None:
         table.add_column(layer, justify="right")
     for split in dict.fromkeys(r.split for r in report.results):
         row = {r.layer: r for r in report.results if r.split == split}
-        table.add_row(split, *(f"{row[layer].accuracy:.1%}" for layer in report.layers))
+        table.add_row(split, *(_cell(row[layer]) for layer in report.layers))
     table.add_row(
         "mean ± std",
         *("{:.1%} ± {:.1%}".format(*report.layer_summary(layer)) for layer in report.layers),

@@ -10,13 +10,14 @@ from rich.table import Table
 from rich.text import Text
 
 from soundnet_cli.cli import _common
+from soundnet_cli.cli._model import PRECISION_HELP
 
 MAX_FAILURES_SHOWN = 20
 
 
 def extract_command(
     paths: list[Path] = typer.Argument(
-        ..., help="Audio files or folders (searched recursively, following links once)."
+        ..., help="Audio or video files, or folders (searched recursively, following links once)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input tree)."),
     layer: list[str] = typer.Option(
@@ -61,9 +62,7 @@ def extract_command(
         None, "--threads", min=1, help="Model threads on CPU [default: the cores workers leave]."
     ),
     mix: str = typer.Option("first", "--mix", help="Channel handling: first or mean."),
-    precision: str = typer.Option(
-        "fp32", "--precision", help="fp32; bf16 or fp16 on CUDA after a tolerance check."
-    ),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
     compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
     plain: bool = typer.Option(
         False, "--plain", help="Run the model as defined (no inference rewrites)."

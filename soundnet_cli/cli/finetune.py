@@ -36,15 +36,19 @@ def finetune_command(
         None, "--layer", "-l", help="Layer the classifier reads [the student's default: pool5]."
     ),
     freeze_below: str = typer.Option(
-        None, "--freeze-below", metavar="LAYER", help="Keep the layers before LAYER fixed."
+        None,
+        "--freeze-below",
+        metavar="LAYER",
+        help="Keep the layers before LAYER fixed; auto: a pretrained net's first two convs, "
+        "none: train all [auto].",
     ),
-    epochs: int = typer.Option(None, "--epochs", help="Passes over the training clips [30]."),
+    epochs: int = typer.Option(None, "--epochs", help="Passes over the training clips [20]."),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch size [16]."),
     lr: float = typer.Option(
         None, "--lr", help="Adam learning rate of the classifier (all layers from scratch) [0.003]."
     ),
     body_lr: float = typer.Option(
-        None, "--body-lr", help="Adam learning rate of pretrained layers [0.0003]."
+        None, "--body-lr", help="Adam learning rate of pretrained layers [0.0001]."
     ),
     weight_decay: float = typer.Option(None, "--weight-decay", help="Adam weight decay [0]."),
     crop_seconds: float = typer.Option(
@@ -65,8 +69,9 @@ def finetune_command(
 
     The network is the student up to `--layer` (pool5 by default) with a linear classifier on
     every time step; a crop's logits are averaged over time. `--init pretrained` starts from
-    the authors' SoundNet-8 (or `--checkpoint`), pretrained layers learning 10x slower;
-    `--init scratch` is the paper's baseline. Test clips are repeated to the dataset's protocol
+    the authors' SoundNet-8 (or `--checkpoint`): its first two conv layers stay fixed and the
+    others learn at `--body-lr`, 30x slower than the classifier; `--init scratch` (the paper's
+    baseline) trains every layer at `--lr`. Test clips are repeated to the dataset's protocol
     length (10 s for ESC) and classified by their logits averaged over time. Writes
     RUN_DIR/model.safetensors (`predict`, `extract`, `evaluate` and `export` take it with
     `--checkpoint`; `predict` prints the dataset's classes), RUN_DIR/metrics.jsonl (`visualize

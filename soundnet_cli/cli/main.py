@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from soundnet_cli import __version__
+from soundnet_cli._version import __version__
 from soundnet_cli.cli import _common, evaluate, extract, plugins, predict, probe, weights
 from soundnet_cli.cli import corpus as corpus_cmd
 from soundnet_cli.cli import distill as distill_cmd

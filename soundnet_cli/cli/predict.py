@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from soundnet_cli.cli import _common
+from soundnet_cli.cli._model import PRECISION_HELP
 from soundnet_cli.cli._progress import file_progress
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def predict_command(
     paths: list[Path] = typer.Argument(
-        ..., help="Audio files or directories (searched recursively)."
+        ..., help="Audio or video files, or directories (searched recursively)."
     ),
     top_k: int = typer.Option(
         None,
@@ -40,6 +41,7 @@ def predict_command(
         "first", "--mix", help="Channel handling: first (as the authors' release) or mean."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
     steps: bool = typer.Option(
         True, "--steps/--summary-only", help="Show every time step, or only the whole-file summary."
     ),
@@ -74,9 +76,10 @@ def predict_command(
     steps with the same top label into events; `--format audacity` writes one label file per
     input into `--out DIR` (File > Import > Labels in Audacity).
 
-    Clips shorter than the 20-s training length are tiled circularly to it (a 10-s input gives
-    one conv8 step that sees only padding); the output says so, and the rows of such a clip
-    span it whole. Files that fail are reported and skipped; the exit code is 1 if any failed.
+    Videos (.mp4 .mkv .webm .mov .avi ...) are read by their first audio stream. Clips shorter
+    than the 20-s training length are tiled circularly to it (a 10-s input gives one conv8 step
+    that sees only padding); the output says so, and the rows of such a clip span it whole.
+    Files that fail are reported and skipped; the exit code is 1 if any failed.
 
     Examples:
 
@@ -86,13 +89,13 @@ def predict_command(
 
     * `soundnet predict clip.flac --json | jq '.results[0].summary'`
 
-    * `soundnet predict ./recordings --format csv --segments --out events.csv`
+    * `soundnet predict ./recordings film.mp4 --format csv --segments --out events.csv`
 
     * `soundnet predict long.wav --format audacity --threshold 0.2 --out labels/`
     """
-    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.cli._model import check_precision, load_model
     from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.media.files import find_audio
+    from soundnet_cli.media.files import find_media
     from soundnet_cli.prediction import check_output, predict_files
     from soundnet_cli.prediction.run import default_top_k
     from soundnet_cli.prediction.tables import apply_threshold, check_threshold
@@ -103,8 +106,9 @@ def predict_command(
         fmt = "json"
     check_output(fmt, out)
     check_threshold(threshold)
+    check_precision(precision)
     _common.check_mix(mix)
-    files = find_audio(paths)
+    files = find_media(paths)
     if not files:
         raise UsageProblem("no audio files found in the given paths")
     model = load_model(checkpoint, None, device)
@@ -122,7 +126,15 @@ def predict_command(
                 _show(_common.out, apply_threshold(prediction, threshold), segments)
             bar.advance(task)
 
-        run = predict_files(files, model, top_k=k, mix=mix, on_file=on_file)
+        run = predict_files(
+            files,
+            model,
+            top_k=k,
+            mix=mix,
+            precision=precision,
+            announce=_common.warn,
+            on_file=on_file,
+        )
     _write(run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold)
     if not quiet and len(files) > 1:
         _common.err.print(f"{len(run.predictions)} predicted, {len(run.failures)} failed")

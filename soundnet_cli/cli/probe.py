@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from soundnet_cli.cli import _common
+from soundnet_cli.cli._model import PRECISION_HELP
 from soundnet_cli.cli._progress import file_progress
 
 probe_app = typer.Typer(
@@ -27,6 +28,11 @@ def fit_command(
     ),
     out: Path = typer.Option(..., "--out", help="Where to write the probe (.npz)."),
     probe: str = typer.Option("linear-svm", "--probe", help="A registered probe."),
+    solver: str = typer.Option(
+        "torch",
+        "--solver",
+        help="torch: all classes at once, on --device (default); liblinear: the reference.",
+    ),
     layer: str = typer.Option(
         None, "--layer", help="Feature layer (default: the model's, pool5 for SoundNet-8)."
     ),
@@ -49,6 +55,7 @@ def fit_command(
     ),
     mix: str = typer.Option("first", "--mix", help="first or mean channel."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Train a probe on labeled audio: windows of one layer, the paper's protocol.
@@ -61,18 +68,22 @@ def fit_command(
     * `soundnet probe fit sounds/ --labels sounds/labels.csv --out dogs.probe.npz`
 
     * `soundnet probe fit sounds/ --labels labels.csv --C auto --layer conv6 --out p.npz`
+
+    * `soundnet probe fit sounds/ --labels labels.csv --solver liblinear --out ref.npz`
     """
     import torch
 
-    from soundnet_cli.cli._model import load_model
-    from soundnet_cli.cli.evaluate import _parse_c
+    from soundnet_cli.cli._model import check_precision, load_model
+    from soundnet_cli.cli.evaluate import _check_solver, _parse_c
     from soundnet_cli.evaluation import probing
     from soundnet_cli.models import default_layer
     from soundnet_cli.probes import save_probe
     from soundnet_cli.runtime import resolve_device
 
     _common.check_mix(mix)
+    check_precision(precision)
     C = _parse_c(c_value)
+    _check_solver(solver)
     clips = probing.read_labels(labels, audio)
     torch.manual_seed(0)
     model = load_model(checkpoint, student, device)
@@ -90,7 +101,16 @@ def fit_command(
             mix=mix,  # type: ignore[arg-type]
             device=resolve_device(device),
             source=probing.model_source(checkpoint, student),
+            precision=precision,
+            solver=solver,
+            announce=_common.warn,
             on_clip=lambda: bar.advance(task),
+        )
+    fit = meta.get("solver")
+    if fit is not None and not fit["converged"]:
+        _common.warn(
+            f"the {solver} solver stopped before converging ({fit['iterations']} iterations); "
+            "the probe is saved but may be poor: check the features' scale or raise --C"
         )
     path = save_probe(out, clip_probe, meta)
     if json_output:
@@ -106,11 +126,12 @@ def fit_command(
 @_common.handle_errors
 def predict_command(
     probe_path: Path = typer.Argument(..., help="A probe written by `soundnet probe fit`."),
-    paths: list[Path] = typer.Argument(..., help="Audio files or folders (recursive)."),
+    paths: list[Path] = typer.Argument(..., help="Audio or video files, or folders (recursive)."),
     checkpoint: Path = typer.Option(
         None, "--checkpoint", help="The checkpoint the probe was trained on, if it has moved."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Label audio files with a trained probe.
@@ -126,15 +147,16 @@ def predict_command(
     """
     import torch
 
-    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.cli._model import check_precision, load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.evaluation import probing
-    from soundnet_cli.media.files import find_audio
+    from soundnet_cli.media.files import find_media
     from soundnet_cli.probes import load_probe
     from soundnet_cli.runtime import resolve_device
 
+    check_precision(precision)
     probe_file = load_probe(probe_path)
-    files = find_audio(paths)
+    files = find_media(paths)
     if not files:
         raise UsageProblem("no audio files found in the given paths")
     source = probe_file.meta["features"].get("source", {})
@@ -150,6 +172,8 @@ def predict_command(
             model,
             files,
             device=resolve_device(device),
+            precision=precision,
+            announce=_common.warn,
             on_clip=lambda: bar.advance(task),
         )
     if json_output:

@@ -58,7 +58,7 @@ class HeadInfo:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class CorpusManifest:
     """Corpus-wide settings; every rank and every resumed run must agree on them."""
 
     sample_rate: int
@@ -96,7 +96,7 @@ class Manifest:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+    def from_dict(cls, data: Mapping[str, Any]) -> CorpusManifest:
         if data.get("format") != FORMAT:
             raise CorpusError(f"not a soundnet corpus manifest (format {data.get('format')!r})")
         return cls(
@@ -111,7 +111,7 @@ class Manifest:
             ),
         )
 
-    def settings_differ(self, other: Manifest) -> list[str]:
+    def settings_differ(self, other: CorpusManifest) -> list[str]:
         """Names of the settings where ``other`` differs (provenance aside)."""
         mine, theirs = self.as_dict(), other.as_dict()
         for data in (mine, theirs):
@@ -121,12 +121,12 @@ class Manifest:
         return [key for key in mine if mine[key] != theirs.get(key)]
 
 
-def frame_boundary(k: int, manifest: Manifest) -> int:
+def frame_boundary(k: int, manifest: CorpusManifest) -> int:
     """The first audio sample of frame interval ``k`` (rounded when intervals are fractional)."""
     return int(round(k * manifest.samples_per_frame))
 
 
-def write_manifest(root: Path, manifest: Manifest) -> None:
+def write_manifest(root: Path, manifest: CorpusManifest) -> None:
     """Write the manifest, or check that an existing one has the same settings."""
     path = root / MANIFEST
     if path.is_file():
@@ -143,12 +143,12 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
         tmp.write_text(json.dumps(manifest.as_dict(), indent=2, ensure_ascii=False) + "\n")
 
 
-def read_manifest(root: Path) -> Manifest:
+def read_manifest(root: Path) -> CorpusManifest:
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise CorpusError(f"{root}: not a corpus (no {MANIFEST}); make one with `soundnet prepare`")
     try:
-        return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return CorpusManifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError) as exc:
         raise CorpusError(f"{path}: damaged manifest ({exc})") from exc
 
@@ -174,7 +174,9 @@ class VideoRecord:
 class ShardWriter:
     """Buffers clips of one rank and commits them as whole shards."""
 
-    def __init__(self, root: Path, manifest: Manifest, rank: int = 0, shard_bytes: int = 128 << 20):
+    def __init__(
+        self, root: Path, manifest: CorpusManifest, rank: int = 0, shard_bytes: int = 128 << 20
+    ):
         self.root = Path(root)
         self.manifest = manifest
         self.rank = rank
@@ -315,7 +317,7 @@ class Corpus:
     """
 
     root: Path
-    manifest: Manifest = field(init=False)
+    manifest: CorpusManifest = field(init=False)
     clips: list[ClipRef] = field(init=False)
     videos: dict[str, dict[str, Any]] = field(init=False)
     failures: dict[str, dict[str, Any]] = field(init=False)

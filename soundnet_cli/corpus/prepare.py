@@ -22,15 +22,15 @@ import numpy as np
 from soundnet_cli.corpus.format import (
     ClipData,
     Corpus,
+    CorpusManifest,
     HeadInfo,
-    Manifest,
     ShardWriter,
     VideoRecord,
     frame_boundary,
     is_corpus,
     write_manifest,
 )
-from soundnet_cli.errors import SoundnetError, UsageProblem, VideoError
+from soundnet_cli.errors import SoundnetError, UsageProblem, VideoError, reason
 from soundnet_cli.media.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Decoded:
 
 
 @dataclass
-class Progress:
+class PrepareProgress:
     """Counts handed to the progress callback after every video."""
 
     total: int
@@ -132,8 +132,8 @@ class PrepareReport:
         }
 
 
-def build_manifest(teachers: Sequence[Teacher], settings: PrepareSettings) -> Manifest:
-    return Manifest(
+def build_manifest(teachers: Sequence[Teacher], settings: PrepareSettings) -> CorpusManifest:
+    return CorpusManifest(
         sample_rate=settings.sample_rate,
         clip_seconds=settings.clip_seconds,
         frame_interval=settings.frame_interval,
@@ -149,7 +149,7 @@ def frame_times(intervals: int, settings: PrepareSettings) -> list[float]:
     return [(k + shift) * settings.frame_interval for k in range(intervals)]
 
 
-def decode_video(path: Path, manifest: Manifest, settings: PrepareSettings) -> Decoded:
+def decode_video(path: Path, manifest: CorpusManifest, settings: PrepareSettings) -> Decoded:
     """Audio and frames of one video; VideoError says why a video cannot be used."""
     from soundnet_cli.media import video
 
@@ -179,7 +179,7 @@ def decode_video(path: Path, manifest: Manifest, settings: PrepareSettings) -> D
 
 
 def split_clips(
-    item: Decoded, posteriors: dict[str, np.ndarray], manifest: Manifest
+    item: Decoded, posteriors: dict[str, np.ndarray], manifest: CorpusManifest
 ) -> list[ClipData]:
     """Cut a video into clips of ``frames_per_clip`` intervals (the last may be shorter)."""
     per_clip = manifest.frames_per_clip
@@ -232,7 +232,7 @@ def prepare_corpus(
     *,
     rank: int = 0,
     world_size: int = 1,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[PrepareProgress], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> PrepareReport:
     """Decode, label and store this rank's share of ``videos`` in the corpus at ``out``."""
@@ -251,7 +251,7 @@ def prepare_corpus(
     mine = [path for index, (_, path) in enumerate(unique) if index % world_size == rank]
     todo = [p for p in mine if str(p.resolve()) not in finished]
     writer = ShardWriter(out, manifest, rank, int(settings.shard_mb * (1 << 20)))
-    progress = Progress(total=len(todo))
+    progress = PrepareProgress(total=len(todo))
     failed: list[dict[str, str]] = []
     clips = 0
 
@@ -309,17 +309,19 @@ def prepare_corpus(
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, SoundnetError):
         return str(exc)
-    return f"unexpected {type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {reason(exc)}"
 
 
-def _decode_one(path: Path, manifest: Manifest, settings: PrepareSettings) -> Decoded | Exception:
+def _decode_one(
+    path: Path, manifest: CorpusManifest, settings: PrepareSettings
+) -> Decoded | Exception:
     try:
         return decode_video(path, manifest, settings)
     except Exception as exc:  # one bad video never stops the run
         return exc
 
 
-def _decoded(paths: Sequence[Path], manifest: Manifest, settings: PrepareSettings) -> Any:
+def _decoded(paths: Sequence[Path], manifest: CorpusManifest, settings: PrepareSettings) -> Any:
     """Yield (path, Decoded or the exception), in order, decoding ahead in worker threads."""
     if settings.workers == 0:
         for path in paths:
@@ -352,12 +354,12 @@ def prepare_videos(
     device: str = "auto",
     world: World | None = None,
     announce: Callable[[str], None] | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[PrepareProgress], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> PrepareReport:
     """Find the videos under ``paths``, build the named teachers on this rank's device and
     prepare this rank's share into the corpus at ``out`` (what `soundnet prepare` runs)."""
-    from soundnet_cli.media.video import find_videos
+    from soundnet_cli.media.files import find_videos
     from soundnet_cli.runtime import device_for, world_from_env
     from soundnet_cli.teachers import get_teachers
 

@@ -10,9 +10,10 @@ crop is a circular shift as well (the clip is tiled when the crop is longer). A 
 repeated to the dataset protocol's length (10 s for ESC) and classified by its logits averaged
 over all time steps, like the probe protocol averages window decisions.
 
-Pretrained layers learn with ``body_lr`` (10x lower than the classifier's ``lr``) and keep their
-BatchNorm statistics (fine-tuning batches are small); a network from scratch learns everything
-with ``lr`` and BatchNorm learns its statistics.
+Pretrained layers learn with ``body_lr`` (30x lower than the classifier's ``lr``) and keep their
+BatchNorm statistics (fine-tuning batches are small), and by default the first two conv layers
+(generic filters, and the costliest to train on a CPU) stay fixed; a network from scratch learns
+everything with ``lr`` and BatchNorm learns its statistics.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
 from soundnet_cli.distillation.ddp import barrier, data_parallel
 from soundnet_cli.distillation.loop import Schedule, run_loop
@@ -47,10 +49,6 @@ from soundnet_cli.runtime import (
     world_from_env,
 )
 
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
 MODEL = "model.safetensors"
 INITS = ("pretrained", "scratch")
 FOLD_COLUMNS = ("fold", "split")
@@ -66,11 +64,13 @@ class FinetuneConfig:
     student: str = "soundnet8"
     checkpoint: str | None = None  # --init pretrained from this file, not the official weights
     layer: str | None = None  # None: the student's default layer (pool5 for SoundNet-8)
-    freeze_below: str | None = None  # layers before this one keep their weights
-    epochs: int = 30
+    # layers before this one keep their weights; "auto": a pretrained network's first two conv
+    # layers (and their pools), nothing from scratch; "none": train every layer
+    freeze_below: str = "auto"
+    epochs: int = 20
     batch_size: int = 16
     lr: float = 3e-3  # the classifier, and every layer of a network from scratch
-    body_lr: float = 3e-4  # pretrained layers
+    body_lr: float = 1e-4  # pretrained layers
     weight_decay: float = 0.0
     crop_seconds: float = 3.0
     seed: int = 0
@@ -265,8 +265,6 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's (waves, labels) for steps ``start_step, ...``: a pure function of the step
     (the distillation sampler), so a resumed run sees what an uninterrupted one would."""
-    import torch
-
     from soundnet_cli.distillation.data import StepSampler
 
     sampler = StepSampler(
@@ -313,10 +311,10 @@ def build_model(
     heads = [HeadSpec(task.head, len(task.classes), task.classes)]
     model = classifier_on(template, layer, heads)
     body = [spec.name for spec in model.body_spec]
-    if config.freeze_below is not None and config.freeze_below not in body:
+    if config.freeze_below not in ("auto", "none", *body):
         raise UsageProblem(
-            f"--freeze-below {config.freeze_below!r} is not a layer of the network; its "
-            f"layers: {', '.join(body)}"
+            f"--freeze-below must be auto, none or a layer of the network "
+            f"({', '.join(body)}), not {config.freeze_below!r}"
         )
     if base is not None:
         state = {
@@ -333,19 +331,32 @@ def build_model(
     return model
 
 
-def frozen_layers(model: Any, freeze_below: str | None) -> list[str]:
-    """The body layers before ``freeze_below`` (none when it is None)."""
+def resolve_freeze(model: Any, config: FinetuneConfig) -> str | None:
+    """The first trained layer ``freeze_below`` names (None: every layer trains)."""
+    from soundnet_cli.students import ConvLayer
+
+    if config.freeze_below == "none":
+        return None
+    if config.freeze_below != "auto":
+        return config.freeze_below
+    if config.init != "pretrained":
+        return None
+    convs = [spec.name for spec in model.body_spec if isinstance(spec, ConvLayer)]
+    return convs[2] if len(convs) > 2 else None
+
+
+def frozen_layers(model: Any, config: FinetuneConfig) -> list[str]:
+    """The body layers that keep their weights: those before the resolved ``freeze_below``."""
+    first = resolve_freeze(model, config)
     names = [spec.name for spec in model.body_spec]
-    return names[: names.index(freeze_below)] if freeze_below is not None else []
+    return names[: names.index(first)] if first is not None else []
 
 
 def set_training(model: Any, config: FinetuneConfig) -> None:
     """Train mode, except the BatchNorm layers that keep their statistics: every one of a
     pretrained network, and those of frozen layers."""
-    import torch
-
     model.train()
-    frozen = set(frozen_layers(model, config.freeze_below))
+    frozen = set(frozen_layers(model, config))
     for name, block in model.blocks.items():
         if config.init == "pretrained" or name in frozen:
             for module in block.modules():
@@ -356,9 +367,7 @@ def set_training(model: Any, config: FinetuneConfig) -> None:
 def make_optimizer(model: Any, config: FinetuneConfig) -> Any:
     """Adam: the classifier at ``lr``; the body at ``body_lr`` when pretrained (``lr`` from
     scratch); frozen layers not at all."""
-    import torch
-
-    frozen = set(frozen_layers(model, config.freeze_below))
+    frozen = set(frozen_layers(model, config))
     body = []
     for name, block in model.blocks.items():
         for parameter in block.parameters():
@@ -372,30 +381,22 @@ def make_optimizer(model: Any, config: FinetuneConfig) -> Any:
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-class PooledLogits:
-    """Builds the module training calls: the classifier's logits averaged over time steps."""
+class PooledLogits(torch.nn.Module):
+    """What training calls: the classifier's logits averaged over time steps, (batch, classes).
+    (A module of its own, so that DDP wraps the call that training makes.)"""
 
-    @staticmethod
-    def wrap(model: Any) -> nn.Module:
-        import torch
+    def __init__(self, student: Any) -> None:
+        super().__init__()
+        self.student = student
 
-        class Pooled(torch.nn.Module):
-            def __init__(self, student: Any) -> None:
-                super().__init__()
-                self.student = student
-
-            def forward(self, wave: torch.Tensor) -> torch.Tensor:
-                tap = self.student.head_spec.name
-                return self.student.forward_features(wave, [tap])[tap].mean(dim=-1)
-
-        return Pooled(model)
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        tap = self.student.head_spec.name
+        return self.student.forward_features(wave, [tap])[tap].mean(dim=-1)
 
 
 def clip_logits(model: Any, audio: ClipAudio, indices: Sequence[int], samples: int) -> np.ndarray:
     """Each clip's logits averaged over all its time steps (clips repeated to ``samples``), in
     eval mode; clips of equal length run together."""
-    import torch
-
     tap = model.head_spec.name
     device = model.device
     out = np.zeros((len(indices), model.head_specs[0].size), np.float32)
@@ -430,6 +431,7 @@ class FinetuneResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     accuracy: float | None = None  # on the test clips; None without any
     train_accuracy: float | None = None
+    frozen: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -442,7 +444,7 @@ class FinetuneResult:
             "classes": list(self.task.classes),
             "init": self.config.init,
             "layer": self.layer,
-            "freeze_below": self.config.freeze_below,
+            "frozen": self.frozen,
             "epochs": self.config.epochs,
             "steps": self.steps,
             "train_clips": len(self.task.train),
@@ -501,8 +503,6 @@ def finetune(
 ) -> FinetuneResult:
     """Train (or, with ``resume``, continue) a classifier student on ``task``; write
     RUN_DIR/model.safetensors and score it on the test clips."""
-    import torch
-
     config.check()
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -534,8 +534,8 @@ def finetune(
         test_idx = list(range(len(task.train), len(paths)))
         steps = steps_for(config, len(train_idx))
         per_epoch = math.ceil(len(train_idx) / config.batch_size)
-        set_training(model, config)
-        forward = data_parallel(PooledLogits.wrap(model), device, world)
+        forward = data_parallel(PooledLogits(model), device, world)
+        set_training(model, config)  # after DDP, which may swap in synced BatchNorm layers
         repeat = int(round((task.repeat_to or 0) * model.sample_rate))
         labels_t = np.asarray(labels)
 
@@ -584,6 +584,7 @@ def finetune(
             on_step=on_step,
         )
         result = FinetuneResult(run_dir, None, task, config, loop.steps, layer, loop.losses)
+        result.frozen = frozen_layers(model, config)
         if world.main:
             result.accuracy = accuracy(test_idx) if test_idx else None
             result.train_accuracy = accuracy(train_idx)
@@ -609,7 +610,7 @@ def _export(
             "init": config.init,
             "from": config.checkpoint or (config.student if config.init == "pretrained" else None),
             "layer": result.layer,
-            "freeze_below": config.freeze_below,
+            "frozen": result.frozen,
             "epochs": config.epochs,
             "steps": result.steps,
             "test_accuracy": result.accuracy,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import SoundnetError
+from soundnet_cli.errors import SoundnetError, UsageProblem, reason
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,6 +51,30 @@ class StepMetrics:
         if self.agreement is not None:
             data["agreement"] = self.agreement
         return data
+
+
+def run_results(run_dir: Path, exported: str) -> list[str]:
+    """What a started run left in ``run_dir``: its metrics, checkpoint, exported model (the
+    settings alone, written before the first step, do not count)."""
+    return [name for name in (METRICS, LAST, exported) if (Path(run_dir) / name).exists()]
+
+
+def claim_run_dir(run_dir: Path, exported: str, *, overwrite: bool, remove: bool) -> None:
+    """Refuse to start a new run where one has left results, unless ``overwrite``; then (with
+    ``remove``: the main process) delete them, so nothing of the old run is mixed in."""
+    found = run_results(run_dir, exported)
+    if not found:
+        return
+    if not overwrite:
+        hint = f"continue it with --resume {run_dir}, " if LAST in found else ""
+        raise UsageProblem(
+            f"{run_dir} already holds a run ({', '.join(found)}); {hint}choose another --out, "
+            "or pass --overwrite to replace it"
+        )
+    if remove:
+        for name in found:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(run_dir) / name).unlink()
 
 
 def write_config(run_dir: Path, payload: dict[str, Any]) -> None:
@@ -132,15 +156,31 @@ def load_training_state(path: Path, model: nn.Module, optimizer: Any) -> int:
     """Restore model, optimiser and random states; returns the step to continue from."""
     import torch
 
+    if path.is_file() and path.stat().st_size == 0:
+        raise SoundnetError(f"{path}: cannot resume from this checkpoint (the file is empty)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SoundnetError(
+            f"{path}: cannot resume from this checkpoint ({reason(exc, 'first')})"
+        ) from exc
+    needed = ("model", "optimizer", "step", "torch_rng", "python_rng")
+    missing = [k for k in needed if k not in state] if isinstance(state, dict) else list(needed)
+    if missing:
+        raise SoundnetError(
+            f"{path}: cannot resume from this checkpoint (it lacks {', '.join(missing)}); "
+            "it is damaged or not a training checkpoint"
+        )
+    try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate((3, tuple(state["python_rng"]), None))
         return int(state["step"])
     except Exception as exc:
-        raise SoundnetError(f"{path}: cannot resume from this checkpoint ({exc})") from exc
+        raise SoundnetError(
+            f"{path}: cannot resume from this checkpoint ({reason(exc, 'first')})"
+        ) from exc
 
 
 def tensorboard(run_dir: Path) -> Any:

@@ -22,6 +22,7 @@ from soundnet_cli.distillation.loop import Schedule, run_loop
 from soundnet_cli.distillation.rundir import (
     LAST,
     StepMetrics,
+    claim_run_dir,
     load_training_state,
     read_config,
     trim_metrics,
@@ -141,7 +142,12 @@ class _Setup:
 
 
 def _set_up(
-    corpus_path: Path, run_dir: Path, config: DistillConfig, resume: bool, world: World
+    corpus_path: Path,
+    run_dir: Path,
+    config: DistillConfig,
+    resume: bool,
+    world: World,
+    overwrite: bool = False,
 ) -> _Setup:
     """Read the corpus, build the student and optimiser, and restore a checkpoint to resume."""
     import torch
@@ -178,8 +184,8 @@ def _set_up(
         if not checkpoint.is_file():
             raise SoundnetError(f"{run_dir}: no checkpoint to resume from ({LAST})")
         start = load_training_state(checkpoint, student, optimizer)
-    elif checkpoint.is_file():
-        raise UsageProblem(f"{run_dir} already holds a run; use --resume {run_dir} or a new --out")
+    else:
+        claim_run_dir(run_dir, STUDENT, overwrite=overwrite, remove=world.main)
     return _Setup(
         corpus, heads, plan, train_idx, held_idx, world, device, student, aligned, optimizer, start
     )
@@ -234,9 +240,13 @@ def distill(
     config: DistillConfig,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_step: Callable[[StepMetrics], None] | None = None,
 ) -> DistillResult:
-    """Train (or, with ``resume``, continue training) a student on the corpus; export it."""
+    """Train (or, with ``resume``, continue training) a student on the corpus; export it.
+
+    A new run refuses a ``run_dir`` where an earlier run left metrics, a checkpoint or an
+    exported student, unless ``overwrite`` (which deletes them first)."""
     import torch
 
     from soundnet_cli.runtime import world_from_env
@@ -245,7 +255,7 @@ def distill(
     world = world_from_env()
     created = join_process_group(device_for(config.device, world), world)
     try:
-        setup = _set_up(corpus_path, run_dir, config, resume, world)
+        setup = _set_up(corpus_path, run_dir, config, resume, world, overwrite)
         if world.main:
             write_config(
                 run_dir, {"corpus": str(Path(corpus_path).resolve()), "config": config.as_dict()}

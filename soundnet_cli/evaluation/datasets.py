@@ -14,7 +14,7 @@ import numpy as np
 
 from soundnet_cli.errors import SoundnetError
 from soundnet_cli.evaluation.labels import check_labels, read_table
-from soundnet_cli.media.files import AUDIO_EXTENSIONS
+from soundnet_cli.media.files import MEDIA_EXTENSIONS, walk
 
 
 class DatasetError(SoundnetError):
@@ -168,14 +168,14 @@ class DCASE2013(Dataset):
     @staticmethod
     def _part(folder: Path, part: str) -> list[Clip]:
         found = []
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+        for route in walk([folder], extensions=MEDIA_EXTENSIONS):
+            path = route.path
+            if not path.is_file():
                 continue
-            if path.parent != folder:
-                label = path.parent.name
-            else:
-                label = re.sub(r"[\d_\-]+$", "", path.stem)
-            found.append(Clip(path, label, part, f"{part}/{path.relative_to(folder)}"))
+            # In a class folder the folder names the class; else the name does (bus01.wav).
+            nested = "/" in route.rel
+            label = path.parent.name if nested else re.sub(r"[\d_\-]+$", "", path.stem)
+            found.append(Clip(path, label, part, f"{part}/{route.rel}"))
         return found
 
     def splits(self, clips: Sequence[Clip]) -> list[Split]:

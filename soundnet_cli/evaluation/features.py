@@ -40,7 +40,7 @@ class FeatureCache:
 
     @staticmethod
     def default_root(key: str, protocol_tag: str) -> Path:
-        from soundnet_cli.weights.official import soundnet_home
+        from soundnet_cli.weights.home import soundnet_home
 
         return soundnet_home() / "cache" / "features" / key / protocol_tag
 

@@ -58,7 +58,7 @@ def read_table(
                         f"{path} line {line}: {len(header) - len(missing)} of {len(header)} "
                         f"fields; missing {', '.join(missing)}"
                     )
-                fields.pop(None, None)  # type: ignore[call-overload]  # extra fields: ignored
+                fields.pop(None, None)  # type: ignore[arg-type,unused-ignore]  # extra fields: ignored
                 rows.append(Row(line, fields))
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc

@@ -22,7 +22,7 @@ from soundnet_cli.evaluation.labels import (
 )
 from soundnet_cli.evaluation.protocol import check_layers, fit_probe
 from soundnet_cli.media.audio import Mix
-from soundnet_cli.probes import ProbeFile, load_probe, save_probe, window_steps
+from soundnet_cli.probes import ProbeFile, build_probe, load_probe, save_probe, window_steps
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,16 @@ def fit(
     device: str = "cpu",
     source: dict[str, Any] | None = None,
     precision: str = "fp32",
+    solver: str | None = None,
     announce: Callable[[str], None] | None = None,
     on_clip: Callable[[], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a clip probe on ``clips``; returns it with the metadata a probe file stores.
 
     ``precision`` bf16/fp16 computes the features in half precision where the device supports
-    it (``announce`` says when it falls back to fp32)."""
+    it (``announce`` says when it falls back to fp32). ``solver`` (``torch``, the default, or
+    ``liblinear``) fits the builtin linear probes, on ``device``; the metadata's ``solver``
+    entry says whether it converged."""
     from soundnet_cli.plugins import get_plugins
 
     check_layers(model, [layer])
@@ -104,7 +107,7 @@ def fit(
     stride = next(i.stride for i in model.feature_info if i.name == layer)
     steps = window_steps(stride, window_seconds, model.sample_rate)
     clip_probe, chosen = fit_probe(
-        lambda c: entry.factory(C=c),
+        lambda c: build_probe(entry.factory, c, solver=solver, device=device),
         [f[layer] for f in features],
         [c.label for c in clips],
         [c.group for c in clips],
@@ -114,6 +117,7 @@ def fit(
     meta = {
         "probe": probe,
         "params": clip_probe.estimator.get_params(),
+        "solver": _fit_summary(clip_probe),
         "C_requested": C,
         "window_seconds": window_seconds,
         "window_steps": steps,
@@ -130,6 +134,12 @@ def fit(
         },
     }
     return clip_probe, meta
+
+
+def _fit_summary(clip_probe: Any) -> dict[str, Any] | None:
+    """How the solver ended, for the probe file (readers of the format ignore it)."""
+    report = clip_probe.fit_report
+    return None if report is None else report.as_dict()
 
 
 @dataclass

@@ -15,7 +15,7 @@ from soundnet_cli.errors import LayerError, SoundnetError
 from soundnet_cli.evaluation.datasets import Clip, Dataset, Split
 from soundnet_cli.evaluation.features import FeatureCache, compute_features, model_key
 from soundnet_cli.media.audio import Mix
-from soundnet_cli.probes import ClipProbe, choose_c, window_steps
+from soundnet_cli.probes import ClipProbe, build_probe, choose_c, window_steps
 
 
 @dataclass
@@ -26,6 +26,11 @@ class SplitResult:
     n_test: int
     C: float
     predictions: list[tuple[str, str, str]]  # (clip path, true label, predicted label)
+    fit: dict[str, Any] | None = None  # how the solver ended (converged, iterations, ...)
+
+    @property
+    def converged(self) -> bool | None:
+        return None if self.fit is None else bool(self.fit["converged"])
 
 
 @dataclass
@@ -40,6 +45,11 @@ class EvaluationReport:
     classes: list[str]
     results: list[SplitResult] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    solver: str = "torch"
+
+    def unconverged(self) -> list[SplitResult]:
+        """The splits whose probe stopped before its solver converged."""
+        return [r for r in self.results if r.converged is False]
 
     def layer_summary(self, layer: str) -> tuple[float, float]:
         accs = [r.accuracy for r in self.results if r.layer == layer]
@@ -62,6 +72,7 @@ class EvaluationReport:
             "model": self.model,
             "layers": self.layers,
             "probe": self.probe,
+            "solver": self.solver,
             "C": self.C,
             "protocol": self.protocol,
             "classes": self.classes,
@@ -76,6 +87,8 @@ class EvaluationReport:
                     "accuracy": r.accuracy,
                     "n_test": r.n_test,
                     "C": r.C,
+                    "converged": r.converged,
+                    "fit": r.fit,
                     "predictions": [
                         {"path": p, "label": t, "predicted": q} for p, t, q in r.predictions
                     ],
@@ -105,7 +118,8 @@ def fit_probe(
     steps: int,
     C: float | str,
 ) -> tuple[ClipProbe, float]:
-    """A ClipProbe trained on ``features``; ``C="auto"`` picks C by inner cross-validation."""
+    """A ClipProbe trained on ``features``; ``C="auto"`` picks C by inner cross-validation.
+    ``make(C)`` builds the window-level estimator (see :func:`soundnet_cli.probes.build_probe`)."""
     chosen = choose_c(make, features, labels, groups, steps)[0] if C == "auto" else float(C)
     return ClipProbe(make(chosen), steps).fit(features, labels), chosen
 
@@ -122,6 +136,7 @@ def evaluate(
     device: str = "cpu",
     mix: Mix = "first",
     precision: str = "fp32",
+    solver: str | None = None,
     announce: Callable[[str], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationReport:
@@ -129,7 +144,8 @@ def evaluate(
 
     ``precision`` bf16/fp16 runs the model in half precision where the device supports it
     (``announce`` says when it falls back to fp32). ``progress(stage, done, total)`` is called
-    as clips are featurised and probes trained.
+    as clips are featurised and probes trained. ``solver`` (``torch``, the default, or
+    ``liblinear``, the reference) fits the builtin linear probes, on ``device``.
     """
     from soundnet_cli.media.audio import RESAMPLER
     from soundnet_cli.models import for_inference, running_precision
@@ -179,12 +195,17 @@ def evaluate(
             "mix": mix,
         },
         classes=sorted({c.label for c in clips}),
+        solver=solver or "torch",
     )
+
+    def make(c: float) -> Any:
+        return build_probe(make_entry.factory, c, solver=solver, device=device)
+
     jobs = [(split, layer) for split in splits for layer in layers]
     for n, (split, layer) in enumerate(jobs):
         report.results.append(
             _run_split(
-                clips, features, split, layer, model, dataset, lambda c: make_entry.factory(C=c), C
+                clips, features, split, layer, model, dataset, make, C
             )
         )
         if progress:
@@ -219,6 +240,7 @@ def _run_split(
     predicted = probe.predict([features[i][layer] for i in split.test])
     truth = [clips[i].label for i in split.test]
     accuracy = float(np.mean(np.asarray(predicted) == np.asarray(truth)))
+    report = probe.fit_report
     return SplitResult(
         split.name,
         layer,
@@ -229,4 +251,5 @@ def _run_split(
             (str(clips[i].path), t, str(p))
             for i, t, p in zip(split.test, truth, predicted, strict=True)
         ],
+        fit=None if report is None else report.as_dict(),
     )

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from soundnet_cli.errors import LayerError, SoundnetError, UsageProblem
-
-SCALE = 256.0  # the authors' input scaling: float audio in [-1, 1] times 256
+from soundnet_cli.media.audio import SCALE
 
 
 class ExportError(SoundnetError):
@@ -89,7 +88,11 @@ class ExportPlan:
 
 
 def _is_conv_student(model: Any) -> bool:
-    return all(hasattr(model, name) for name in ("blocks", "heads", "head_spec", "head_specs"))
+    """A layer-table student (SoundNet-8/5, fine-tuned classifiers): exported block by block.
+    Any other student is exported through its own ``forward_features``."""
+    from soundnet_cli.students.base import ConvStudent
+
+    return isinstance(model, ConvStudent)
 
 
 def plan_export(model: Any, layers: Sequence[str] = (), heads: bool = False) -> ExportPlan:

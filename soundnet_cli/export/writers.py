@@ -9,16 +9,12 @@ from pathlib import Path
 
 import torch
 
+from soundnet_cli.errors import reason
 from soundnet_cli.export.module import ExportError, ExportModule, NamedOutputs
 
 # the key under which the plan's description is stored in the file
 METADATA_KEY = "soundnet"
 ONNX_EXTRA = "pip install 'soundnet-cli[onnx]'"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def write_onnx(module: ExportModule, example: torch.Tensor, path: Path) -> None:
@@ -49,7 +45,7 @@ def write_onnx(module: ExportModule, example: torch.Tensor, path: Path) -> None:
             )
     except Exception as exc:  # the exporter raises many types; the first line says enough
         raise ExportError(
-            f"cannot export {module.plan.architecture} to ONNX ({_reason(exc)})"
+            f"cannot export {module.plan.architecture} to ONNX ({reason(exc, 'first')})"
         ) from exc
     if program is None:
         raise ExportError("the ONNX exporter returned no program")
@@ -94,5 +90,5 @@ def write_torchscript(module: ExportModule, example: torch.Tensor, path: Path) -
             )
     except Exception as exc:
         raise ExportError(
-            f"cannot export {module.plan.architecture} to TorchScript ({_reason(exc)})"
+            f"cannot export {module.plan.architecture} to TorchScript ({reason(exc, 'first')})"
         ) from exc

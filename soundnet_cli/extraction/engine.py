@@ -8,9 +8,11 @@ Layout of an output folder ``OUT``::
     OUT/<rel>.npz                with ``fmt="npz"``: every layer, ``<layer>_times``, provenance
 
 ``<rel>`` is the input's path relative to the common folder of the inputs, without its
-extension (with it, where two inputs differ only by extension), so the output mirrors the
-input tree. Every output is written to a temporary file and renamed into place, so a file that
-exists is complete; a rerun skips inputs whose outputs all exist.
+extension (with it where two inputs would share a name: ``inputs.output_stems``), so the output
+mirrors the input tree, every path the user gave included (symlinked routes to one file are
+computed once and linked). Every output is written to a temporary file and renamed into place,
+and one run at a time holds the folder; a rerun skips inputs whose outputs exist, are complete
+and have the shape the manifest records, and redoes (and reports) the others.
 
 Long inputs are read and resampled in blocks and run through the model in chunks whose inputs
 overlap by the receptive field, aligned to the deepest layer's stride; the features equal those
@@ -44,12 +46,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem
+from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem, reason
 from soundnet_cli.extraction.chunks import chunked_features, step_times
 from soundnet_cli.extraction.inputs import Source, discover, shard
 from soundnet_cli.extraction.outputs import (
+    FeatureManifest,
     LayerSink,
-    Manifest,
     Setup,
     check_distinct,
     copy_output,
@@ -62,7 +64,7 @@ from soundnet_cli.extraction.outputs import (
     save_npy,
     scratch_folder,
 )
-from soundnet_cli.media.audio import MIX_CHOICES, Mix, load_audio, model_ready, reason_of
+from soundnet_cli.media.audio import MIX_CHOICES, Mix, load_audio, model_ready, open_audio
 from soundnet_cli.media.streaming import StreamingAudio
 from soundnet_cli.runtime import available_cpus, world_from_env
 from soundnet_cli.students.contract import check_taps
@@ -151,7 +153,7 @@ class Failure:
 
 
 @dataclass
-class Progress:
+class ExtractProgress:
     """Passed to the ``progress`` callback after every input."""
 
     total: int
@@ -219,9 +221,9 @@ class _Extractor:
         batch_size: int,
         workers: int,
         chunk_seconds: float,
-        progress: Callable[[Progress], None] | None,
+        progress: Callable[[ExtractProgress], None] | None,
         summary: ExtractSummary,
-        manifest: Manifest,
+        manifest: FeatureManifest,
         rank: int,
     ) -> None:
         self.model, self.layers, self.out, self.setup = model, layers, out, setup
@@ -238,16 +240,17 @@ class _Extractor:
     # -- decode stage (worker threads: libsndfile and libsoxr release the GIL) --
     def _decode(self, source: Source) -> _Decoded:
         try:
-            import soundfile as sf
-
             path = source.path
             if path.is_file() and path.stat().st_size > 0:
-                try:
-                    info = sf.info(str(path))
+                try:  # audio, or a video's soundtrack: media decides how to open it
+                    with open_audio(path) as handle:
+                        frames, rate = int(handle.frames), int(handle.samplerate)
+                except SoundnetError:
+                    raise
                 except Exception as exc:
-                    raise AudioError(f"{path}: cannot read audio ({reason_of(exc)})") from exc
-                if info.frames > 0 and info.samplerate > 0:
-                    seconds = info.frames / info.samplerate
+                    raise AudioError(f"{path}: cannot read audio ({reason(exc)})") from exc
+                if frames > 0 and rate > 0:
+                    seconds = frames / rate
                     if seconds * self.model.sample_rate > self.chunk_samples:
                         return _Decoded(source, long=True)
             # the one reading path (decode -> mono -> resample -> scale), as load_audio
@@ -265,6 +268,11 @@ class _Extractor:
         # Import these here: a first import is not safe in several threads at once.
         import soundfile  # noqa: F401
         import soxr  # noqa: F401
+
+        from soundnet_cli.media.video import is_video
+
+        if any(is_video(source.path) for source in sources):
+            import av  # noqa: F401  (0.3 s: only when there are videos)
 
         groups: dict[int, list[_Decoded]] = {}
         window = self.workers * 2 + self.batch_size
@@ -317,7 +325,7 @@ class _Extractor:
                 for item in items:
                     self._batch([item])
                 return
-            self._failed(items[0].source, f"{items[0].source.path}: {reason_of(exc)}")
+            self._failed(items[0].source, f"{items[0].source.path}: {reason(exc)}")
             return
         for index, item in enumerate(items):
             self._write_whole(item, {n: a[index] for n, a in arrays.items()})
@@ -463,7 +471,7 @@ class _Extractor:
         self.done += 1
         if self.progress is not None:
             self.progress(
-                Progress(
+                ExtractProgress(
                     self.total,
                     self.done,
                     self.summary.audio_seconds,
@@ -558,7 +566,7 @@ def extract(
     compile: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[ExtractProgress], None] | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
     """Extract ``layers`` for every audio file under ``paths`` into ``out``; see the module doc.
@@ -618,7 +626,7 @@ def extract(
     _make_folder(out)
     with output_lock(out, rank):
         record_setup(out, setup, overwrite)
-        manifest = Manifest(out)
+        manifest = FeatureManifest(out)
         summary = ExtractSummary(
             out, total=sum(len(s.routes) for s in mine), rank=rank, world_size=world_size
         )
@@ -684,7 +692,7 @@ def _plan(
     layers: list[str],
     fmt: str,
     overwrite: bool,
-    manifest: Manifest,
+    manifest: FeatureManifest,
     summary: ExtractSummary,
     rank: int,
 ) -> list[Source]:

@@ -6,14 +6,13 @@ import os
 import posixpath
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from soundnet_cli.media.files import AUDIO_EXTENSIONS, FoundFile, walk
+from soundnet_cli.media.files import MEDIA_EXTENSIONS, FoundFile, gc_paused, walk
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """One input file and the output stem it maps to (posix, relative to OUT).
 
     ``aliases`` are the other routes the user gave to the same file (symlinks): it is computed
@@ -43,8 +42,8 @@ def discover(
     """Expand files and folders (recursively) into inputs with collision-free output stems.
 
     In folders a file is kept when its extension is one of ``extensions`` (default: the audio
-    extensions) and, if ``globs`` are given, its path relative to the folder or its name matches
-    one. Files named explicitly are always kept, so that a bad one is reported.
+    and video extensions) and, if ``globs`` are given, its path relative to the folder or its
+    name matches one. Files named explicitly are always kept, so that a bad one is reported.
 
     Every route is kept: routes to one file (symlinks) become one :class:`Source` (the shortest
     route) with the others as ``aliases``. Stems follow :func:`output_stems`.
@@ -52,10 +51,15 @@ def discover(
     if extensions is not None:
         exts: Sequence[str] = extensions
     else:
-        exts = () if globs else AUDIO_EXTENSIONS
+        exts = () if globs else MEDIA_EXTENSIONS
     found = walk(paths, extensions=exts, globs=globs)
     if not found:
         return []
+    with gc_paused():
+        return _sources(found)
+
+
+def _sources(found: list[FoundFile]) -> list[Source]:
     # Routes relative to the common folder of the roots (the mirror's top).
     roots = {root: os.path.abspath(root) for root in {f.root for f in found}}
     common = os.path.commonpath(list(roots.values()))
@@ -68,15 +72,18 @@ def discover(
     for f in found:
         routes.setdefault(prefixes[f.root] + f.rel, f)
     stems = output_stems(list(routes))
-    groups: dict[str, list[Source]] = {}
+    first: dict[str, Source] = {}  # identity -> its first route; most files have only one
+    more: dict[str, list[Source]] = {}
     for route, f in routes.items():
-        groups.setdefault(f.identity, []).append(Source(f.file, stems[route]))
-    sources = []
-    for group in groups.values():
-        if len(group) > 1:
-            group.sort(key=lambda s: (s.key.count("/"), s.key))  # the shortest route computes
-        sources.append(Source(group[0].file, group[0].key, tuple(group[1:])))
-    return sorted(sources, key=lambda s: s.key)
+        source = Source(f.file, stems[route])
+        if first.setdefault(f.identity, source) is not source:
+            more.setdefault(f.identity, []).append(source)
+    for identity, others in more.items():
+        group = sorted([first[identity], *others], key=lambda s: (s.key.count("/"), s.key))
+        first[identity] = Source(group[0].file, group[0].key, tuple(group[1:]))  # shortest route
+    sources = list(first.values())
+    sources.sort(key=lambda s: s.key)
+    return sources
 
 
 def output_stems(routes: Sequence[str]) -> dict[str, str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from soundnet_cli import __version__
+from soundnet_cli._version import __version__
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.extraction.inputs import Source
@@ -117,7 +117,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 # -- manifest ----------------------------------------------------------------------------------
-class Manifest:
+class FeatureManifest:
     """``manifest.jsonl`` (one row per input, rewritten atomically) fed by an append-only
     journal shared by all ranks under a file lock."""
 
@@ -459,7 +459,8 @@ def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, lis
                     chosen[key] = path
     if not chosen:
         raise UsageProblem(f"{folder}: no features for layer {layer!r} (run `soundnet extract`)")
-    sources = {key: str(row.get("path", key)) for key, row in Manifest(folder).rows().items()}
+    rows = FeatureManifest(folder).rows()
+    sources = {key: str(row.get("path", key)) for key, row in rows.items()}
     files = [FeatureFile(key, layer, chosen[key], sources.get(key, key)) for key in sorted(chosen)]
     return layer, files
 

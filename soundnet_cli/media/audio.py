@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from soundnet_cli.errors import AudioError
+from soundnet_cli.errors import AudioError, SoundnetError, reason
 from soundnet_cli.media.files import AUDIO_EXTENSIONS as AUDIO_EXTENSIONS  # re-exported
 
 SAMPLE_RATE = 22050
@@ -41,8 +41,6 @@ def decode(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     Raises AudioError naming the file when it is missing, unreadable, empty, truncated (fewer
     frames than its header promises) or holds NaN/infinite samples.
     """
-    import soundfile as sf
-
     name = str(path)
     if not Path(name).is_file():
         broken = " (broken link)" if Path(name).is_symlink() else ""
@@ -50,11 +48,13 @@ def decode(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     if Path(name).stat().st_size == 0:
         raise AudioError(f"{name}: empty file (0 bytes)")
     try:
-        with sf.SoundFile(name) as handle:
+        with open_audio(name) as handle:
             declared, rate = int(handle.frames), int(handle.samplerate)
             data = handle.read(dtype="float32", always_2d=True)
+    except SoundnetError:
+        raise
     except Exception as exc:  # libsndfile reports every format problem as its own error type
-        raise AudioError(f"{name}: cannot read audio ({reason_of(exc)})") from exc
+        raise AudioError(f"{name}: cannot read audio ({reason(exc)})") from exc
     if data.size == 0:
         raise AudioError(f"{name}: the file holds no audio samples")
     check_complete(Path(name), len(data), declared)
@@ -62,15 +62,23 @@ def decode(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     return data, rate
 
 
+def open_audio(path: str | os.PathLike[str]) -> Any:
+    """The one place that decides how a file is opened for its audio: a video (by extension,
+    see :mod:`soundnet_cli.media.files`) by its first audio stream through PyAV, anything else
+    with libsndfile. Both give ``samplerate``, ``channels``, ``frames``, ``read`` and ``seek``."""
+    from soundnet_cli.media.video import Soundtrack, is_video
+
+    if is_video(path):
+        return Soundtrack(path)
+    import soundfile as sf
+
+    return sf.SoundFile(os.fspath(path))
+
+
 def check_finite(data: np.ndarray, name: str) -> None:
     if not np.isfinite(data).all():
         raise AudioError(f"{name}: the audio contains NaN or infinite samples")
 
-
-def reason_of(exc: BaseException) -> str:
-    """The last line of a decoder's message (or the exception's type when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def declared_wav_frames(path: Path) -> int | None:

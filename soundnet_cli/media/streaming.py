@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soundnet_cli.errors import AudioError
+from soundnet_cli.errors import AudioError, SoundnetError, reason
 from soundnet_cli.media.audio import (
     RESAMPLE_QUALITY,
     SAMPLE_RATE,
@@ -23,7 +23,7 @@ from soundnet_cli.media.audio import (
     Mix,
     check_complete,
     check_finite,
-    reason_of,
+    open_audio,
     resampled_length,
     to_mono,
 )
@@ -42,13 +42,13 @@ class StreamingAudio:
     def __init__(
         self, path: str | os.PathLike[str], *, mix: Mix = "first", sample_rate: int = SAMPLE_RATE
     ) -> None:
-        import soundfile as sf
-
         self.path = Path(path)
         try:
-            self._file = sf.SoundFile(str(path))
+            self._file = open_audio(path)
+        except SoundnetError:
+            raise
         except Exception as exc:
-            raise AudioError(f"{path}: cannot read audio ({reason_of(exc)})") from exc
+            raise AudioError(f"{path}: cannot read audio ({reason(exc)})") from exc
         self.mix = mix
         self.source_rate = int(self._file.samplerate)
         self.source_channels = int(self._file.channels)
@@ -97,13 +97,15 @@ class StreamingAudio:
             try:
                 data = self._file.read(want, dtype="float32", always_2d=True)
             except Exception as exc:
-                raise AudioError(f"{self.path}: cannot read audio ({reason_of(exc)})") from exc
+                raise AudioError(f"{self.path}: cannot read audio ({reason(exc)})") from exc
             if len(data) < want:
                 check_complete(self.path, self._read + len(data), self.source_frames)
             check_finite(data, str(self.path))
         self._read += len(data)
         mono = to_mono(data, self.mix) if len(data) else np.zeros(0, dtype=np.float32)
         last = len(data) < want or self._read >= self.source_frames
+        if last and not self._ended:  # as whole-file decoding: the header's promise, checked
+            check_complete(self.path, self._read, self.source_frames)
         self._ended = last
         if self._stream is None:
             return mono

@@ -9,17 +9,16 @@ stream's start).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from soundnet_cli.errors import VideoError
-from soundnet_cli.media.audio import SAMPLE_RATE, Mix
+from soundnet_cli.errors import VideoError, reason
+from soundnet_cli.media.audio import SAMPLE_RATE, SCALE, Mix
 from soundnet_cli.media.files import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS  # re-exported
-from soundnet_cli.media.files import find_videos as find_videos  # re-exported
 
 INT16_SCALE = 32768.0
 
@@ -48,12 +47,7 @@ def _open(path: str | os.PathLike[str]) -> Any:
     try:
         return av.open(name)
     except Exception as exc:  # FFmpeg reports every container problem as its own error type
-        raise VideoError(f"{name}: cannot open the video ({_reason(exc)})") from exc
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
+        raise VideoError(f"{name}: cannot open the video ({reason(exc)})") from exc
 
 
 def probe(path: str | os.PathLike[str]) -> VideoInfo:
@@ -116,7 +110,7 @@ def _mono(planes: np.ndarray, mix: Mix) -> np.ndarray:
 
 def int16_to_model(samples: np.ndarray) -> np.ndarray:
     """int16 PCM -> the model's float32 scale ([-256, 256], as audio.load_audio)."""
-    return samples.astype(np.float32) * (256.0 / INT16_SCALE)
+    return samples.astype(np.float32) * (SCALE / INT16_SCALE)
 
 
 def read_frames(
@@ -174,3 +168,139 @@ def _frame_at(container: Any, stream: Any, target: float) -> tuple[Any, bool]:
     except av.error.FFmpegError:
         pass  # a damaged tail ends the stream
     return chosen, True
+
+
+# -- the soundtrack as an audio file -----------------------------------------------------------
+CACHE_BYTES = 64 << 20  # a soundtrack up to this size is decoded once; a longer one twice
+
+
+class Soundtrack:
+    """The first audio stream of a video, read like ``soundfile.SoundFile``: ``samplerate``,
+    ``channels``, ``frames``, ``read(n, dtype="float32", always_2d=True)``, ``seek(0)``.
+
+    Samples are the stream's own (its rate, its channels), converted to float in [-1, 1] as
+    libsndfile converts PCM (int16 / 32768 ...), so a video whose soundtrack is a lossless copy
+    of an audio file reads as that file does, and everything after (mono, resampling, scaling)
+    is the audio path's. ``frames`` is counted by decoding the stream once (containers only
+    estimate it); a soundtrack under :data:`CACHE_BYTES` is kept from that pass, a longer one
+    is decoded again as it is read, so memory stays bounded. A damaged tail ends the stream,
+    as in :func:`read_audio`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.name = os.fspath(path)
+        self._container = _open(path)
+        if not self._container.streams.audio:
+            self._container.close()
+            raise VideoError(f"{self.name}: the video has no audio stream")
+        stream = self._container.streams.audio[0]
+        self.samplerate = int(stream.codec_context.sample_rate or 0)
+        self.channels = int(stream.codec_context.channels or 0)
+        if self.samplerate <= 0 or self.channels <= 0:
+            self._container.close()
+            raise VideoError(f"{self.name}: the audio stream has no sample rate or channels")
+        self._frames: int | None = None
+        self._cache: list[np.ndarray] | None = None
+        self._position = 0
+        self._pending = np.zeros((0, self.channels), np.float32)
+        self._source: Iterator[np.ndarray] = self._blocks(self._container)
+
+    def __enter__(self) -> Soundtrack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+
+    @property
+    def frames(self) -> int:
+        if self._frames is None:
+            blocks: list[np.ndarray] | None = []
+            total = 0
+            with _open(self.name) as container:
+                for block in self._blocks(container):
+                    total += len(block)
+                    if blocks is not None:
+                        blocks.append(block)
+                        if total * self.channels * 4 > CACHE_BYTES:
+                            blocks = None
+            self._frames = total
+            if blocks is not None and self._position == 0:
+                self._cache = blocks
+                self._restart()  # read from the kept blocks: the file is not decoded again
+        return self._frames
+
+    def seek(self, frame: int) -> int:
+        if frame != 0:
+            raise VideoError(f"{self.name}: a soundtrack is read from its start only")
+        self._restart()
+        return 0
+
+    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        """The next ``frames`` (all that are left with -1) as float32 (frames, channels)."""
+        if dtype != "float32" or not always_2d:
+            raise ValueError("a soundtrack reads as float32 (frames, channels) only")
+        wanted = None if frames < 0 else frames
+        pieces, have = [], 0
+        while wanted is None or have < wanted:
+            if not len(self._pending):
+                block = self._next()
+                if block is None:
+                    break
+                self._pending = block
+            take = len(self._pending) if wanted is None else min(wanted - have, len(self._pending))
+            pieces.append(self._pending[:take])
+            self._pending = self._pending[take:]
+            have += take
+        self._position += have
+        if not pieces:
+            return np.zeros((0, self.channels), np.float32)
+        return np.concatenate(pieces)
+
+    def _restart(self) -> None:
+        self._position = 0
+        self._pending = np.zeros((0, self.channels), np.float32)
+        if self._cache is not None:
+            self._source = iter(self._cache)
+        else:  # reopened rather than sought: every demuxer and decoder starts clean
+            self._container.close()
+            self._container = _open(self.name)
+            self._source = self._blocks(self._container)
+
+    def _next(self) -> np.ndarray | None:
+        return next(self._source, None)
+
+    def _blocks(self, container: Any) -> Iterator[np.ndarray]:
+        """Decoded blocks of the first audio stream, float32 (frames, channels)."""
+        import av
+
+        stream = container.streams.audio[0]
+        try:
+            for frame in container.decode(stream):
+                if frame.sample_rate != self.samplerate:
+                    raise VideoError(
+                        f"{self.name}: the audio stream changes sample rate "
+                        f"({self.samplerate} -> {frame.sample_rate} Hz)"
+                    )
+                yield _as_float(frame, self.channels)
+        except av.error.FFmpegError:
+            return  # a damaged tail: keep what decoded
+
+
+def _as_float(frame: Any, channels: int) -> np.ndarray:
+    """One decoded audio frame as float32 (samples, channels), scaled as libsndfile scales PCM."""
+    array = frame.to_ndarray()  # planar: (channels, samples); packed: (1, samples * channels)
+    array = array.T if frame.format.is_planar else array.reshape(-1, channels)
+    kind = array.dtype
+    if kind == np.uint8:
+        return ((array.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
+    if kind.kind == "i":
+        return (array.astype(np.float64) / float(2 ** (8 * kind.itemsize - 1))).astype(np.float32)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def is_video(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is read as a video (by its extension, as the file walker chooses)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS

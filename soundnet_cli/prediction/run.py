@@ -42,7 +42,7 @@ def default_top_k(fmt: str) -> int:
 
 
 def predict_files(
-    files: Sequence[Path],
+    files: Sequence[str | os.PathLike[str]],
     model: Any,
     *,
     top_k: int = DEFAULT_TOP_K,
@@ -64,7 +64,8 @@ def predict_files(
 
         model = for_inference(model, [model.head_spec.name], precision=precision, announce=announce)
     run = PredictRun()
-    for path in files:
+    for name in files:
+        path = Path(name)
         try:
             wave = load_audio(path, mix=mix)  # type: ignore[arg-type]
             prediction = predict_waveform(model, wave, top_k=top_k, path=str(path))

@@ -40,20 +40,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.grad import conv1d_weight
 
-from ..errors import SoundnetError
+from soundnet_cli.errors import SoundnetError
 
 Loss = Literal["squared-hinge", "logistic"]
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 100
-MAX_CG = 50
+MAX_CG = 25
 COARSE_WINDOWS = 16  # windows per clip below which the coarse pass is not worth it
-GRAM_FLOPS = 2e9  # lagged products for the preconditioner: subsample steps beyond this
+HESSIAN_WINDOWS = 24  # windows per clip that Newton systems are solved on
+GRAM_FLOPS = 1e11  # lagged products for the preconditioner: subsample clips beyond this
 
 Tensor = torch.Tensor
-import os
-_DEBUG = bool(os.environ.get("SOUNDNET_PROBE_DEBUG"))
-_PCG_COUNT = 0
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,10 @@ class WindowData:
         k = theta.shape[0]
         w = theta[:, :-1].reshape(k, self.steps, self.channels)
         weight = w.transpose(1, 2).float().contiguous()
-        z = F.conv1d(self.x, weight, stride=self.stride).double()
+        if self.steps == 1:  # a plain product: faster than a convolution with one tap
+            z = torch.matmul(weight[:, :, 0], self.x[:, :, :: self.stride]).double()
+        else:
+            z = F.conv1d(self.x, weight, stride=self.stride).double()
         offset = theta[:, -1] + (w * self.mean).sum((1, 2))
         return (z + offset[None, :, None]) * self.mask
 
@@ -167,9 +169,12 @@ class WindowData:
         """The transpose of :meth:`scores`: (B, K, W) window weights -> (K, dim)."""
         k = r.shape[1]
         r = r * self.mask
-        grad = torch.nn.grad.conv1d_weight(
-            self.x, (k, self.channels, self.steps), r.float(), stride=self.stride
-        )
+        if self.steps == 1:
+            x = self.x[:, :, :: self.stride]
+            grad = torch.einsum("bkt,bdt->kd", r.float(), x)[:, :, None]
+        else:
+            shape = (k, self.channels, self.steps)
+            grad = conv1d_weight(self.x, shape, r.float(), stride=self.stride)
         total = r.sum((0, 2))
         grad_w = grad.double().transpose(1, 2) + total[:, None, None] * self.mean
         return torch.cat([grad_w.reshape(k, -1), total[:, None]], 1)
@@ -181,17 +186,14 @@ class WindowData:
         s, d = self.steps, self.channels
         batch, _, length = self.x.shape
         every = max(1, math.ceil(2 * s * batch * length * d * d / GRAM_FLOPS))
-        x = self.x[::every].double()
-        count = x.shape[0] * length
-        lags = (
-            torch.stack(
-                [
-                    torch.einsum("bdt,bet->de", x[:, :, : length - lag], x[:, :, lag:])
-                    for lag in range(s)
-                ]
-            )
-            / count
-        )
+        x = self.x[::every]
+        lags = torch.zeros(s, d, d, dtype=torch.float64, device=self.device)
+        for start in range(0, x.shape[0], 64):  # float32 products, float64 sums
+            part = x[start : start + 64]
+            for lag in range(s):
+                product = torch.einsum("bdt,bet->de", part[:, :, : length - lag], part[:, :, lag:])
+                lags[lag] += product.double()
+        lags /= x.shape[0] * length
         moment = self.mean[:, None] * self.mean[None, :]
         gram = torch.empty(self.dim, self.dim, dtype=torch.float64, device=self.device)
         for i in range(s):
@@ -224,6 +226,9 @@ class _SquaredHinge:
     def select(self, cols: Tensor) -> _SquaredHinge:
         return _SquaredHinge(self.y[:, cols])
 
+    def strided(self, stride: int) -> _SquaredHinge:
+        return _SquaredHinge(self.y[:, :, ::stride])
+
     def _violation(self, z: Tensor) -> Tensor:
         return (1.0 - self.y * z).clamp_min(0.0) * self.y.abs()
 
@@ -250,6 +255,9 @@ class _BinaryLogistic:
     def select(self, cols: Tensor) -> _BinaryLogistic:
         return _BinaryLogistic(self.y[:, cols])
 
+    def strided(self, stride: int) -> _BinaryLogistic:
+        return _BinaryLogistic(self.y[:, :, ::stride])
+
     def value(self, z: Tensor) -> Tensor:
         return (F.softplus(-self.y * z) * self.y.abs()).sum((0, 2))
 
@@ -273,6 +281,9 @@ class _Multinomial:
 
     def select(self, cols: Tensor) -> _Multinomial:
         return self  # the columns are coupled: always all of them
+
+    def strided(self, stride: int) -> _Multinomial:
+        return _Multinomial(self.onehot[:, :, ::stride], self.mask[:, :, ::stride])
 
     def value(self, z: Tensor) -> Tensor:
         nll = torch.logsumexp(z, 1, keepdim=True) * self.mask - (z * self.onehot).sum(1, True)
@@ -418,6 +429,11 @@ def _newton(
         g = gradient(theta, z, loss)
     scale = group(g_zero.square()).sqrt().clamp_min(1e-300)
     gram = data.gram()
+    # Newton systems use every `every`-th window: consecutive windows share all but one step,
+    # so that Hessian is nearly the full one, and the gradient and line search stay exact.
+    every = max(1, data.windows_per_clip // HESSIAN_WINDOWS)
+    sub, sub_loss = (data.strided(every), loss.strided(every)) if every > 1 else (data, loss)
+    c_sub = C * data.n_windows / sub.n_windows
     factor: tuple[float, Tensor] | None = None
     stalled = torch.zeros_like(scale, dtype=torch.bool)
     iterations = 0
@@ -432,13 +448,13 @@ def _newton(
             cols = cols[live]
         part = loss.select(cols)
         theta_c, z_c, g_c = theta[cols], z[:, cols], g[cols]
-        curvature, rho = part.hessian(z_c)
+        curvature, rho = sub_loss.select(cols).hessian(z_c[:, :, ::every])
         if factor is None or not 0.5 <= rho / max(factor[0], 1e-12) <= 2.0:
             factor = (rho, _cholesky(torch.diag(reg) + C * max(rho, 1e-6) * gram))
         chol = factor[1]
 
         def hess(v: Tensor, curvature: Callable[[Tensor], Tensor] = curvature) -> Tensor:
-            return reg * v + C * data.adjoint(curvature(data.scores(v)))
+            return reg * v + c_sub * sub.adjoint(curvature(sub.scores(v)))
 
         def precondition(r: Tensor, chol: Tensor = chol) -> Tensor:
             return torch.cholesky_solve(r.T, chol).T
@@ -449,8 +465,6 @@ def _newton(
         ratio_c = ratio if loss.coupled else ratio[live]
         forcing = ratio_c.sqrt().clamp(max=0.1)
         direction = _pcg(hess, -g_c, precondition, forcing, group, spread)
-        if _DEBUG:
-            print("newton", data.stride, iterations, len(cols), float(ratio.max()), _PCG_COUNT, flush=True)
         zd = data.scores(direction)
         slope = group(g_c * direction)
         f = objective(theta_c, z_c)
@@ -509,9 +523,7 @@ def _pcg(
     zr = precondition(r)
     p = zr.clone()
     rz = group(r * zr)
-    global _PCG_COUNT
     for _ in range(MAX_CG):
-        _PCG_COUNT += 1
         hp = hess(p)
         curvature = group(p * hp)
         alpha = torch.where(live, rz / curvature.clamp_min(1e-300), torch.zeros_like(rz))

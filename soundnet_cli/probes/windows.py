@@ -9,13 +9,25 @@ from typing import Any
 import numpy as np
 
 from soundnet_cli.errors import SoundnetError
+from soundnet_cli.media.audio import SAMPLE_RATE
 
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def window_steps(stride: int, window_seconds: float, sample_rate: int = 22050) -> int:
+def window_steps(stride: int, window_seconds: float, sample_rate: int = SAMPLE_RATE) -> int:
     """Time steps of a layer (``stride`` samples apart) in a window of ``window_seconds``."""
     return max(1, int(round(window_seconds * sample_rate / stride)))
+
+
+def pad_to_window(features: np.ndarray, steps: int) -> np.ndarray:
+    """A (time, channels) clip, repeated circularly to one window if it is shorter."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise SoundnetError(f"expected features shaped (time, channels), got {features.shape}")
+    if features.shape[0] < steps:
+        reps = -(-steps // features.shape[0])
+        features = np.tile(features, (reps, 1))[:steps]
+    return features
 
 
 def cut_windows(features: np.ndarray, steps: int) -> np.ndarray:
@@ -23,18 +35,18 @@ def cut_windows(features: np.ndarray, steps: int) -> np.ndarray:
 
     A clip shorter than one window gives a single window padded by repeating it circularly.
     """
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2 or features.shape[0] == 0:
-        raise SoundnetError(f"expected features shaped (time, channels), got {features.shape}")
-    if features.shape[0] < steps:
-        reps = -(-steps // features.shape[0])
-        features = np.tile(features, (reps, 1))[:steps]
+    features = pad_to_window(features, steps)
     view = np.lib.stride_tricks.sliding_window_view(features, steps, axis=0)  # (W, C, steps)
     return view.transpose(0, 2, 1).reshape(view.shape[0], -1)
 
 
 class ClipProbe:
-    """A window-level estimator applied to whole clips."""
+    """A window-level estimator applied to whole clips.
+
+    Estimators with ``fit_clips`` (the builtin linear probes) are trained on the clips' steps
+    directly and score a clip without cutting its windows; any other estimator gets the windows
+    cut out as (windows, steps * channels) rows.
+    """
 
     def __init__(self, estimator: Any, steps: int) -> None:
         self.estimator = estimator
@@ -45,22 +57,32 @@ class ClipProbe:
         return np.asarray(self.estimator.classes_)
 
     def fit(self, clips: Sequence[np.ndarray], labels: Sequence[str]) -> ClipProbe:
+        if len(clips) != len(labels):
+            raise SoundnetError(f"{len(clips)} clips but {len(labels)} labels")
+        if hasattr(self.estimator, "fit_clips"):
+            self.estimator.fit_clips(clips, labels, self.steps)
+            return self
         windows = [cut_windows(f, self.steps) for f in clips]
         X = np.concatenate(windows)
-        y = np.concatenate(
-            [np.full(len(w), label, dtype=object) for w, label in zip(windows, labels, strict=True)]
-        ).astype(str)
+        y = np.repeat(np.asarray(labels).astype(str), [len(w) for w in windows])
         self.estimator.fit(X, y)
         return self
 
     def decision_function(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """(clips, classes): each clip's decision values averaged over its windows."""
+        if hasattr(self.estimator, "clip_decision"):
+            return np.stack([self.estimator.clip_decision(f, self.steps) for f in clips])
         return np.stack(
             [self.estimator.decision_function(cut_windows(f, self.steps)).mean(0) for f in clips]
         )
 
     def predict(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         return self.classes_[np.argmax(self.decision_function(clips), axis=1)]
+
+    @property
+    def fit_report(self) -> Any:
+        """How the solver ended (``converged``, ``iterations``, ...), or None if unknown."""
+        return getattr(self.estimator, "fit_report_", None)
 
 
 def choose_c(

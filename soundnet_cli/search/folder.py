@@ -22,6 +22,7 @@ from soundnet_cli.extraction.outputs import (
     MANIFEST,
     SETUP,
     FeatureFile,
+    FeatureManifest,
     list_feature_files,
     read_feature_file,
 )
@@ -193,11 +194,21 @@ def open_index(
 
 
 def _stale(index: StoredIndex) -> bool:
-    manifest = index.root / MANIFEST
+    """Whether extract finished files after the index was built that the index lacks (a rerun
+    that skipped everything rewrites the manifest too: its time alone proves nothing)."""
     try:
-        return manifest.stat().st_mtime > index.description.built_at
+        if (index.root / MANIFEST).stat().st_mtime <= index.description.built_at:
+            return False
     except FileNotFoundError:
         return False
+    indexed = {entry.key for entry in index.entries}
+    layer = index.description.layer
+    return any(
+        row.get("status") == "ok"
+        and key not in indexed
+        and layer in (row.get("layers") or {layer: 1})
+        for key, row in FeatureManifest(index.root).rows().items()
+    )
 
 
 def _hits(index: StoredIndex, scores: np.ndarray, rows: np.ndarray) -> list[Hit]:

@@ -258,6 +258,7 @@ def update_index(
             old = None
             summary, kept, fresh = _plan(name, None, listing)
             new_vectors, new_entries = _load_fresh(fresh, load, summary, None)
+        _count_failures(summary, old)
         count = len(kept) + len(new_entries)
         kind = choose_kind(method, count, exact_limit)
         summary.count, summary.kind = count, kind
@@ -315,6 +316,18 @@ def _plan(
     summary.unchanged = len(kept)
     summary.removed = len(previous) - len(kept) - summary.changed
     return summary, kept, fresh
+
+
+def _count_failures(summary: UpdateSummary, old: StoredIndex | None) -> None:
+    """A file that could not be read is neither added nor changed: it is left out (and if it
+    was indexed before, removed)."""
+    before = {e.key for e in old.entries} if old is not None else set()
+    for key, _ in summary.failures:
+        if key in before:
+            summary.changed -= 1
+            summary.removed += 1
+        else:
+            summary.added -= 1
 
 
 def _model_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -27,6 +27,7 @@ from soundnet_cli.errors import WeightsError
 from soundnet_cli.teachers.weights import WeightSource, fetch, read_state_dict, teachers_dir
 from soundnet_cli.weights.caffemodel import Blob, CaffeModelError, CaffeNet, file_sha256, iter_blob
 from soundnet_cli.weights.caffemodel import scan as scan_caffemodel
+from soundnet_cli.weights.home import ByteProgress
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +42,6 @@ CACHE_NAME = "vgg16_places365.safetensors"  # the vgg16-places cache in $SOUNDNE
 CONVERTED_BY = "soundnet-cli convert-caffe"
 INPUT_CONVENTION = "caffe: BGR, 0-255, minus the per-channel mean"
 
-Progress = Callable[[int, int], None]  # (bytes so far, total)
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def convert_caffemodel(
     classes: int = 365,
     force: bool = False,
     sha256: str | None = None,
-    progress: Progress | None = None,
+    progress: ByteProgress | None = None,
 ) -> Conversion:
     """Convert a VGG16 ``.caffemodel`` to torchvision-layout safetensors at ``out``.
 
@@ -243,7 +243,7 @@ def _write_safetensors(
     source_file: Path,
     planned: list[Planned],
     metadata: dict[str, str],
-    progress: Progress | None,
+    progress: ByteProgress | None,
 ) -> None:
     """The safetensors format (8-byte header size, JSON header, raw little-endian data),
     written tensor by tensor as the blobs are read."""

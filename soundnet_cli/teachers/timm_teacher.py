@@ -16,7 +16,7 @@ from typing import Any
 from soundnet_cli.errors import UsageProblem, WeightsError
 from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
 from soundnet_cli.teachers.weights import how_to_get, load_into, read_state_dict, teachers_dir
-from soundnet_cli.weights.official import OFFLINE_ENV, offline
+from soundnet_cli.weights.home import OFFLINE_ENV, offline
 
 
 def transform_for(network: Any) -> FrameTransform:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.errors import WeightsError
-from soundnet_cli.weights.official import OFFLINE_ENV, Progress, download, offline, soundnet_home
+from soundnet_cli.weights.home import OFFLINE_ENV, ByteProgress, download, offline, soundnet_home
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +62,7 @@ def fetch(
     teacher: str,
     *,
     announce: Callable[[str], None] | None = None,
-    progress: Progress | None = None,
+    progress: ByteProgress | None = None,
 ) -> Path:
     """The cached copy of ``source``, downloading and checking it first if needed."""
     target = teachers_dir() / source.filename

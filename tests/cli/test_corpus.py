@@ -9,8 +9,8 @@ import pytest
 
 from soundnet_cli.corpus.format import (
     ClipData,
+    CorpusManifest,
     HeadInfo,
-    Manifest,
     ShardWriter,
     VideoRecord,
     write_manifest,
@@ -19,7 +19,7 @@ from soundnet_cli.corpus.format import (
 
 @pytest.fixture
 def corpus_dir(tmp_path):
-    manifest = Manifest(
+    manifest = CorpusManifest(
         sample_rate=100,
         clip_seconds=4.0,
         frame_interval=1.0,

@@ -12,8 +12,8 @@ from soundnet_cli.corpus.format import (
     ClipData,
     Corpus,
     CorpusError,
+    CorpusManifest,
     HeadInfo,
-    Manifest,
     ShardWriter,
     VideoRecord,
     frame_boundary,
@@ -27,7 +27,7 @@ HEADS = (
 )
 
 
-def manifest(**changes) -> Manifest:
+def manifest(**changes) -> CorpusManifest:
     base = dict(
         sample_rate=100,
         clip_seconds=4.0,
@@ -37,7 +37,7 @@ def manifest(**changes) -> Manifest:
         teachers=({"name": "t1", "provenance": {"weights": "a"}}, {"name": "t2"}),
         heads=HEADS,
     )
-    return Manifest(**(base | changes))
+    return CorpusManifest(**(base | changes))
 
 
 def random_clip(rng, frames: int, start: float = 0.0) -> ClipData:

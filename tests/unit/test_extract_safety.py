@@ -13,7 +13,7 @@ import torch
 
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.extraction.engine import extract
-from soundnet_cli.extraction.outputs import MANIFEST, Manifest
+from soundnet_cli.extraction.outputs import MANIFEST, FeatureManifest
 from soundnet_cli.weights.checkpoints import load_checkpoint
 
 from ..conftest import tone, write_wav
@@ -25,9 +25,7 @@ def model(named_checkpoint: Path):
 
 
 def rows(out: Path) -> dict[str, dict]:
-    return {
-        r["key"]: r for r in (json.loads(x) for x in (out / MANIFEST).read_text().splitlines())
-    }
+    return {r["key"]: r for r in (json.loads(x) for x in (out / MANIFEST).read_text().splitlines())}
 
 
 def test_inputs_differing_only_by_extension_each_keep_their_features(model, tmp_path):
@@ -91,7 +89,7 @@ def test_a_later_layer_keeps_the_earlier_layers_in_the_manifest(model, tmp_path)
     row = rows(out)["x"]
     assert set(row["layers"]) == {"conv1", "conv2"}
     assert sorted(row["outputs"]) == ["x.conv1.npy", "x.conv2.npy"]
-    assert set(Manifest(out).rows()["x"]["layers"]) == {"conv1", "conv2"}
+    assert set(FeatureManifest(out).rows()["x"]["layers"]) == {"conv1", "conv2"}
 
 
 @pytest.mark.parametrize("damage", ["truncate", "replace"])

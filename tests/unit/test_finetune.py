@@ -82,17 +82,21 @@ def test_network_is_the_student_cut_at_the_layer_with_pretrained_weights(sounds,
     assert model.head_specs[0].categories == ("noise", "tone")
     for name in ("conv1", "conv3"):
         assert torch.equal(model.blocks[name].conv.weight, pretrained.blocks[name].conv.weight)
-        assert torch.equal(model.blocks[name].bn.running_var, pretrained.blocks[name].bn.running_var)
+        assert torch.equal(
+            model.blocks[name].bn.running_var, pretrained.blocks[name].bn.running_var
+        )
     scratch = build_model(FinetuneConfig(init="scratch", layer="conv3"), task)
-    assert not torch.equal(scratch.blocks["conv1"].conv.weight, pretrained.blocks["conv1"].conv.weight)
-    with pytest.raises(UsageProblem, match="--freeze-below 'conv7' is not a layer"):
+    assert not torch.equal(
+        scratch.blocks["conv1"].conv.weight, pretrained.blocks["conv1"].conv.weight
+    )
+    with pytest.raises(UsageProblem, match="--freeze-below must be auto, none or a layer"):
         build_model(FinetuneConfig(init="scratch", layer="conv3", freeze_below="conv7"), task)
 
 
 def test_training_learns_and_leaves_a_loadable_classifier(sounds, tmp_path):
+    from soundnet_cli.media.audio import load_audio
     from soundnet_cli.models import load_student
     from soundnet_cli.students.predict import predict_waveform
-    from soundnet_cli.media.audio import load_audio
 
     folder, labels = sounds
     task = labels_task(folder, labels, "1")
@@ -125,7 +129,9 @@ def test_freezing_keeps_the_lower_layers(sounds, tmp_path):
     finetune(task, tmp_path / "run", config)
     after = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert torch.equal(before["blocks.conv1.conv.weight"], after["blocks.conv1.conv.weight"])
-    assert torch.equal(before["blocks.conv1.bn.running_mean"], after["blocks.conv1.bn.running_mean"])
+    assert torch.equal(
+        before["blocks.conv1.bn.running_mean"], after["blocks.conv1.bn.running_mean"]
+    )
     assert not torch.equal(before["blocks.conv2.conv.weight"], after["blocks.conv2.conv.weight"])
 
 
@@ -163,3 +169,71 @@ def test_bad_settings_are_usage_errors():
         FinetuneConfig(init="scratch", checkpoint="x.safetensors").check()
     with pytest.raises(UsageProblem, match="unknown setting 'epoch'"):
         FinetuneConfig.from_mapping({"epoch": 3})
+
+
+def test_classifier_students_keep_the_student_contract():
+    from soundnet_cli import testing
+    from soundnet_cli.plugins import get_plugins
+
+    testing.check_registered_student("classifier:")  # the family's default variant
+    for name in ("classifier:soundnet8@pool5", "classifier:soundnet5@conv2"):
+        model = get_plugins().students.create(name)
+        testing.check_student(model, architecture=name)
+        assert model.layer_names[-1] == "classifier"
+    with pytest.raises(UsageProblem, match="classifier:<student>@<layer>"):
+        get_plugins().students.create("classifier:soundnet8")
+    with pytest.raises(UsageProblem, match="no body layer 'conv8'"):
+        get_plugins().students.create("classifier:soundnet8@conv8")
+
+
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from soundnet_cli.distillation.finetune import FinetuneConfig, finetune, labels_task
+task = labels_task(Path({folder!r}), Path({labels!r}), "1")
+result = finetune(task, Path(sys.argv[1]), FinetuneConfig(epochs=2, **{fast!r}))
+if result.model is not None:
+    Path(sys.argv[1], "losses.json").write_text(json.dumps(result.losses))
+"""
+
+
+def test_two_process_ddp_matches_one_process(sounds, tmp_path):
+    """Under torchrun each process takes half of every batch (BatchNorm over the whole batch):
+    the losses and weights follow those of one process, up to rounding."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from ..conftest import REPO
+    from ..numeric import assert_close_to_scale
+
+    folder, labels = sounds
+    script = tmp_path / "train.py"
+    fast = dict(FAST, threads=None)
+    script.write_text(
+        DDP_SCRIPT.format(repo=str(REPO), folder=str(folder), labels=str(labels), fast=fast)
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=env)
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", str(script), str(tmp_path / "two"),
+        ],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert [s for s, _ in two] == [1, 2, 3, 4]
+    assert_close_to_scale([v for _, v in two], [v for _, v in one], 1e-3, "losses")
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    # as in distill's test: a conv bias before BatchNorm (and the running mean absorbing it) is
+    # free up to rounding, which Adam turns into lr-sized steps
+    for k in a:
+        if not k.endswith(("conv.bias", "running_mean")):
+            assert_close_to_scale(b[k], a[k], 2e-3, k)

@@ -5,14 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from soundnet_cli.errors import AudioError, UsageProblem
-from soundnet_cli.students import soundnet5, soundnet8
+from soundnet_cli.students import inference, soundnet5, soundnet8
 from soundnet_cli.students.base import ConvBlock, ConvLayer
 from soundnet_cli.students.inference import (
     FastStudent,
     FusedConv,
+    clip_errors,
     fold_batchnorm,
     optimise,
     precision_error,
+    probe_clips,
     relative_error,
 )
 
@@ -117,10 +119,16 @@ def test_unknown_precision_is_a_usage_error(sound8):
         optimise(sound8, precision="fp8")
 
 
-def test_bf16_passes_its_check_and_a_strict_tolerance_falls_back_to_fp32(sound8):
+@pytest.fixture()
+def native_half(monkeypatch):
+    """Pretend the CPU has bf16/fp16 instructions (emulated kernels give the same numbers)."""
+    monkeypatch.setattr(inference, "half_supported", lambda device, dtype: None)
+
+
+def test_bf16_passes_its_check_and_a_strict_tolerance_falls_back_to_fp32(sound8, native_half):
     fast = optimise(sound8, layers=["pool5"])
     error = precision_error(fast, ["pool5"], torch.bfloat16)
-    assert 0 < error < 5e-2
+    assert 0 < error < 3e-2
     assert fast.dtype == torch.float32  # the check leaves the model as it found it
     said: list[str] = []
     strict = optimise(sound8, precision="bf16", tolerance=1e-9, announce=said.append)
@@ -130,6 +138,96 @@ def test_bf16_passes_its_check_and_a_strict_tolerance_falls_back_to_fp32(sound8)
     assert loose.dtype == torch.bfloat16
     out = loose.forward_features(wave(5.0, batch=1), ["pool5"])["pool5"]
     assert out.dtype == torch.float32
+
+
+def test_a_failed_half_precision_check_leaves_fp32_exact(sound8, native_half):
+    fast = optimise(sound8, layers=["pool5"])
+    x = wave(6.0)
+    before = fast.forward_features(x, ["pool5"])["pool5"]
+    precision_error(fast, ["pool5"], torch.bfloat16)  # bf16 and back
+    fast.set_dtype(torch.bfloat16)
+    fast.set_dtype(torch.float32)
+    after = fast.forward_features(x, ["pool5"])["pool5"]
+    assert torch.equal(before, after)  # weights come back from float32, not from bf16
+
+
+def test_half_precision_leaves_the_callers_model_untouched(native_half):
+    torch.manual_seed(0)
+    model = trained_like(soundnet8())
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    fast = optimise(model, layers=["pool5"], precision="bf16", tolerance=1.0)
+    assert fast.dtype == torch.bfloat16
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == before[name].dtype and torch.equal(tensor, before[name]), name
+
+
+def test_a_convolution_wrong_in_half_precision_stays_fp32(sound8, native_half, monkeypatch):
+    """A device whose bf16 kernel is wrong for one layer (the 0.94 error of issue 13): that
+    layer runs in float32, the rest in bf16, and the features pass the check."""
+    original = FusedConv.forward
+
+    def broken(self, x):
+        out = original(self, x)
+        if self.weight.shape[1] == 2 and x.dtype == torch.bfloat16:  # conv1 (polyphase)
+            return out.flip(-1)  # a kernel that scrambles time: nothing like the signal
+        return out
+
+    monkeypatch.setattr(FusedConv, "forward", broken)
+    said: list[str] = []
+    fast = optimise(sound8, layers=["pool5"], precision="bf16", announce=said.append)
+    assert fast.dtype == torch.bfloat16 and fast.fp32_convs == ("conv1",)
+    assert said and "conv1 kept in fp32" in said[0], said
+    assert fast.convs["conv1"].weight.dtype == torch.float32
+    assert fast.convs["conv2"].weight.dtype == torch.bfloat16
+    x = probe_clips(2, 5.0)
+    with torch.inference_mode():
+        reference = sound8.forward_features(x, ["pool5"])["pool5"]
+    assert max(clip_errors(fast.forward_features(x, ["pool5"])["pool5"], reference)) < 3e-2
+
+
+def test_the_check_is_remembered(sound8, native_half, monkeypatch):
+    class Memory:
+        def __init__(self):
+            self.store = {}
+
+        def get(self, precision, layers):
+            return self.store.get((precision, tuple(layers)))
+
+        def put(self, precision, layers, value):
+            self.store[(precision, tuple(layers))] = value
+
+    memory = Memory()
+    first = optimise(sound8, layers=["pool5"], precision="bf16", cache=memory)
+    assert first.dtype == torch.bfloat16 and memory.store
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the probe ran again")
+
+    monkeypatch.setattr(inference, "precision_error", not_again)
+    again = optimise(sound8, layers=["pool5"], precision="bf16", cache=memory)
+    assert again.dtype == torch.bfloat16
+
+
+def test_no_native_half_precision_means_fp32_with_a_note(sound8, monkeypatch):
+    monkeypatch.setattr(
+        inference, "half_supported", lambda device, dtype: "this CPU has no fp16 instructions"
+    )
+    said: list[str] = []
+    fast = optimise(sound8, precision="fp16", announce=said.append)
+    assert fast.dtype == torch.float32
+    assert said == ["fp16: this CPU has no fp16 instructions; using fp32"]
+
+
+def test_probe_clips_look_like_recordings():
+    clips = probe_clips(4, 5.0)
+    assert clips.shape == (4, 5 * 22050) and clips.dtype == torch.float32
+    peaks = clips.abs().amax(dim=1)
+    assert (peaks <= 256).all() and (peaks >= 0.09 * 256).all()
+    assert len(set(peaks.tolist())) == 4  # different levels
+    for clip in clips:  # a loud part and a part about 40 dB quieter
+        frames = clip[: len(clip) // 2205 * 2205].reshape(-1, 2205).pow(2).mean(dim=1).sqrt()
+        loud, quiet = frames.max(), frames[frames > 0].min()
+        assert loud / quiet > 30
 
 
 def test_other_modules_are_returned_unchanged():

@@ -50,7 +50,7 @@ def test_svm_probe_matches_liblinear_one_vs_rest():
     clips, labels = blobs(30, 3)
     X = np.concatenate([cut_windows(c, 2) for c in clips])
     y = np.repeat(labels, 5)
-    ours = LinearSVMProbe(C=0.5).fit(X, y)
+    ours = LinearSVMProbe(C=0.5, solver="liblinear").fit(X, y)
     reference = LinearSVC(C=0.5, loss="squared_hinge", dual=True, random_state=0).fit(X, y)
     # liblinear's own one-vs-rest and ours differ only in the order the solver visits
     # examples: the same optimum, up to the solver's tolerance
@@ -60,6 +60,14 @@ def test_svm_probe_matches_liblinear_one_vs_rest():
     primal = LinearSVC(C=0.5, loss="squared_hinge", dual=False).fit(X, y)  # the same optimum
     np.testing.assert_allclose(ours.decision_function(X), primal.decision_function(X), atol=1e-2)
     assert (ours.predict(X) == reference.predict(X)).all()
+    # the default solver (PyTorch, all classes at once) stops at its own tolerance: within 1%
+    # of the scale of the decision values
+    default = LinearSVMProbe(C=0.5).fit(X, y)
+    scale = np.abs(primal.decision_function(X)).max()
+    np.testing.assert_allclose(
+        default.decision_function(X), primal.decision_function(X), atol=1e-2 * scale
+    )
+    assert (default.predict(X) == reference.predict(X)).all()
 
 
 def test_binary_probe_has_a_score_per_class():
@@ -172,3 +180,21 @@ def test_features_of_another_layer_or_model_are_refused(tmp_path):
         loaded.check_features("conv7", "m-1")
     with pytest.raises(ProbeFileError, match="m-1, not m-2"):
         loaded.check_features("pool5", "m-2")
+
+
+def test_probe_files_written_before_the_torch_solver_still_load(tmp_path):
+    """Format soundnet-probe/1 is unchanged: the old parameters (liblinear's max_iter) and no
+    `solver` entry load, and predict what the same arrays predict."""
+    clips, labels = blobs(12, 3)
+    probe = ClipProbe(LinearSVMProbe(solver="liblinear"), steps=2).fit(clips, labels)
+    meta = {
+        "probe": "linear-svm",
+        "params": {"C": 0.01, "max_iter": 5000},
+        "window_steps": 2,
+        "features": {"layer": "pool5", "model": "m-1"},
+    }
+    loaded = load_probe(save_probe(tmp_path / "old.npz", probe, meta))
+    assert loaded.probe.estimator.get_params() == {"C": 0.01, "max_iter": 5000}
+    np.testing.assert_allclose(
+        loaded.probe.decision_function(clips), probe.decision_function(clips), rtol=1e-12
+    )

@@ -1,0 +1,200 @@
+"""The PyTorch probe solver: window scores by convolution, the objectives of the references,
+convergence on badly scaled features, flags when it stops early, devices."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
+
+from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.evaluation.datasets import ESC50
+from soundnet_cli.evaluation.protocol import evaluate
+from soundnet_cli.probes import ClipProbe, LinearSVMProbe, LogRegProbe, build_probe, cut_windows
+from soundnet_cli.probes import solver as solver_module
+from soundnet_cli.probes.solver import WindowData, fit_linear
+from soundnet_cli.weights.checkpoints import load_checkpoint
+
+from ..fakes import make_esc_tree
+
+
+def clips_of(n: int, classes: int, *, steps=8, dim=5, scale=1.0, shift=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    clips, labels = [], []
+    for i in range(n):
+        k = i % classes
+        clip = rng.normal(size=(steps, dim)) + 1.5 * np.eye(dim)[k % dim]
+        clips.append((clip * scale + shift).astype(np.float32))
+        labels.append(k)
+    return clips, np.array(labels)
+
+
+def windows_of(clips, labels, steps):
+    parts = [cut_windows(c, steps) for c in clips]
+    return np.concatenate(parts), np.repeat(labels, [len(p) for p in parts])
+
+
+def decisions(solution, X):
+    return X @ solution.coef.T + solution.intercept
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("lengths", [None, [3, 8, 1, 6, 5, 2]])
+def test_window_scores_are_a_convolution_of_the_steps(lengths, steps):
+    clips, _ = clips_of(6, 2, steps=8, dim=4)
+    if lengths:  # clips of several lengths, one shorter than a window
+        clips = [c[:n] for c, n in zip(clips, lengths, strict=True)]
+    data = WindowData(clips, steps=steps)
+    theta = torch.randn(2, data.dim, dtype=torch.float64)
+    scores = data.scores(theta)
+    X = np.concatenate([cut_windows(c, steps) for c in clips])
+    expected = X @ theta[:, :-1].numpy().T + theta[:, -1].numpy()
+    got = scores.permute(0, 2, 1)[data.mask[:, 0] > 0].numpy()
+    assert data.n_windows == len(X)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("steps,stride", [(1, 1), (2, 1), (1, 2), (2, 3)])
+def test_adjoint_is_the_transpose_of_the_scores(steps, stride):
+    clips, _ = clips_of(5, 2, steps=9, dim=3, shift=-20.0)
+    data = WindowData([c[: 4 + i] for i, c in enumerate(clips)], steps=steps).strided(stride)
+    theta = torch.randn(3, data.dim, dtype=torch.float64)
+    r = torch.randn(data.batch, 3, data.windows, dtype=torch.float64) * data.mask
+    left = float((data.scores(theta) * r).sum())
+    right = float((theta * data.adjoint(r)).sum())
+    assert left == pytest.approx(right, rel=1e-5)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_squared_hinge_reaches_liblinears_optimum(classes):
+    clips, labels = clips_of(30, classes)
+    X, y = windows_of(clips, labels, 3)
+    solution = fit_linear(clips, labels, classes, 3, C=0.05, tol=1e-6)
+    reference = LinearSVC(C=0.05, dual=False, tol=1e-10, max_iter=100_000).fit(X, y)
+    expected = reference.decision_function(X).reshape(len(X), -1)
+    assert solution.report.converged
+    np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_badly_scaled_features_converge_to_the_same_optimum():
+    """Logits-like features (mean -200, std 45): the preconditioner makes them as easy as
+    standardised ones; liblinear's dual solver runs out of iterations and says so."""
+    clips, labels = clips_of(40, 4, scale=45.0, shift=-200.0)
+    X, y = windows_of(clips, labels, 3)
+    solution = fit_linear(clips, labels, 4, 3, C=0.05, tol=1e-6)
+    reference = LinearSVC(C=0.05, dual=False, tol=1e-12, max_iter=100_000).fit(X, y)
+    expected = reference.decision_function(X)
+    assert solution.report.converged
+    np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
+    dual = LinearSVMProbe(C=0.05, max_iter=20, solver="liblinear").fit(X, y)
+    assert dual.fit_report_ is not None and not dual.fit_report_.converged
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_logistic_matches_scikit_learn(classes):
+    clips, labels = clips_of(30, classes)
+    X, y = windows_of(clips, labels, 3)
+    solution = fit_linear(clips, labels, classes, 3, loss="logistic", C=0.05, tol=1e-7)
+    reference = LogisticRegression(C=0.05, tol=1e-10, max_iter=10_000).fit(X, y)
+    expected = reference.decision_function(X).reshape(len(X), -1)
+    np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_many_windows_go_through_the_coarse_pass_and_still_match(monkeypatch):
+    monkeypatch.setattr(solver_module, "COARSE_WINDOWS", 4)
+    monkeypatch.setattr(solver_module, "HESSIAN_WINDOWS", 4)
+    clips, labels = clips_of(24, 3, steps=40)
+    X, y = windows_of(clips, labels, 4)
+    solution = fit_linear(clips, labels, 3, 4, C=0.02, tol=1e-6)
+    reference = LinearSVC(C=0.02, dual=False, tol=1e-10, max_iter=100_000).fit(X, y)
+    expected = reference.decision_function(X)
+    assert solution.report.converged
+    np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_a_solver_that_stops_early_says_so():
+    clips, labels = clips_of(30, 3, scale=45.0, shift=-200.0)
+    probe = ClipProbe(LinearSVMProbe(C=0.05, max_iter=1), steps=3).fit(clips, labels.astype(str))
+    report = probe.fit_report
+    assert report is not None and not report.converged
+    assert report.iterations == 1 and report.gradient_ratio > report.tol
+
+
+def test_the_same_data_gives_the_same_probe():
+    clips, labels = clips_of(30, 3)
+    first = fit_linear(clips, labels, 3, 3, C=0.05)
+    second = fit_linear(clips, labels, 3, 3, C=0.05)
+    np.testing.assert_array_equal(first.coef, second.coef)
+    np.testing.assert_array_equal(first.intercept, second.intercept)
+
+
+def test_clip_scores_need_no_windows():
+    clips, labels = clips_of(12, 3, steps=10)
+    probe = ClipProbe(LinearSVMProbe(C=0.1), steps=4).fit(clips, labels.astype(str))
+    by_windows = np.stack(
+        [probe.estimator.decision_function(cut_windows(c, 4)).mean(0) for c in clips]
+    )
+    np.testing.assert_allclose(probe.decision_function(clips), by_windows, rtol=1e-9, atol=1e-9)
+    short = clips[0][:2]  # shorter than a window: repeated circularly, as cut_windows does
+    np.testing.assert_allclose(
+        probe.decision_function([short])[0],
+        probe.estimator.decision_function(cut_windows(short, 4))[0],
+        rtol=1e-9,
+        atol=1e-9,
+    )
+
+
+def test_both_solvers_agree_on_a_clip_probe():
+    clips, labels = clips_of(30, 3, steps=6)
+    ours = ClipProbe(LinearSVMProbe(C=0.1), steps=2).fit(clips, labels.astype(str))
+    reference = ClipProbe(LinearSVMProbe(C=0.1, solver="liblinear"), steps=2).fit(
+        clips, labels.astype(str)
+    )
+    a, b = ours.decision_function(clips), reference.decision_function(clips)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+    assert (ours.predict(clips) == reference.predict(clips)).all()
+
+
+def test_solver_choice_and_device_reach_the_probe():
+    probe = build_probe(LinearSVMProbe, 0.5, solver="liblinear", device="cpu")
+    assert (probe.solver, probe.device, probe.C) == ("liblinear", "cpu", 0.5)
+    assert build_probe(LogRegProbe, 1.0, device="cuda:1").device == "cuda:1"
+    with pytest.raises(UsageProblem, match="unknown solver"):
+        build_probe(LinearSVMProbe, 0.5, solver="sgd")
+
+    class PluginProbe:
+        name = "plugin"
+
+        def __init__(self, C):
+            self.C = C
+
+    assert build_probe(PluginProbe, 1.0).C == 1.0
+    with pytest.raises(UsageProblem, match="no solver choice"):
+        build_probe(PluginProbe, 1.0, solver="liblinear")
+
+
+def test_unknown_device_fails_in_the_solver():
+    clips, labels = clips_of(6, 2)
+    with pytest.raises((RuntimeError, SoundnetError)):
+        fit_linear(clips, labels, 2, 3, device="nonsense")
+
+
+def test_evaluate_fits_its_probes_on_the_requested_device(tmp_path, named_checkpoint, monkeypatch):
+    tree = make_esc_tree(tmp_path / "esc", {"low": 200.0, "high": 4000.0}, per_class=4, folds=2)
+    devices = []
+    original = solver_module.fit_linear
+
+    def spy(*args, **kwargs):
+        devices.append(kwargs["device"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(solver_module, "fit_linear", spy)
+    model = load_checkpoint(named_checkpoint)
+    report = evaluate(ESC50(), tree, model, ["pool5"], C=1.0, device="cpu")
+    assert devices == ["cpu", "cpu"]  # one probe per split, on the device of the features
+    assert report.solver == "torch"
+    assert all(r.converged for r in report.results)
+    assert report.as_dict()["splits"][0]["fit"]["solver"] == "torch-newton-squared-hinge"
+    reference = evaluate(ESC50(), tree, model, ["pool5"], C=1.0, solver="liblinear")
+    assert devices == ["cpu", "cpu"] and reference.solver == "liblinear"
+    assert reference.as_dict()["splits"][0]["fit"]["solver"] == "liblinear"
