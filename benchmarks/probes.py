@@ -120,11 +120,11 @@ def run_one(args: argparse.Namespace, layer: str, solver: str, out: Path) -> Non
 
 
 def load(path: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """A run's metadata and its clip decisions over every split, in split order."""
+    """A run's metadata and its clip decisions over every split, flattened, in split order."""
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
-        parts = [data[f"decisions_{n}"] for n in range(len(meta["accuracy"]))]
-    return meta, np.concatenate(parts)
+        parts = [data[f"decisions_{n}"].ravel() for n in range(len(meta["accuracy"]))]
+    return meta, np.concatenate(parts)  # a split may lack a class: flatten each
 
 
 def summary(args: argparse.Namespace, results: Path) -> None:
@@ -147,7 +147,7 @@ def summary(args: argparse.Namespace, results: Path) -> None:
             if solver != "liblinear" and "liblinear" in runs:
                 ref_meta, ref_dec = runs["liblinear"]
                 diff = (np.mean(meta["accuracy"]) - np.mean(ref_meta["accuracy"])) * 100
-                corr = np.corrcoef(runs[solver][1].ravel(), ref_dec.ravel())[0, 1]
+                corr = np.corrcoef(runs[solver][1], ref_dec)[0, 1]
                 line += f"  {diff:+.2f} points, r = {corr:.4f}"
             print(line)
         for run in range(2, args.runs + 1):
