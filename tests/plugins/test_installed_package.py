@@ -54,7 +54,11 @@ def test_installed_plugin_is_listed_and_usable(site):
     assert listing["tiny"]["version"] == "0.3.1"
     assert listing["tiny"]["registered"] == {"student": ["tiny-student"]}
     assert listing["tiny"]["adds_commands"] is True
-    assert listing["builtin-students"]["registered"]["student"] == ["soundnet8", "soundnet5"]
+    assert listing["builtin-students"]["registered"]["student"] == [
+        "soundnet8",
+        "soundnet5",
+        "classifier:",
+    ]
     # the broken one is reported, on stderr and in the listing, and breaks nothing
     assert listing["broken"]["status"] == "failed"
     assert "a_module_that_does_not_exist" in listing["broken"]["errors"][0]
