@@ -165,7 +165,7 @@ def _parse_c(value: str) -> float | str:
     except ValueError:
         raise UsageProblem(f"--C must be a positive number or 'auto', not {value!r}") from None
     if not c > 0 or c == float("inf"):  # also refuses nan
-        raise UsageProblem(f"--C must be a positive number, not {value}")
+        raise UsageProblem(f"--C must be positive and finite, not {value}")
     return c
 
 

@@ -78,7 +78,7 @@ def test_C_must_be_a_positive_finite_number(tmp_path, value):
         "probe", "fit", str(tmp_path), "--labels", str(tmp_path / "l.csv"), "--out",
         str(tmp_path / "p.npz"), "--C", value,
     )  # fmt: skip
-    assert "--C must be a positive number" in one_line_error(result, code=2)
+    assert "--C must be positive and finite" in one_line_error(result, code=2)
 
 
 def test_os_errors_reach_the_user_as_one_line(capsys):
