@@ -59,15 +59,22 @@ class DistillConfig:
         cls, values: Mapping[str, Any], base: DistillConfig | None = None
     ) -> DistillConfig:
         """``base`` updated with ``values`` (keys as in the dataclass, or with dashes)."""
-        known = {f.name for f in fields(cls)}
-        data = (base or cls()).as_dict()
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise UsageProblem(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
-            data[name] = value
+        data = updated_settings((base or cls()).as_dict(), values, {f.name for f in fields(cls)})
         data["teachers"] = tuple(data["teachers"] or ())
         return cls(**data)
+
+
+def updated_settings(
+    data: dict[str, Any], values: Mapping[str, Any], known: set[str]
+) -> dict[str, Any]:
+    """``data`` with ``values`` applied (keys as in the dataclass, or with dashes); an unknown
+    key is a usage error listing the known ones. Shared by distill's and finetune's settings."""
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UsageProblem(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        data[name] = value
+    return data
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from soundnet_cli.distillation.config import updated_settings
 from soundnet_cli.distillation.ddp import barrier, data_parallel
 from soundnet_cli.distillation.loop import Schedule, run_loop
 from soundnet_cli.distillation.rundir import (
@@ -105,13 +106,7 @@ class FinetuneConfig:
     ) -> FinetuneConfig:
         """``base`` updated with ``values`` (keys as in the dataclass, or with dashes)."""
         known = {f.name for f in fields(cls)}
-        data = (base or cls()).as_dict()
-        for key, value in values.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise UsageProblem(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
-            data[name] = value
-        return cls(**data)
+        return cls(**updated_settings((base or cls()).as_dict(), values, known))
 
 
 # -- what to learn -------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ class StudentBase(nn.Module):
         return forward_inputs(self, wave, layers)
 
     def output_length(self, layer: str, samples: int) -> int:
-        raise NotImplementedError
+        raise NotImplementedError(f"{describe(self)} must define output_length(layer, samples)")
 
     def min_samples(self, layer: str) -> int:
-        raise NotImplementedError
+        raise NotImplementedError(f"{describe(self)} must define min_samples(layer)")
