@@ -14,13 +14,17 @@ The objectives are the reference solvers', so ``C`` means what it means for libl
 * ``logistic``: ``0.5 * |W|^2 + C * sum over windows of the cross-entropy``, the bias not
   regularised; multinomial, or one sigmoid column for two classes (as scikit-learn).
 
-The solver is truncated Newton. Each step solves the Newton system by conjugate gradients,
-preconditioned by the Cholesky factor of ``R + C * rho * G``: ``G`` is the Gram matrix of all
-windows (bias column included, computed from lagged products of the steps), ``R`` the
-regulariser and ``rho`` the loss's mean curvature. That is a change of variables, not of the
-objective, and it makes badly scaled features (conv8's logits, around -200) as easy to fit as
-standardised ones. Features are centred internally, with the offset folded into the bias, so
-float32 convolutions keep their precision.
+The solver is truncated Newton on every window (a Newton matrix estimated on a regular subset
+of windows is blind to weights whose scores alternate between neighbouring windows, and its
+steps overshoot). Each step solves the Newton system by conjugate gradients with a two-part
+preconditioner (:class:`_Preconditioner`): on the ``RANK`` directions along which the windows
+vary most, each class's own Newton matrix, inverted exactly; on the rest, ``R + C * rho * G``,
+with ``G`` the Gram matrix of all windows (bias column included, computed from lagged products
+of the steps), ``R`` the regulariser and ``rho`` the loss's mean curvature. That is a change of
+variables, not of the objective: badly scaled features (conv8's logits, around -200) fit as
+easily as standardised ones, and layers with thousands of window dimensions (conv4, conv5)
+need about ten conjugate-gradient steps per Newton step. Features are centred internally, with
+the offset folded into the bias, so float32 convolutions keep their precision.
 
 Convergence: a class (for the multinomial loss, the whole problem) has converged when the norm
 of its gradient is at most ``tol`` times its norm at zero weights. A fit that stops earlier
@@ -31,7 +35,6 @@ so in its :class:`FitReport`.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -48,9 +51,9 @@ Loss = Literal["squared-hinge", "logistic"]
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 100
 MAX_CG = 25
-COARSE_WINDOWS = 16  # windows per clip below which the coarse pass is not worth it
-HESSIAN_WINDOWS = 24  # windows per clip that Newton systems are solved on
 GRAM_FLOPS = 1e11  # lagged products for the preconditioner: subsample clips beyond this
+CONVOLUTION_BYTES = 256 * 2**20  # unfolded windows per convolution call
+RANK = 64  # directions on which each class's Newton matrix is inverted exactly
 
 Tensor = torch.Tensor
 
@@ -101,8 +104,6 @@ class WindowData:
             raise SoundnetError(f"clips have different channel counts: {sorted(channels)}")
         self.steps, self.channels = steps, channels.pop()
         self.device = torch.device(device)
-        self.stride = 1
-        self.n_clips = len(arrays)
         lengths = np.array([len(a) for a in arrays])
         stacked = np.concatenate(arrays)
         del arrays
@@ -137,18 +138,6 @@ class WindowData:
     def n_windows(self) -> int:
         return int(self.mask.sum())
 
-    @property
-    def windows_per_clip(self) -> int:
-        return self.n_windows // self.n_clips
-
-    def strided(self, stride: int) -> WindowData:
-        """The same clips with every ``stride``-th window only."""
-        view = copy.copy(self)
-        view.stride = self.stride * stride
-        view.mask = self.mask[:, :, ::stride]
-        view.owner = self.owner[:, ::stride]
-        return view
-
     def per_window(self, values: Tensor) -> Tensor:
         """(clips, K) values -> (B, K, W), zero on masked windows."""
         return values.to(self.device, torch.float64)[self.owner].permute(0, 2, 1) * self.mask
@@ -159,9 +148,9 @@ class WindowData:
         w = theta[:, :-1].reshape(k, self.steps, self.channels)
         weight = w.transpose(1, 2).float().contiguous()
         if self.steps == 1:  # a plain product: faster than a convolution with one tap
-            z = torch.matmul(weight[:, :, 0], self.x[:, :, :: self.stride]).double()
+            z = torch.matmul(weight[:, :, 0], self.x).double()
         else:
-            z = F.conv1d(self.x, weight, stride=self.stride).double()
+            z = torch.cat([F.conv1d(x, weight).double() for x in self._chunks()])
         offset = theta[:, -1] + (w * self.mean).sum((1, 2))
         return (z + offset[None, :, None]) * self.mask
 
@@ -170,14 +159,25 @@ class WindowData:
         k = r.shape[1]
         r = r * self.mask
         if self.steps == 1:
-            x = self.x[:, :, :: self.stride]
-            grad = torch.einsum("bkt,bdt->kd", r.float(), x)[:, :, None]
+            grad = torch.einsum("bkt,bdt->kd", r.float(), self.x)[:, :, None]
         else:
             shape = (k, self.channels, self.steps)
-            grad = conv1d_weight(self.x, shape, r.float(), stride=self.stride)
+            grad = sum(
+                conv1d_weight(x, shape, r[start : start + len(x)].float())
+                for start, x in zip(range(0, self.batch, self.chunk), self._chunks(), strict=True)
+            )
         total = r.sum((0, 2))
         grad_w = grad.double().transpose(1, 2) + total[:, None, None] * self.mean
         return torch.cat([grad_w.reshape(k, -1), total[:, None]], 1)
+
+    @property
+    def chunk(self) -> int:
+        """Clips per convolution: the convolutions unfold their windows, so bound that memory."""
+        per_clip = self.windows * self.steps * self.channels * 4
+        return max(1, CONVOLUTION_BYTES // per_clip)
+
+    def _chunks(self) -> Iterator[Tensor]:
+        return iter(self.x.split(self.chunk))
 
     def gram(self) -> Tensor:
         """The Gram matrix of the windows with a bias column, (dim, dim), from lagged products
@@ -226,9 +226,6 @@ class _SquaredHinge:
     def select(self, cols: Tensor) -> _SquaredHinge:
         return _SquaredHinge(self.y[:, cols])
 
-    def strided(self, stride: int) -> _SquaredHinge:
-        return _SquaredHinge(self.y[:, :, ::stride])
-
     def _violation(self, z: Tensor) -> Tensor:
         return (1.0 - self.y * z).clamp_min(0.0) * self.y.abs()
 
@@ -238,9 +235,12 @@ class _SquaredHinge:
     def grad(self, z: Tensor) -> Tensor:
         return -2.0 * self.y * self._violation(z)
 
-    def hessian(self, z: Tensor) -> tuple[Callable[[Tensor], Tensor], float]:
-        active = (self._violation(z) > 0).double() * 2.0
-        return (lambda v: active * v), float(active.mean())
+    def curvature(self, z: Tensor) -> Tensor:
+        return (self._violation(z) > 0).double() * 2.0
+
+    def hessian(self, z: Tensor) -> Callable[[Tensor], Tensor]:
+        weight = self.curvature(z)
+        return lambda v: weight * v
 
 
 class _BinaryLogistic:
@@ -255,19 +255,19 @@ class _BinaryLogistic:
     def select(self, cols: Tensor) -> _BinaryLogistic:
         return _BinaryLogistic(self.y[:, cols])
 
-    def strided(self, stride: int) -> _BinaryLogistic:
-        return _BinaryLogistic(self.y[:, :, ::stride])
-
     def value(self, z: Tensor) -> Tensor:
         return (F.softplus(-self.y * z) * self.y.abs()).sum((0, 2))
 
     def grad(self, z: Tensor) -> Tensor:
         return -self.y * torch.sigmoid(-self.y * z)
 
-    def hessian(self, z: Tensor) -> tuple[Callable[[Tensor], Tensor], float]:
+    def curvature(self, z: Tensor) -> Tensor:
         p = torch.sigmoid(z)
-        weight = p * (1 - p) * self.y.abs()
-        return (lambda v: weight * v), float(weight.mean())
+        return p * (1 - p) * self.y.abs()
+
+    def hessian(self, z: Tensor) -> Callable[[Tensor], Tensor]:
+        weight = self.curvature(z)
+        return lambda v: weight * v
 
 
 class _Multinomial:
@@ -282,9 +282,6 @@ class _Multinomial:
     def select(self, cols: Tensor) -> _Multinomial:
         return self  # the columns are coupled: always all of them
 
-    def strided(self, stride: int) -> _Multinomial:
-        return _Multinomial(self.onehot[:, :, ::stride], self.mask[:, :, ::stride])
-
     def value(self, z: Tensor) -> Tensor:
         nll = torch.logsumexp(z, 1, keepdim=True) * self.mask - (z * self.onehot).sum(1, True)
         return nll.sum().reshape(1)
@@ -292,16 +289,91 @@ class _Multinomial:
     def grad(self, z: Tensor) -> Tensor:
         return (torch.softmax(z, 1) * self.mask) - self.onehot
 
-    def hessian(self, z: Tensor) -> tuple[Callable[[Tensor], Tensor], float]:
+    def curvature(self, z: Tensor) -> Tensor:
+        """The diagonal blocks' weights: each class's own curvature."""
+        p = torch.softmax(z, 1) * self.mask
+        return p * (1 - p)
+
+    def hessian(self, z: Tensor) -> Callable[[Tensor], Tensor]:
         p = torch.softmax(z, 1) * self.mask
 
         def apply(v: Tensor) -> Tensor:
             return p * v - p * (p * v).sum(1, keepdim=True)
 
-        return apply, float((p * (1 - p)).mean())
+        return apply
 
 
 _LossObject = _SquaredHinge | _BinaryLogistic | _Multinomial
+
+
+class _Preconditioner:
+    """An approximate inverse of each class's Newton matrix ``R + C * X' D_k X``.
+
+    Exact on the ``rank`` directions along which the windows vary most (the top of the Gram
+    matrix ``G``), where the classes' active windows differ most, with ``D_k`` the class's own
+    curvature; ``R + C * rho * G`` with the mean curvature ``rho`` on the rest, where the
+    regulariser dominates. Both parts are symmetric positive definite, so their sum is too.
+    For the multinomial loss these are the diagonal blocks, and the biases' sum over classes,
+    which changes no probability, is kept where it is.
+    """
+
+    def __init__(
+        self, data: WindowData, gram: Tensor, reg: Tensor, C: float, rank: int, coupled: bool
+    ) -> None:
+        self.reg, self.gram, self.C, self.coupled = reg, gram, C, coupled
+        self.basis = _top_subspace(gram, min(rank, len(gram)))  # (dim, r), orthonormal
+        self.full = self.basis.shape[1] == len(gram)
+        projected = data.scores(self.basis.T).float()  # (B, r, W): windows along directions
+        self.projected = projected.permute(0, 2, 1).reshape(-1, self.basis.shape[1])
+        self.reg_block = self.basis.T @ (reg[:, None] * self.basis)
+        self._global: tuple[float, Tensor] | None = None
+        self._blocks: Tensor | None = None
+
+    def update(self, weights: Tensor) -> None:
+        """``weights``: (B, K, W) curvature of each class's windows."""
+        k = weights.shape[1]
+        w = weights.permute(0, 2, 1).reshape(-1, k).float()
+        rows = []
+        for j in range(k):
+            active = w[:, j].nonzero().squeeze(1)
+            y = self.projected[active]
+            rows.append(self.reg_block + self.C * ((y * w[active, j, None]).T @ y).double())
+        self._blocks = _cholesky(torch.stack(rows))
+        if self.full:
+            return
+        rho = float(weights.mean())
+        if self._global is None or not 0.5 <= rho / max(self._global[0], 1e-12) <= 2.0:
+            self._global = None  # free the old factor before making the next
+            matrix = self.gram * (self.C * max(rho, 1e-6))
+            matrix.diagonal().add_(self.reg)
+            self._global = (rho, _cholesky(matrix))
+
+    def __call__(self, r: Tensor) -> Tensor:
+        assert self._blocks is not None
+        along = r @ self.basis  # (K, r)
+        top = torch.cholesky_solve(along[:, :, None], self._blocks)[:, :, 0] @ self.basis.T
+        if not self.full:
+            assert self._global is not None
+            rest = torch.cholesky_solve((r - along @ self.basis.T).T, self._global[1]).T
+            top = top + rest - (rest @ self.basis) @ self.basis.T
+        if self.coupled:
+            top[:, -1] -= top[:, -1].mean()
+        return top
+
+
+def _top_subspace(gram: Tensor, rank: int) -> Tensor:
+    """An orthonormal basis of (nearly) the ``rank`` leading eigenvectors of ``gram``: all of
+    them by eigendecomposition when that is cheap, else by a seeded randomised range finder."""
+    n = len(gram)
+    if 2 * rank >= n:
+        return torch.linalg.eigh(gram)[1].flip(1)[:, :rank].contiguous()
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(n, rank + 16, generator=generator, dtype=gram.dtype).to(gram.device)
+    basis = torch.linalg.qr(gram @ probe)[0]
+    for _ in range(2):
+        basis = torch.linalg.qr(gram @ basis)[0]
+    values, vectors = torch.linalg.eigh(basis.T @ gram @ basis)
+    return (basis @ vectors.flip(1)[:, :rank]).contiguous()
 
 
 def fit_linear(
@@ -320,10 +392,7 @@ def fit_linear(
     """Fit window-level linear scores to clip labels (``labels[i]`` in ``range(n_classes)``).
 
     Two classes give one column scoring class 1 (as scikit-learn's binary estimators); more give
-    one column per class. ``init`` (coef, intercept) warm-starts the solver. Clips with many
-    windows are first fitted on every ``stride``-th window (consecutive windows overlap in all
-    but one step, so that problem is nearly the same and ``stride`` times cheaper), and the full
-    problem starts from its solution.
+    one column per class. ``init`` (coef, intercept) warm-starts the solver.
     """
     import time
 
@@ -346,19 +415,9 @@ def fit_linear(
         theta = None
         if init is not None:
             theta = torch.from_numpy(np.hstack([init[0], init[1][:, None]])).to(data.device)
-        iterations = 0
-        stride = data.windows_per_clip // COARSE_WINDOWS
-        if theta is None and stride >= 2:
-            coarse = data.strided(stride)
-            scaled_c = C * data.n_windows / coarse.n_windows
-            theta, its, _ = _newton(
-                coarse, _make_loss(loss, coarse, targets), scaled_c, reg, 10 * tol, max_iter, None
-            )
-            iterations += its
-        theta, its, ratio = _newton(
+        theta, iterations, ratio = _newton(
             data, _make_loss(loss, data, targets), C, reg, tol, max_iter, theta
         )
-        iterations += its
     report = FitReport(
         solver=f"torch-newton-{loss}",
         converged=bool(ratio <= tol),
@@ -428,13 +487,7 @@ def _newton(
         z = data.scores(theta)
         g = gradient(theta, z, loss)
     scale = group(g_zero.square()).sqrt().clamp_min(1e-300)
-    gram = data.gram()
-    # Newton systems use every `every`-th window: consecutive windows share all but one step,
-    # so that Hessian is nearly the full one, and the gradient and line search stay exact.
-    every = max(1, data.windows_per_clip // HESSIAN_WINDOWS)
-    sub, sub_loss = (data.strided(every), loss.strided(every)) if every > 1 else (data, loss)
-    c_sub = C * data.n_windows / sub.n_windows
-    factor: tuple[float, Tensor] | None = None
+    precondition = _Preconditioner(data, data.gram(), reg, C, RANK, loss.coupled)
     stalled = torch.zeros_like(scale, dtype=torch.bool)
     iterations = 0
     while True:
@@ -448,16 +501,11 @@ def _newton(
             cols = cols[live]
         part = loss.select(cols)
         theta_c, z_c, g_c = theta[cols], z[:, cols], g[cols]
-        curvature, rho = sub_loss.select(cols).hessian(z_c[:, :, ::every])
-        if factor is None or not 0.5 <= rho / max(factor[0], 1e-12) <= 2.0:
-            factor = (rho, _cholesky(torch.diag(reg) + C * max(rho, 1e-6) * gram))
-        chol = factor[1]
+        curvature = part.hessian(z_c)
+        precondition.update(part.curvature(z_c))
 
         def hess(v: Tensor, curvature: Callable[[Tensor], Tensor] = curvature) -> Tensor:
-            return reg * v + c_sub * sub.adjoint(curvature(sub.scores(v)))
-
-        def precondition(r: Tensor, chol: Tensor = chol) -> Tensor:
-            return torch.cholesky_solve(r.T, chol).T
+            return reg * v + C * data.adjoint(curvature(data.scores(v)))
 
         def objective(theta: Tensor, z: Tensor, part: _LossObject = part) -> Tensor:
             return 0.5 * group(reg * theta.square()) + C * part.value(z)
@@ -489,13 +537,16 @@ def _newton(
 
 
 def _cholesky(matrix: Tensor) -> Tensor:
+    """The Cholesky factor of a (batch of) symmetric positive semi-definite matrices, with as
+    little diagonal jitter as it takes."""
     jitter = 0.0
-    scale = float(matrix.diagonal().mean())
+    scale = float(matrix.diagonal(dim1=-2, dim2=-1).mean())
     for _ in range(12):
-        chol, info = torch.linalg.cholesky_ex(
-            matrix + jitter * torch.eye(len(matrix), dtype=matrix.dtype, device=matrix.device)
-        )
-        if int(info) == 0:
+        if jitter:
+            matrix = matrix.clone()
+            matrix.diagonal(dim1=-2, dim2=-1).add_(jitter)
+        chol, info = torch.linalg.cholesky_ex(matrix)
+        if not bool((info != 0).any()):
             return chol
         jitter = max(jitter * 10, 1e-12 * scale)
     raise SoundnetError("the probe's preconditioner is not positive definite")

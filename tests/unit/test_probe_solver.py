@@ -54,10 +54,10 @@ def test_window_scores_are_a_convolution_of_the_steps(lengths, steps):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("steps,stride", [(1, 1), (2, 1), (1, 2), (2, 3)])
-def test_adjoint_is_the_transpose_of_the_scores(steps, stride):
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_adjoint_is_the_transpose_of_the_scores(steps):
     clips, _ = clips_of(5, 2, steps=9, dim=3, shift=-20.0)
-    data = WindowData([c[: 4 + i] for i, c in enumerate(clips)], steps=steps).strided(stride)
+    data = WindowData([c[: 4 + i] for i, c in enumerate(clips)], steps=steps)
     theta = torch.randn(3, data.dim, dtype=torch.float64)
     r = torch.randn(data.batch, 3, data.windows, dtype=torch.float64) * data.mask
     left = float((data.scores(theta) * r).sum())
@@ -100,13 +100,19 @@ def test_logistic_matches_scikit_learn(classes):
     np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_many_windows_go_through_the_coarse_pass_and_still_match(monkeypatch):
-    monkeypatch.setattr(solver_module, "COARSE_WINDOWS", 4)
-    monkeypatch.setattr(solver_module, "HESSIAN_WINDOWS", 4)
+@pytest.mark.parametrize("loss", ["squared-hinge", "logistic"])
+def test_preconditioner_split_between_exact_and_global_parts_still_matches(monkeypatch, loss):
+    """With fewer exact directions than window dimensions, the rest of the space goes through
+    the global part of the preconditioner: the optimum must not move."""
+    monkeypatch.setattr(solver_module, "RANK", 3)
     clips, labels = clips_of(24, 3, steps=40)
     X, y = windows_of(clips, labels, 4)
-    solution = fit_linear(clips, labels, 3, 4, C=0.02, tol=1e-6)
-    reference = LinearSVC(C=0.02, dual=False, tol=1e-10, max_iter=100_000).fit(X, y)
+    X = X.astype(np.float64)  # scikit-learn's float32 fits stop short of the optimum
+    solution = fit_linear(clips, labels, 3, 4, loss=loss, C=0.02, tol=1e-7)
+    if loss == "logistic":
+        reference = LogisticRegression(C=0.02, tol=1e-10, max_iter=10_000).fit(X, y)
+    else:
+        reference = LinearSVC(C=0.02, dual=False, tol=1e-10, max_iter=100_000).fit(X, y)
     expected = reference.decision_function(X)
     assert solution.report.converged
     np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
