@@ -112,7 +112,12 @@ def join_process_group(device: str, world: World) -> bool:
 
 
 def leave_process_group(created: bool) -> None:
+    """Destroy the group this process created, after whatever still refers to it: a DDP
+    wrapper collected after its group aborts the process at exit."""
     if created:
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
         dist.destroy_process_group()

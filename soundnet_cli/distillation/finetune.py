@@ -510,7 +510,8 @@ def finetune(
     device = device_for(config.device, world)
     set_threads(config.threads)
     created = join_process_group(device, world)
-    try:
+
+    def run_in_group() -> FinetuneResult:  # its locals, DDP included, go before the group
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         model = build_model(config, task, announce).to(device)
@@ -587,6 +588,9 @@ def finetune(
         barrier(world)
         result.seconds = time.perf_counter() - started
         return result
+
+    try:
+        return run_in_group()
     finally:
         leave_process_group(created)
 

@@ -254,7 +254,8 @@ def distill(
     run_dir = Path(run_dir)
     world = world_from_env()
     created = join_process_group(device_for(config.device, world), world)
-    try:
+
+    def run_in_group() -> DistillResult:  # its locals, DDP included, go before the group
         setup = _set_up(corpus_path, run_dir, config, resume, world, overwrite)
         if world.main:
             write_config(
@@ -316,6 +317,9 @@ def distill(
                 }
         barrier(world)
         return result
+
+    try:
+        return run_in_group()
     finally:
         leave_process_group(created)
 
