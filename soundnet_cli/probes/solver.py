@@ -318,10 +318,9 @@ class _Preconditioner:
     """
 
     def __init__(
-        self, data: WindowData, gram: Tensor, reg: Tensor, C: float, rank: int, loss: _LossObject
+        self, data: WindowData, gram: Tensor, reg: Tensor, C: float, rank: int, coupled: bool
     ) -> None:
-        self.reg, self.gram, self.C = reg, gram, C
-        self.coupled, self.columns = loss.coupled, loss.columns
+        self.reg, self.gram, self.C, self.coupled = reg, gram, C, coupled
         self.basis = _top_subspace(gram, min(rank, len(gram)))  # (dim, r), orthonormal
         self.full = self.basis.shape[1] == len(gram)
         projected = data.scores(self.basis.T).float()  # (B, r, W): windows along directions
@@ -329,26 +328,17 @@ class _Preconditioner:
         self.reg_block = self.basis.T @ (reg[:, None] * self.basis)
         self._global: tuple[float, Tensor] | None = None
         self._blocks: Tensor | None = None
-        self._weights: Tensor | None = None  # (windows, columns) as of each block's update
-        self._sums = torch.empty(0)  # (columns, r, r): sum of weight * projection products
 
-    def update(self, weights: Tensor, cols: Tensor) -> None:
-        """``weights``: (B, K, W) curvature of the windows of classes ``cols``. Each class's block
-        is updated by the windows whose curvature changed since its last update only: for the
-        squared hinge, the windows that entered or left the margin."""
-        w = weights.permute(0, 2, 1).reshape(-1, len(cols)).float()
-        if self._weights is None:
-            size = self.basis.shape[1]
-            self._weights = torch.zeros(len(w), self.columns, device=w.device)
-            self._sums = torch.zeros(self.columns, size, size, dtype=torch.float64, device=w.device)
-        for j, c in enumerate(cols.tolist()):
-            delta = w[:, j] - self._weights[:, c]
-            changed = delta.nonzero().squeeze(1)
-            if len(changed):
-                y = self.projected[changed]
-                self._sums[c] += ((y * delta[changed, None]).T @ y).double()
-                self._weights[changed, c] = w[changed, j]
-        self._blocks = _cholesky(self.reg_block + self.C * self._sums[cols])
+    def update(self, weights: Tensor) -> None:
+        """``weights``: (B, K, W) curvature of each class's windows."""
+        k = weights.shape[1]
+        w = weights.permute(0, 2, 1).reshape(-1, k).float()
+        rows = []
+        for j in range(k):
+            active = w[:, j].nonzero().squeeze(1)
+            y = self.projected[active]
+            rows.append(self.reg_block + self.C * ((y * w[active, j, None]).T @ y).double())
+        self._blocks = _cholesky(torch.stack(rows))
         if self.full:
             return
         rho = float(weights.mean())
@@ -497,7 +487,7 @@ def _newton(
         z = data.scores(theta)
         g = gradient(theta, z, loss)
     scale = group(g_zero.square()).sqrt().clamp_min(1e-300)
-    precondition = _Preconditioner(data, data.gram(), reg, C, RANK, loss)
+    precondition = _Preconditioner(data, data.gram(), reg, C, RANK, loss.coupled)
     stalled = torch.zeros_like(scale, dtype=torch.bool)
     iterations = 0
     while True:
@@ -512,7 +502,7 @@ def _newton(
         part = loss.select(cols)
         theta_c, z_c, g_c = theta[cols], z[:, cols], g[cols]
         curvature = part.hessian(z_c)
-        precondition.update(part.curvature(z_c), cols)
+        precondition.update(part.curvature(z_c))
 
         def hess(v: Tensor, curvature: Callable[[Tensor], Tensor] = curvature) -> Tensor:
             return reg * v + C * data.adjoint(curvature(data.scores(v)))
