@@ -290,7 +290,8 @@ def curves_command(
     title: str = typer.Option(None, "--title", help="Figure title (default: the run folder)."),
     json_output: bool = typer.Option(False, "--json", help="Print first/last values as JSON."),
 ) -> None:
-    """Training curves of a distillation run: loss, loss per head, agreement, throughput.
+    """Training curves of a distillation or fine-tuning run: loss, loss per head, agreement
+    with the teacher (fine-tuning: test accuracy), throughput.
 
     Reads RUN_DIR/metrics.jsonl (one JSON row per logged step); columns missing from a log are
     drawn as empty panels, and lines cut short by an interruption are skipped.
@@ -304,7 +305,7 @@ def curves_command(
     from soundnet_cli.visualize.figures import curves_png, read_curves
 
     curves = read_curves(run_dir)
-    path = curves_png(curves, out, title or f"distillation: {run_dir.resolve().name}")
+    path = curves_png(curves, out, title or f"{curves.kind}: {run_dir.resolve().name}")
     if json_output:
         _common.print_json({"out": str(path), **curves.summary()})
     else:

@@ -201,6 +201,39 @@ def test_curves_png_is_deterministic_even_with_empty_panels(tmp_path):
     assert a.read_bytes().startswith(PNG_MAGIC) and a.read_bytes() == b.read_bytes()
 
 
+def test_curves_of_a_fine_tuning_run_say_so(tmp_path, monkeypatch):
+    """A run folder written by `soundnet finetune` (its config names a task) is labelled as
+    fine-tuning, not as a distillation against a teacher."""
+    from soundnet_cli.visualize.figures import curves as curves_module
+
+    distill = _metrics(tmp_path / "distill")
+    (distill / "config.json").write_text(json.dumps({"corpus": "c", "config": {}}))
+    finetune = _metrics(tmp_path / "finetune")
+    (finetune / "config.json").write_text(json.dumps({"task": {"head": "esc10"}, "config": {}}))
+    assert read_curves(distill).kind == "distillation"
+    assert read_curves(finetune / "metrics.jsonl").kind == "fine-tuning"
+    assert read_curves(finetune).summary()["kind"] == "fine-tuning"
+
+    titles: list[str] = []
+    real_pyplot = curves_module._pyplot
+
+    def spying_pyplot():
+        plt = real_pyplot()
+        original = plt.Axes.set_title
+
+        def set_title(ax, label, *args, **kwargs):
+            titles.append(label)
+            return original(ax, label, *args, **kwargs)
+
+        monkeypatch.setattr(plt.Axes, "set_title", set_title)
+        return plt
+
+    monkeypatch.setattr(curves_module, "_pyplot", spying_pyplot)
+    curves_png(read_curves(finetune), tmp_path / "f.png", "run")
+    assert "accuracy on the test clips" in titles
+    assert not any("teacher" in title for title in titles), titles
+
+
 def test_curves_without_metrics_is_a_usage_problem(tmp_path):
     with pytest.raises(UsageProblem, match="metrics.jsonl"):
         read_curves(tmp_path)

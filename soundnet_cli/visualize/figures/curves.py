@@ -1,11 +1,12 @@
-"""Training curves of a distillation run, from ``RUN_DIR/metrics.jsonl`` (written by distill.py).
+"""Training curves of a distillation or fine-tuning run, from ``RUN_DIR/metrics.jsonl``.
 
 One JSON object per line; every column is optional, so that older, newer or partial logs plot:
 
     step            int, the optimiser step (default: the line's position)
     loss            float, the total loss
-    heads           {head: KL divergence (or L2 loss) of that head}
-    agreement       {head: top-1 agreement with the teacher on held-out clips}, logged now and then
+    heads           {head: KL divergence (or L2 loss) of that head; fine-tuning: cross-entropy}
+    agreement       {head: top-1 agreement with the teacher on held-out clips; fine-tuning:
+                    {"test": accuracy on the test clips}}, logged now and then
     samples_per_s   float, training throughput
 
 Lines that are not JSON objects (a line cut short by an interruption) are skipped.
@@ -20,13 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soundnet_cli.distillation.rundir import METRICS, metrics_rows
+from soundnet_cli.distillation.rundir import CONFIG, METRICS, metrics_rows
 from soundnet_cli.errors import UsageProblem
 from soundnet_cli.visualize.figures._base import _pyplot, no_data, save_png
+
+# What the panels show, by the kind of run (told apart by the run folder's config.json).
+PANEL_TITLES = {
+    "distillation": (
+        "loss per head (KL to the teacher)",
+        "top-1 agreement with the teacher (held-out)",
+    ),
+    "fine-tuning": ("loss (cross-entropy)", "accuracy on the test clips"),
+}
 
 
 @dataclass
 class Curves:
+    kind: str = "distillation"
     steps: list[int] = field(default_factory=list)
     loss: list[tuple[int, float]] = field(default_factory=list)
     heads: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -38,6 +49,7 @@ class Curves:
             return {"step": series[-1][0], "value": series[-1][1]} if series else None
 
         return {
+            "kind": self.kind,
             "rows": len(self.steps),
             "first_step": self.steps[0] if self.steps else None,
             "last_step": self.steps[-1] if self.steps else None,
@@ -79,14 +91,27 @@ def metrics_file(run: Path) -> Path:
     return path
 
 
+def run_kind(metrics: Path) -> str:
+    """The kind of run that wrote ``metrics``: ``fine-tuning`` when the run folder's config names
+    a task (``soundnet finetune``), else ``distillation``."""
+    import json
+
+    try:
+        config = json.loads((metrics.parent / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "distillation"
+    return "fine-tuning" if isinstance(config, dict) and "task" in config else "distillation"
+
+
 def read_curves(run: Path) -> Curves:
     """The curves of a run folder (or a metrics file); later rows for a step replace earlier
     ones, as after a resumed run."""
     rows: dict[int, dict[str, Any]] = {}
-    for position, row in enumerate(metrics_rows(metrics_file(run))):
+    path = metrics_file(run)
+    for position, row in enumerate(metrics_rows(path)):
         step = _number(row.get("step"))
         rows[int(step) if step is not None else position] = row
-    curves = Curves()
+    curves = Curves(kind=run_kind(path))
     for step in sorted(rows):
         row = rows[step]
         curves.steps.append(step)
@@ -123,7 +148,8 @@ def curves_png(curves: Curves, path: str | os.PathLike[str], title: str) -> Path
         heads_ax.legend(fontsize=8)
     else:
         no_data(heads_ax)
-    heads_ax.set_title("loss per head (KL to the teacher)")
+    heads_title, agreement_title = PANEL_TITLES[curves.kind]
+    heads_ax.set_title(heads_title)
     for name, series in sorted(curves.agreement.items()):
         _plot(agree_ax, series, name, marker="o", markersize=3, linewidth=1.2)
     if curves.agreement:
@@ -131,7 +157,7 @@ def curves_png(curves: Curves, path: str | os.PathLike[str], title: str) -> Path
         agree_ax.legend(fontsize=8)
     else:
         no_data(agree_ax, "no agreement logged")
-    agree_ax.set_title("top-1 agreement with the teacher (held-out)")
+    agree_ax.set_title(agreement_title)
     if curves.throughput:
         _plot(speed_ax, curves.throughput, None, color="tab:green", linewidth=1.0)
         speed_ax.set_ylim(bottom=0.0)
