@@ -101,15 +101,21 @@ def new_config(
     return config
 
 
-def resumed_config(recorded: DistillConfig, given: Mapping[str, Any]) -> DistillConfig:
-    """A resumed run keeps its recorded settings; only :data:`RESUMABLE` ones may change."""
-    changed = set(given) - RESUMABLE
+def refuse_changed_settings(given: Mapping[str, Any], resumable: frozenset[str]) -> None:
+    """A resumed run (distillation or fine-tuning) keeps its recorded settings: refuse any given
+    setting outside ``resumable``, naming the options that may change."""
+    changed = set(given) - resumable
     if changed:
-        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(RESUMABLE))
+        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(resumable))
         raise UsageProblem(
             f"a resumed run keeps its settings; only {allowed} may change "
             f"(got {', '.join(sorted(changed))})"
         )
+
+
+def resumed_config(recorded: DistillConfig, given: Mapping[str, Any]) -> DistillConfig:
+    """A resumed run keeps its recorded settings; only :data:`RESUMABLE` ones may change."""
+    refuse_changed_settings(given, RESUMABLE)
     config = DistillConfig.from_mapping(given, recorded)
     config.check()
     return config

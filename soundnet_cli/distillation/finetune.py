@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundnet_cli.distillation.config import updated_settings
+from soundnet_cli.distillation.config import refuse_changed_settings, updated_settings
 from soundnet_cli.distillation.ddp import barrier, data_parallel
 from soundnet_cli.distillation.loop import Schedule, run_loop
 from soundnet_cli.distillation.rundir import (
@@ -474,13 +474,7 @@ def resume_settings(run_dir: Path, given: Mapping[str, Any]) -> tuple[Task, Fine
     """What a resumed run continues with: its recorded task and settings; only settings that do
     not change the computation (device, threads, logging) may be given again."""
     task, recorded = read_run(run_dir)
-    changed = set(given) - RESUMABLE
-    if changed:
-        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(RESUMABLE))
-        raise UsageProblem(
-            f"a resumed run keeps its settings; only {allowed} may change "
-            f"(got {', '.join(sorted(changed))})"
-        )
+    refuse_changed_settings(given, RESUMABLE)
     config = FinetuneConfig.from_mapping(given, recorded)
     config.check()
     return task, config
