@@ -6,7 +6,10 @@
 #   2. parity: the largest relative error of CUDA fp32 pool5 features against CPU fp32 (400 files)
 #      and of CUDA bf16 against CUDA fp32;
 #   3. distill throughput on CUDA (clips/s and the fraction of time waiting for data), without
-#      and with --compile (benchmarks/distill.py on a synthetic corpus).
+#      and with --compile (benchmarks/distill.py on a synthetic corpus);
+#   4. the probe sweep of the paper's layer table on CUDA (`soundnet evaluate esc50 ... -l conv4
+#      ... -l conv8 --device cuda`): the probes' seconds, features cached by a first run (only
+#      with ../shared/data/esc50-fold4).
 # Needs the repository's virtual environment (.venv, or PYTHON=...), ../shared/data/esc50-fold4
 # beside the repository (else a synthetic workload of the same size), and the official weights
 # (fetched once if absent and allowed). Prints one line per figure and a JSON summary at the end.
@@ -116,6 +119,29 @@ for row in summary["results"]:
           f"data wait {wait}")
 EOF
 done
+
+# -- 4. the probe sweep ------------------------------------------------------------------------
+if [ -d ../shared/data/esc50-fold4 ]; then
+    sweep=(evaluate esc50 ../shared/data/esc50-fold4 -l conv4 -l conv5 -l pool5 -l conv6 -l conv7
+           -l conv8 --device cuda)
+    $SOUNDNET "${sweep[@]}" --out "$TMP/sweep-warm" >/dev/null 2>&1 || true  # caches features
+    start="$(date +%s.%N)"
+    if $SOUNDNET "${sweep[@]}" --out "$TMP/sweep" >"$TMP/sweep.log" 2>&1; then
+        end="$(date +%s.%N)"
+        "$PY" - "$TMP/sweep/report.json" "$start" "$end" <<'EOF' | tee -a "$TMP/summary.txt"
+import json, sys
+report = json.load(open(sys.argv[1]))
+wall = float(sys.argv[3]) - float(sys.argv[2])
+means = " ".join(f"{k} {v['mean']:.1%}" for k, v in report["summary"].items())
+print(f"evaluate esc50 six layers on cuda: {wall:.1f} s whole process, probes "
+      f"{report['seconds']['probes']:.1f} s; {means}")
+EOF
+    else
+        echo "evaluate sweep failed:"; tail -5 "$TMP/sweep.log"
+    fi
+else
+    echo "evaluate sweep: ../shared/data/esc50-fold4 not found; skipped"
+fi
 
 echo "--- summary"
 cat "$TMP/summary.txt"

@@ -2,9 +2,10 @@
 
 A window of ``steps`` consecutive feature steps is scored by the sum over its steps of that
 step's features times that step's slice of the weights. The scores of every window of a clip are
-therefore a 1-D convolution of the clip's (channels, time) features with the weights, and the
-gradient is that convolution's weight gradient: memory is that of the features, not ``steps``
-times it.
+therefore a 1-D correlation of the clip's (channels, time) features with the weights, and the
+gradient is the correlation of the clip's features with the windows' residuals: memory is that
+of the features, not ``steps`` times it. Both are computed as products of spectra, one matrix
+product per frequency (see :class:`WindowData`).
 
 The objectives are the reference solvers', so ``C`` means what it means for liblinear:
 
@@ -17,14 +18,15 @@ The objectives are the reference solvers', so ``C`` means what it means for libl
 The solver is truncated Newton on every window (a Newton matrix estimated on a regular subset
 of windows is blind to weights whose scores alternate between neighbouring windows, and its
 steps overshoot). Each step solves the Newton system by conjugate gradients with a two-part
-preconditioner (:class:`_Preconditioner`): on the ``RANK`` directions along which the windows
-vary most, each class's own Newton matrix, inverted exactly; on the rest, ``R + C * rho * G``,
-with ``G`` the Gram matrix of all windows (bias column included, computed from lagged products
-of the steps), ``R`` the regulariser and ``rho`` the loss's mean curvature. That is a change of
-variables, not of the objective: badly scaled features (conv8's logits, around -200) fit as
-easily as standardised ones, and layers with thousands of window dimensions (conv4, conv5)
-need about ten conjugate-gradient steps per Newton step. Features are centred internally, with
-the offset folded into the bias, so float32 convolutions keep their precision.
+preconditioner per class (:class:`_Preconditioner`), in the eigenbasis of the Gram matrix ``G``
+of all windows (bias column included, computed from lagged products of the steps): on the
+``RANK`` leading directions, the class's own Newton matrix, inverted exactly; on the rest,
+``R + C * rho_k * G``, with ``R`` the regulariser and ``rho_k`` the class's mean curvature. That
+is a change of variables, not of the objective: badly scaled features (conv8's logits, around
+-200) fit as easily as standardised ones. Conjugate gradients stop at ``MAX_CG`` steps while
+the capped Newton steps keep shrinking the gradient, and get more steps when they stop doing so.
+Features are centred internally, with the offset folded into the bias, so float32 spectra and
+window scores keep their precision; weights, gradients and sums of the objective are float64.
 
 Convergence: a class (for the multinomial loss, the whole problem) has converged when the norm
 of its gradient is at most ``tol`` times its norm at zero weights. A fit that stops earlier
@@ -43,16 +45,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.grad import conv1d_weight
 
 from soundnet_cli.errors import SoundnetError
 
 Loss = Literal["squared-hinge", "logistic"]
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 100
-MAX_CG = 25
+MAX_CG = 10  # conjugate-gradient steps per Newton step, at first
+MAX_CG_GROWN = 160  # ... and at most, when capped steps stop making progress
 GRAM_FLOPS = 1e11  # lagged products for the preconditioner: subsample clips beyond this
-CONVOLUTION_BYTES = 256 * 2**20  # unfolded windows per convolution call
+SPECTRA_BYTES = 256 * 2**20  # transient spectra per chunk of clips in a convolution
+SEGMENT_WINDOWS = 512  # windows per overlap-save segment when clips differ in length
 RANK = 64  # directions on which each class's Newton matrix is inverted exactly
 
 Tensor = torch.Tensor
@@ -86,9 +89,14 @@ class LinearSolution:
 class WindowData:
     """Clips' per-step features packed for window scores by 1-D convolution.
 
-    Clips of one length are stacked as a batch; clips of several lengths are concatenated in
-    time, and the windows that straddle two clips are masked out. A clip shorter than one window
-    is repeated circularly to one window, as ``cut_windows`` does.
+    Clips of one length are stacked as a batch. Clips of several lengths are concatenated in
+    time and cut into overlapping segments of equal length (overlap-save), and the windows that
+    straddle two clips are masked out. A clip shorter than one window is repeated circularly to
+    one window, as ``cut_windows`` does.
+
+    With windows of more than one step the convolutions are products of spectra: a 1-s window
+    of conv4 has 22 taps, and a product per frequency costs a fraction of the direct
+    convolution. The spectra are as long as a clip (or a segment), so nothing wraps around.
     """
 
     def __init__(
@@ -114,17 +122,20 @@ class WindowData:
             valid = torch.ones(len(lengths), windows, dtype=torch.bool)
             owner = torch.arange(len(lengths))[:, None].expand(-1, windows)
         else:
-            x = torch.from_numpy(stacked)[None]
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            owner_np = np.repeat(np.arange(len(lengths)), lengths)[: len(stacked) - steps + 1]
-            position = np.arange(len(owner_np)) - starts[owner_np]
-            valid = torch.from_numpy(position <= lengths[owner_np] - steps)[None]
-            owner = torch.from_numpy(owner_np)[None]
+            x, valid, owner = _segments(stacked, lengths, steps)
         self.x = (x - mean.float()).transpose(1, 2).contiguous().to(self.device)
         self.mean = mean.to(self.device)
         self.mask = valid.to(self.device, torch.float64)[:, None, :]  # (B, 1, W)
+        self.mask32 = self.mask.float()
         self.owner = owner.to(self.device)  # (B, W): the clip each window belongs to
         self.dim = steps * self.channels + 1  # weights and bias
+        self.fft_size = _fft_size(self.x.shape[2])
+        self.spectra: list[Tensor] = []  # per chunk of clips: (frequencies, clips, channels)
+        if steps > 1:
+            self.spectra = [
+                torch.fft.rfft(x, n=self.fft_size).permute(2, 0, 1).contiguous()
+                for x in self.x.split(self._chunk(self.channels))
+            ]
 
     @property
     def batch(self) -> int:
@@ -143,41 +154,53 @@ class WindowData:
         return values.to(self.device, torch.float64)[self.owner].permute(0, 2, 1) * self.mask
 
     def scores(self, theta: Tensor) -> Tensor:
-        """(K, dim) weights and biases -> (B, K, W) window scores, zero on masked windows."""
+        """(K, dim) weights and biases -> (B, K, W) float32 window scores, zero on masked
+        windows. The offset (the score of the mean features) is added last: the features are
+        centred, so float32 loses nothing to a large mean."""
         k = theta.shape[0]
         w = theta[:, :-1].reshape(k, self.steps, self.channels)
-        weight = w.transpose(1, 2).float().contiguous()
-        if self.steps == 1:  # a plain product: faster than a convolution with one tap
-            z = torch.matmul(weight[:, :, 0], self.x).double()
-        else:
-            z = torch.cat([F.conv1d(x, weight).double() for x in self._chunks()])
+        weight = w.transpose(1, 2).float()  # (K, channels, steps)
+        if self.steps == 1:  # a plain product
+            z = torch.matmul(weight[:, :, 0].contiguous(), self.x)
+        else:  # correlation: the product of each clip's spectrum and the weights' conjugate
+            spectrum = _conjugate(torch.fft.rfft(weight, n=self.fft_size).permute(2, 1, 0))
+            z = torch.cat(
+                [
+                    torch.fft.irfft(torch.bmm(part, spectrum).permute(1, 2, 0), n=self.fft_size)[
+                        :, :, : self.windows
+                    ]
+                    for part in self.spectra
+                ]
+            )
         offset = theta[:, -1] + (w * self.mean).sum((1, 2))
-        return (z + offset[None, :, None]) * self.mask
+        return (z + offset.float()[None, :, None]) * self.mask32
 
     def adjoint(self, r: Tensor) -> Tensor:
         """The transpose of :meth:`scores`: (B, K, W) window weights -> (K, dim)."""
         k = r.shape[1]
-        r = r * self.mask
+        r = r.float() * self.mask32
         if self.steps == 1:
-            grad = torch.einsum("bkt,bdt->kd", r.float(), self.x)[:, :, None]
+            grad = torch.einsum("bkt,bdt->kd", r, self.x)[:, :, None]
         else:
-            shape = (k, self.channels, self.steps)
-            grad = sum(
-                conv1d_weight(x, shape, r[start : start + len(x)].float())
-                for start, x in zip(range(0, self.batch, self.chunk), self._chunks(), strict=True)
+            products = torch.zeros(
+                self.fft_size // 2 + 1, k, self.channels, dtype=torch.complex64, device=self.device
             )
-        total = r.sum((0, 2))
+            start = 0
+            for part in self.spectra:
+                chunk = r[start : start + part.shape[1]]
+                start += part.shape[1]
+                spectrum = _conjugate(torch.fft.rfft(chunk, n=self.fft_size).permute(2, 1, 0))
+                products += torch.bmm(spectrum, part)
+            grad = torch.fft.irfft(products.permute(1, 2, 0), n=self.fft_size)[:, :, : self.steps]
+        total = r.sum((0, 2), dtype=torch.float64)
         grad_w = grad.double().transpose(1, 2) + total[:, None, None] * self.mean
         return torch.cat([grad_w.reshape(k, -1), total[:, None]], 1)
 
-    @property
-    def chunk(self) -> int:
-        """Clips per convolution: the convolutions unfold their windows, so bound that memory."""
-        per_clip = self.windows * self.steps * self.channels * 4
-        return max(1, CONVOLUTION_BYTES // per_clip)
-
-    def _chunks(self) -> Iterator[Tensor]:
-        return iter(self.x.split(self.chunk))
+    def _chunk(self, columns: int) -> int:
+        """Clips per spectral product, so that its transient spectra stay within a bound."""
+        frequencies = self.fft_size // 2 + 1
+        per_clip = columns * (2 * frequencies * 8 + self.fft_size * 4 + self.windows * 8)
+        return max(1, SPECTRA_BYTES // per_clip)
 
     def gram(self) -> Tensor:
         """The Gram matrix of the windows with a bias column, (dim, dim), from lagged products
@@ -203,6 +226,46 @@ class WindowData:
         gram[:-1, -1] = gram[-1, :-1] = self.mean.repeat(s)
         gram[-1, -1] = 1.0
         return gram * self.n_windows
+
+
+def _fft_size(length: int) -> int:
+    """The least length >= ``length`` whose prime factors are at most 7: FFTs of a prime
+    length are several times slower."""
+    size = length
+    while True:
+        rest = size
+        for prime in (2, 3, 5, 7):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 1
+
+
+def _conjugate(spectrum: Tensor) -> Tensor:
+    """The conjugate, materialised and contiguous: a lazily conjugated or strided operand makes
+    ``bmm`` copy it one matrix at a time, which costs as much as the product."""
+    return torch.conj_physical(spectrum).contiguous()
+
+
+def _segments(stacked: np.ndarray, lengths: np.ndarray, steps: int) -> tuple[Tensor, ...]:
+    """Clips of several lengths, concatenated in time: overlapping segments of equal length
+    (each starts ``hop`` steps after the last and shares ``steps - 1`` with it), whether each
+    segment's windows lie within one clip, and the clip each belongs to."""
+    total = len(stacked)
+    hop = SEGMENT_WINDOWS
+    count = max(1, math.ceil((total - steps + 1) / hop))
+    padded = np.zeros((count * hop + steps - 1, stacked.shape[1]), dtype=np.float32)
+    padded[:total] = stacked
+    view = np.lib.stride_tricks.sliding_window_view(padded, hop + steps - 1, axis=0)[::hop]
+    x = torch.from_numpy(view.transpose(0, 2, 1).copy())  # (B, L, channels)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    window = np.arange(count * hop)
+    owner = np.searchsorted(starts, window, side="right") - 1
+    valid = (window <= total - steps) & (window - starts[owner] <= lengths[owner] - steps)
+    owner = np.minimum(owner, len(lengths) - 1)
+    shape = (count, hop)
+    return x, torch.from_numpy(valid.reshape(shape)), torch.from_numpy(owner.reshape(shape))
 
 
 def _at_least(features: np.ndarray, steps: int) -> np.ndarray:
@@ -239,7 +302,7 @@ class _SquaredHinge:
         return (self._violation(z) > 0).double() * 2.0
 
     def hessian(self, z: Tensor) -> Callable[[Tensor], Tensor]:
-        weight = self.curvature(z)
+        weight = self.curvature(z).float()  # Newton matrix products are float32
         return lambda v: weight * v
 
 
@@ -266,7 +329,7 @@ class _BinaryLogistic:
         return p * (1 - p) * self.y.abs()
 
     def hessian(self, z: Tensor) -> Callable[[Tensor], Tensor]:
-        weight = self.curvature(z)
+        weight = self.curvature(z).float()  # Newton matrix products are float32
         return lambda v: weight * v
 
 
@@ -295,7 +358,7 @@ class _Multinomial:
         return p * (1 - p)
 
     def hessian(self, z: Tensor) -> Callable[[Tensor], Tensor]:
-        p = torch.softmax(z, 1) * self.mask
+        p = (torch.softmax(z, 1) * self.mask).float()
 
         def apply(v: Tensor) -> Tensor:
             return p * v - p * (p * v).sum(1, keepdim=True)
@@ -309,25 +372,32 @@ _LossObject = _SquaredHinge | _BinaryLogistic | _Multinomial
 class _Preconditioner:
     """An approximate inverse of each class's Newton matrix ``R + C * X' D_k X``.
 
-    Exact on the ``rank`` directions along which the windows vary most (the top of the Gram
-    matrix ``G``), where the classes' active windows differ most, with ``D_k`` the class's own
-    curvature; ``R + C * rho * G`` with the mean curvature ``rho`` on the rest, where the
-    regulariser dominates. Both parts are symmetric positive definite, so their sum is too.
-    For the multinomial loss these are the diagonal blocks, and the biases' sum over classes,
-    which changes no probability, is kept where it is.
+    In the eigenbasis of the Gram matrix ``G`` of the windows: exact on the ``rank`` leading
+    directions, along which the windows vary most and the classes' active windows differ most,
+    with ``D_k`` the class's own curvature; on the others, ``X' D_k X`` is taken as
+    ``rho_k * G`` with ``rho_k`` the class's mean curvature, so that part is diagonal. Both
+    parts are symmetric positive definite, so their sum is too. For the multinomial loss these
+    are the diagonal blocks, and the biases' sum over classes, which changes no probability, is
+    kept where it is.
     """
 
     def __init__(
         self, data: WindowData, gram: Tensor, reg: Tensor, C: float, rank: int, coupled: bool
     ) -> None:
-        self.reg, self.gram, self.C, self.coupled = reg, gram, C, coupled
-        self.basis = _top_subspace(gram, min(rank, len(gram)))  # (dim, r), orthonormal
-        self.full = self.basis.shape[1] == len(gram)
-        projected = data.scores(self.basis.T).float()  # (B, r, W): windows along directions
-        self.projected = projected.permute(0, 2, 1).reshape(-1, self.basis.shape[1])
+        self.C, self.coupled, self.n_windows = C, coupled, data.n_windows
+        # float32 suffices: any orthonormal basis and positive scales give a valid preconditioner
+        values, vectors = torch.linalg.eigh(gram.float())
+        values, vectors = values.flip(0).clamp_min(0.0), vectors.flip(1)
+        rank = min(rank, len(gram))
+        self.basis = vectors[:, :rank].double().contiguous()  # (dim, r), orthonormal
+        self.rest = vectors[:, rank:].contiguous()  # (dim, dim - r), float32
+        self.rest_values = values[rank:]
+        self.rest_reg = float(reg.mean())
+        projected = data.scores(self.basis.T)  # (B, r, W): windows along the leading directions
+        self.projected = projected.permute(0, 2, 1).reshape(-1, rank)
         self.reg_block = self.basis.T @ (reg[:, None] * self.basis)
-        self._global: tuple[float, Tensor] | None = None
         self._blocks: Tensor | None = None
+        self._rest_scale: Tensor | None = None
 
     def update(self, weights: Tensor) -> None:
         """``weights``: (B, K, W) curvature of each class's windows."""
@@ -339,41 +409,18 @@ class _Preconditioner:
             y = self.projected[active]
             rows.append(self.reg_block + self.C * ((y * w[active, j, None]).T @ y).double())
         self._blocks = _cholesky(torch.stack(rows))
-        if self.full:
-            return
-        rho = float(weights.mean())
-        if self._global is None or not 0.5 <= rho / max(self._global[0], 1e-12) <= 2.0:
-            self._global = None  # free the old factor before making the next
-            matrix = self.gram * (self.C * max(rho, 1e-6))
-            matrix.diagonal().add_(self.reg)
-            self._global = (rho, _cholesky(matrix))
+        rho = (w.sum(0, dtype=torch.float64) / self.n_windows).float().clamp_min(1e-6)
+        self._rest_scale = 1.0 / (self.rest_reg + self.C * rho[:, None] * self.rest_values)
 
     def __call__(self, r: Tensor) -> Tensor:
-        assert self._blocks is not None
+        assert self._blocks is not None and self._rest_scale is not None
         along = r @ self.basis  # (K, r)
-        top = torch.cholesky_solve(along[:, :, None], self._blocks)[:, :, 0] @ self.basis.T
-        if not self.full:
-            assert self._global is not None
-            rest = torch.cholesky_solve((r - along @ self.basis.T).T, self._global[1]).T
-            top = top + rest - (rest @ self.basis) @ self.basis.T
+        out = torch.cholesky_solve(along[:, :, None], self._blocks)[:, :, 0] @ self.basis.T
+        if self.rest.shape[1]:
+            out = out + (((r.float() @ self.rest) * self._rest_scale) @ self.rest.T).double()
         if self.coupled:
-            top[:, -1] -= top[:, -1].mean()
-        return top
-
-
-def _top_subspace(gram: Tensor, rank: int) -> Tensor:
-    """An orthonormal basis of (nearly) the ``rank`` leading eigenvectors of ``gram``: all of
-    them by eigendecomposition when that is cheap, else by a seeded randomised range finder."""
-    n = len(gram)
-    if 2 * rank >= n:
-        return torch.linalg.eigh(gram)[1].flip(1)[:, :rank].contiguous()
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(n, rank + 16, generator=generator, dtype=gram.dtype).to(gram.device)
-    basis = torch.linalg.qr(gram @ probe)[0]
-    for _ in range(2):
-        basis = torch.linalg.qr(gram @ basis)[0]
-    values, vectors = torch.linalg.eigh(basis.T @ gram @ basis)
-    return (basis @ vectors.flip(1)[:, :rank]).contiguous()
+            out[:, -1] -= out[:, -1].mean()
+        return out
 
 
 def fit_linear(
@@ -484,12 +531,12 @@ def _newton(
         theta, z, g = zero, zero_z, g_zero
     else:
         theta = theta0.to(torch.float64)
-        z = data.scores(theta)
+        z = data.scores(theta).double()
         g = gradient(theta, z, loss)
     scale = group(g_zero.square()).sqrt().clamp_min(1e-300)
     precondition = _Preconditioner(data, data.gram(), reg, C, RANK, loss.coupled)
     stalled = torch.zeros_like(scale, dtype=torch.bool)
-    iterations = 0
+    iterations, cg_limit, recent = 0, MAX_CG, list[float]()
     while True:
         ratio = group(g.square()).sqrt() / scale
         live = (ratio > tol) & ~stalled
@@ -512,7 +559,7 @@ def _newton(
 
         ratio_c = ratio if loss.coupled else ratio[live]
         forcing = ratio_c.sqrt().clamp(max=0.1)
-        direction = _pcg(hess, -g_c, precondition, forcing, group, spread)
+        direction, capped = _pcg(hess, -g_c, precondition, forcing, group, spread, cg_limit)
         zd = data.scores(direction)
         slope = group(g_c * direction)
         f = objective(theta_c, z_c)
@@ -532,6 +579,14 @@ def _newton(
         theta[cols] = theta_c + t * direction
         z[:, cols] = z_c + t[None] * zd
         g[cols] = gradient(theta[cols], z[:, cols], part)
+        # Inexact Newton steps are cheap while they still shrink the gradient; once three capped
+        # ones in a row barely do (few windows per dimension), the systems get more steps.
+        scale_c = scale if loss.coupled else scale[cols]
+        progress = float((group(g[cols].square()).sqrt() / scale_c).max()) / float(ratio_c.max())
+        recent = [*recent[-2:], progress] if capped else []
+        if len(recent) == 3 and math.prod(recent) > 0.85**3:
+            recent = []
+            cg_limit = min(2 * cg_limit, MAX_CG_GROWN)
     worst = float((group(g.square()).sqrt() / scale).max())
     return theta, iterations, worst
 
@@ -559,9 +614,11 @@ def _pcg(
     forcing: Tensor,
     group: Callable[[Tensor], Tensor],
     spread: Callable[[Tensor, int], Tensor],
-) -> Tensor:
+    limit: int,
+) -> tuple[Tensor, bool]:
     """Preconditioned conjugate gradients for ``hess(x) = b``, one system per group, each
-    stopped when its residual is below ``forcing`` times its right-hand side."""
+    stopped when its residual is below ``forcing`` times its right-hand side or after ``limit``
+    steps; also returns whether any system was stopped by the limit."""
     columns = b.shape[0]
 
     def per_column(a: Tensor) -> Tensor:
@@ -574,7 +631,7 @@ def _pcg(
     zr = precondition(r)
     p = zr.clone()
     rz = group(r * zr)
-    for _ in range(MAX_CG):
+    for _ in range(limit):
         hp = hess(p)
         curvature = group(p * hp)
         alpha = torch.where(live, rz / curvature.clamp_min(1e-300), torch.zeros_like(rz))
@@ -582,10 +639,10 @@ def _pcg(
         r = r - per_column(alpha) * hp
         live = live & (group(r.square()).sqrt() > target)
         if not live.any():
-            break
+            return x, False
         zr = precondition(r)
         rz_new = group(r * zr)
         beta = torch.where(live, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
         p = (zr + per_column(beta) * p) * per_column(live.double())
         rz = rz_new
-    return x
+    return x, True

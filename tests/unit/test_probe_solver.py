@@ -38,9 +38,11 @@ def decisions(solution, X):
     return X @ solution.coef.T + solution.intercept
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("segment", [512, 2])
+@pytest.mark.parametrize("steps", [1, 3, 5])
 @pytest.mark.parametrize("lengths", [None, [3, 8, 1, 6, 5, 2]])
-def test_window_scores_are_a_convolution_of_the_steps(lengths, steps):
+def test_window_scores_are_a_convolution_of_the_steps(lengths, steps, segment, monkeypatch):
+    monkeypatch.setattr(solver_module, "SEGMENT_WINDOWS", segment)  # 2: many short segments
     clips, _ = clips_of(6, 2, steps=8, dim=4)
     if lengths:  # clips of several lengths, one shorter than a window
         clips = [c[:n] for c, n in zip(clips, lengths, strict=True)]
@@ -54,8 +56,12 @@ def test_window_scores_are_a_convolution_of_the_steps(lengths, steps):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("segment", [512, 3])
 @pytest.mark.parametrize("steps", [1, 2, 3])
-def test_adjoint_is_the_transpose_of_the_scores(steps):
+def test_adjoint_is_the_transpose_of_the_scores(steps, segment, monkeypatch):
+    monkeypatch.setattr(solver_module, "SEGMENT_WINDOWS", segment)
+    if segment < 512:  # and one clip per spectral product
+        monkeypatch.setattr(solver_module, "SPECTRA_BYTES", 1)
     clips, _ = clips_of(5, 2, steps=9, dim=3, shift=-20.0)
     data = WindowData([c[: 4 + i] for i, c in enumerate(clips)], steps=steps)
     theta = torch.randn(3, data.dim, dtype=torch.float64)
@@ -88,6 +94,20 @@ def test_badly_scaled_features_converge_to_the_same_optimum():
     np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
     dual = LinearSVMProbe(C=0.05, max_iter=20, solver="liblinear").fit(X, y)
     assert dual.fit_report_ is not None and not dual.fit_report_.converged
+
+
+def test_conjugate_gradients_get_more_steps_when_capped_newton_steps_stall(monkeypatch):
+    """One conjugate-gradient step per Newton step is preconditioned gradient descent, too slow
+    on many dimensions and few windows: the solver notices and gives the systems more steps."""
+    monkeypatch.setattr(solver_module, "MAX_CG", 1)
+    monkeypatch.setattr(solver_module, "RANK", 2)
+    clips, labels = clips_of(24, 3, steps=1, dim=40, seed=3)
+    X, y = windows_of(clips, labels, 1)
+    solution = fit_linear(clips, labels, 3, 1, C=1.0, tol=1e-6, max_iter=60)
+    reference = LinearSVC(C=1.0, dual=False, tol=1e-12, max_iter=100_000).fit(X, y)
+    expected = reference.decision_function(X)
+    assert solution.report.converged
+    np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("classes", [2, 3])
