@@ -115,6 +115,8 @@ class WindowData:
         lengths = np.array([len(a) for a in arrays])
         stacked = np.concatenate(arrays)
         del arrays
+        if not np.isfinite(stacked).all():
+            raise SoundnetError("the probe's features contain NaN or infinite values")
         mean = torch.from_numpy(stacked.mean(0, dtype=np.float64))
         if (lengths == lengths[0]).all():
             x = torch.from_numpy(stacked).view(len(lengths), int(lengths[0]), self.channels)
@@ -386,7 +388,7 @@ class _Preconditioner:
     ) -> None:
         self.C, self.coupled, self.n_windows = C, coupled, data.n_windows
         # float32 suffices: any orthonormal basis and positive scales give a valid preconditioner
-        values, vectors = torch.linalg.eigh(gram.float())
+        values, vectors = _eigh(gram)
         values, vectors = values.flip(0).clamp_min(0.0), vectors.flip(1)
         rank = min(rank, len(gram))
         self.basis = vectors[:, :rank].double().contiguous()  # (dim, r), orthonormal
@@ -589,6 +591,18 @@ def _newton(
             cg_limit = min(2 * cg_limit, MAX_CG_GROWN)
     worst = float((group(g.square()).sqrt() / scale).max())
     return theta, iterations, worst
+
+
+def _eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the Gram matrix, float32; in float64 when
+    float32 does not converge."""
+    for dtype in (torch.float32, torch.float64):
+        try:
+            values, vectors = torch.linalg.eigh(gram.to(dtype))
+        except torch.linalg.LinAlgError:
+            continue
+        return values.float(), vectors.float()
+    raise SoundnetError("the probe's preconditioner could not be computed (eigendecomposition)")
 
 
 def _cholesky(matrix: Tensor) -> Tensor:

@@ -138,6 +138,13 @@ def test_preconditioner_split_between_exact_and_global_parts_still_matches(monke
     np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
 
 
+def test_features_with_nan_are_refused_in_one_line():
+    clips, labels = clips_of(6, 2)
+    clips[2][3, 1] = np.nan
+    with pytest.raises(SoundnetError, match="NaN or infinite"):
+        fit_linear(clips, labels, 2, 3)
+
+
 def test_a_solver_that_stops_early_says_so():
     clips, labels = clips_of(30, 3, scale=45.0, shift=-200.0)
     probe = ClipProbe(LinearSVMProbe(C=0.05, max_iter=1), steps=3).fit(clips, labels.astype(str))
