@@ -174,11 +174,10 @@ def one_file(tmp: Path, runs: int) -> dict[str, float]:
 # -- stages in one process -------------------------------------------------------------------
 def stages(tmp: Path, clips: int = 64) -> dict[str, float]:
     """x realtime of each stage alone, on one thread except the model (all threads)."""
-    import soundfile as sf
     import torch
     import torchaudio.functional as taf
 
-    from soundnet_cli.media.audio import resample
+    from soundnet_cli.media.audio import decode, resample
     from soundnet_cli.models import load_student
     from soundnet_cli.students.inference import FastStudent
 
@@ -186,7 +185,7 @@ def stages(tmp: Path, clips: int = 64) -> dict[str, float]:
     decoded = []
     started = time.perf_counter()
     for path in files:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = decode(path)  # the product's reading path
         decoded.append((np.ascontiguousarray(data[:, 0]), rate))
     decode_s = time.perf_counter() - started
     seconds = sum(len(w) / r for w, r in decoded)
@@ -203,9 +202,10 @@ def stages(tmp: Path, clips: int = 64) -> dict[str, float]:
     fast = FastStudent(model)
     batch = torch.from_numpy(np.stack(waves[:16])) * 256
 
-    def speed(m, dtype=None) -> float:
+    def speed(m, dtype=None, threads=threads) -> float:
         if dtype is not None:
             m.set_dtype(dtype)
+        torch.set_num_threads(threads)
         with torch.inference_mode():
             m.forward_features(batch, ["pool5"])
             started = time.perf_counter()
@@ -214,6 +214,8 @@ def stages(tmp: Path, clips: int = 64) -> dict[str, float]:
         return 3 * len(batch) * 5.0 / (time.perf_counter() - started)
 
     plain, fp32, bf16 = speed(model), speed(fast, torch.float32), speed(fast, torch.bfloat16)
+    one = {dtype: speed(fast, dtype, threads=1) for dtype in (torch.float32, torch.bfloat16)}
+    torch.set_num_threads(threads)
     features = np.random.default_rng(0).standard_normal((13, 256)).astype(np.float32)
     started = time.perf_counter()
     for i in range(len(files)):
@@ -226,6 +228,8 @@ def stages(tmp: Path, clips: int = 64) -> dict[str, float]:
         f"model_plain_fp32_{threads}_threads": round(plain),
         f"model_rewritten_fp32_{threads}_threads": round(fp32),
         f"model_rewritten_bf16_{threads}_threads": round(bf16),
+        "model_rewritten_fp32_1_thread": round(one[torch.float32]),
+        "model_rewritten_bf16_1_thread": round(one[torch.bfloat16]),
         "write_npy": round(seconds / write_s),
     }
 

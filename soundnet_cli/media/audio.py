@@ -50,7 +50,7 @@ def decode(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     try:
         with open_audio(name) as handle:
             declared, rate = int(handle.frames), int(handle.samplerate)
-            data = handle.read(dtype="float32", always_2d=True)
+            data = read_float(handle)
     except SoundnetError:
         raise
     except Exception as exc:  # libsndfile reports every format problem as its own error type
@@ -75,10 +75,23 @@ def open_audio(path: str | os.PathLike[str]) -> Any:
     return sf.SoundFile(os.fspath(path))
 
 
+def read_float(handle: Any, frames: int = -1) -> np.ndarray:
+    """``frames`` frames (all: -1) from an open file as float32 (frames, channels) in [-1, 1].
+
+    16-bit PCM is read as integers and scaled here: the same numbers as libsndfile's float
+    conversion (n / 32768, exact in float32), without its per-sample conversion loop, which
+    costs 15% of decoding a FLAC file."""
+    if getattr(handle, "subtype", None) == "PCM_16":
+        data = handle.read(frames, dtype="int16", always_2d=True).astype(np.float32)
+        data *= np.float32(1 / 32768)
+        return data
+    result: np.ndarray = handle.read(frames, dtype="float32", always_2d=True)
+    return result
+
+
 def check_finite(data: np.ndarray, name: str) -> None:
     if not np.isfinite(data).all():
         raise AudioError(f"{name}: the audio contains NaN or infinite samples")
-
 
 
 def declared_wav_frames(path: Path) -> int | None:
@@ -146,9 +159,7 @@ def resample(wave: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE)
     return soxr.resample(wave, source_rate, target_rate, quality=RESAMPLE_QUALITY)
 
 
-def model_ready(
-    mono: np.ndarray, source_rate: int, sample_rate: int = SAMPLE_RATE
-) -> np.ndarray:
+def model_ready(mono: np.ndarray, source_rate: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Mono float audio in [-1, 1] -> what a student takes: resampled, times :data:`SCALE`."""
     out = resample(mono, source_rate, sample_rate)
     if out is mono:

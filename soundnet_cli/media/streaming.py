@@ -24,6 +24,7 @@ from soundnet_cli.media.audio import (
     check_complete,
     check_finite,
     open_audio,
+    read_float,
     resampled_length,
     to_mono,
 )
@@ -95,7 +96,7 @@ class StreamingAudio:
         data = np.zeros((0, self.source_channels), dtype=np.float32)
         if want > 0:
             try:
-                data = self._file.read(want, dtype="float32", always_2d=True)
+                data = read_float(self._file, want)
             except Exception as exc:
                 raise AudioError(f"{self.path}: cannot read audio ({reason(exc)})") from exc
             if len(data) < want:

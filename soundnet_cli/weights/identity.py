@@ -160,7 +160,9 @@ def precision_cache(model: Any, device: Any = None) -> PrecisionCache | None:
     if getattr(model, "checkpoint_info", None) is None:
         return None
     where = device if device is not None else getattr(model, "device", "cpu")
-    prefix = f"{model_key(model)}|{device_name(where)}|torch {torch.__version__}"
+    from soundnet_cli.students.inference import KERNELS
+
+    prefix = f"{model_key(model)}|{device_name(where)}|torch {torch.__version__}|{KERNELS}"
     return PrecisionCache(prefix)
 
 

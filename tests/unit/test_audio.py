@@ -154,3 +154,27 @@ def test_unusual_rates_extract_in_bounded_memory(tmp_path):
     peak_kib = int(done.stdout.split()[-1])
     assert peak_kib < 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
     assert len(list((tmp_path / "out").glob("*.pool5.npy"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype"),
+    [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("WAV", "FLOAT")],
+)
+def test_integer_reads_give_libsndfiles_own_floats(tmp_path, fmt, subtype):
+    """16-bit files are read as integers and scaled by us: bit for bit libsndfile's floats,
+    including the extremes (-32768 and 32767); other encodings take libsndfile's path."""
+    from soundnet_cli.media.audio import read_float
+
+    rng = np.random.default_rng(5)
+    data = rng.uniform(-1, 1, (3000, 2)).astype(np.float32)
+    data[:2] = [[-1.0, 1.0], [32767 / 32768, -32767 / 32768]]
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(path, data, 16000, format=fmt, subtype=subtype)
+    with sf.SoundFile(path) as handle:
+        expected = handle.read(dtype="float32", always_2d=True)
+        handle.seek(0)
+        ours = read_float(handle)
+        handle.seek(100)
+        part = read_float(handle, 500)
+    assert ours.dtype == np.float32 and np.array_equal(ours, expected)
+    assert np.array_equal(part, expected[100:600])
