@@ -6,7 +6,9 @@ One place for every command (extract, prepare, distill, finetune): torchrun sets
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from dataclasses import dataclass
 
 from soundnet_cli.errors import UsageProblem
@@ -75,6 +77,23 @@ def device_for(spec: str, world: World | None = None) -> str:
     if device == "cuda" and world.distributed:
         return f"cuda:{world.local_rank}"
     return device
+
+
+def import_torch() -> None:
+    """Import torch without the cyclic garbage collector walking it. The import makes
+    hundreds of thousands of long-lived objects, which the collector would walk again and
+    again while the import runs and after it: they are moved to the collector's permanent
+    generation (``gc.freeze``) instead, as they would never be garbage."""
+    if "torch" in sys.modules:
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import torch  # noqa: F401
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def available_cpus() -> int:

@@ -85,6 +85,22 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def torch_command(func: F) -> F:
+    """:func:`handle_errors` for a command that runs torch: torch is imported first, with
+    the cyclic garbage collector kept off its objects (``runtime.import_torch``: 0.3 s less
+    start-up)."""
+    handled = handle_errors(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from soundnet_cli.runtime import import_torch
+
+        import_torch()
+        return handled(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def os_reason(exc: OSError) -> str:
     """``path: Permission denied`` from an OSError, for one line on stderr."""
     what = exc.strerror or str(exc) or type(exc).__name__

@@ -177,4 +177,4 @@ def _train(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill")(_common.handle_errors(distill_command))
+    app.command("distill")(_common.torch_command(distill_command))

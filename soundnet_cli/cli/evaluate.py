@@ -208,4 +208,4 @@ def _render(report: EvaluationReport) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(_common.handle_errors(evaluate_command))
+    app.command("evaluate")(_common.torch_command(evaluate_command))

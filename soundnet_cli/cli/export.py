@@ -117,4 +117,4 @@ def _render(summary: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(_common.handle_errors(export_command))
+    app.command("export")(_common.torch_command(export_command))

@@ -180,4 +180,4 @@ def _list_failures(summary: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("extract")(_common.handle_errors(extract_command))
+    app.command("extract")(_common.torch_command(extract_command))

@@ -193,4 +193,4 @@ def _report(summary: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune")(_common.handle_errors(finetune_command))
+    app.command("finetune")(_common.torch_command(finetune_command))

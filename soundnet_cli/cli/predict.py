@@ -260,4 +260,4 @@ def _render_segments(console: Console, prediction: Prediction) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("predict")(_common.handle_errors(predict_command))
+    app.command("predict")(_common.torch_command(predict_command))

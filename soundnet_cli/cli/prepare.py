@@ -174,4 +174,4 @@ def _summarise(report: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prepare")(_common.handle_errors(prepare_command))
+    app.command("prepare")(_common.torch_command(prepare_command))

@@ -276,7 +276,7 @@ class _Extractor:
 
         groups: dict[int, list[_Decoded]] = {}
         window = self.workers * 2 + self.batch_size
-        queue: deque[Future[_Decoded]] = deque()
+        queue: deque[tuple[Source, Future[_Decoded]]] = deque()
         pending = iter(sources)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="soundnet-decode") as pool:
             try:
@@ -285,10 +285,12 @@ class _Extractor:
                         source = next(pending, None)
                         if source is None:
                             break
-                        queue.append(pool.submit(self._decode, source))
+                        queue.append((source, pool.submit(self._decode, source)))
                     if not queue:
                         break
-                    item = queue.popleft().result()
+                    if not queue[0][1].done() and self._decode_here(queue):
+                        continue
+                    item = queue.popleft()[1].result()
                     if item.error is not None:
                         self._failed(item.source, item.error)
                     elif item.long:
@@ -305,8 +307,21 @@ class _Extractor:
                 for group in list(groups.values()):
                     self._batch(group)
             finally:
-                for future in queue:
+                for _, future in queue:
                     future.cancel()
+
+    def _decode_here(self, queue: deque[tuple[Source, Future[_Decoded]]]) -> bool:
+        """Rather than wait for the workers, decode the latest input none has started, in this
+        thread. Decoding costs more than the model on a small CPU (FLAC: about 2x fp32
+        SoundNet-8), so the model's thread would otherwise sit idle; False when there is none."""
+        for index in reversed(range(len(queue))):
+            source, future = queue[index]
+            if future.cancel():  # only an input no worker has started
+                done: Future[_Decoded] = Future()
+                done.set_result(self._decode(source))
+                queue[index] = (source, done)
+                return True
+        return False
 
     # -- compute stage (main thread) --
     def _batch(self, items: list[_Decoded]) -> None:
@@ -750,4 +765,3 @@ def default_workers(device_type: str) -> int:
     """Decoding threads: half the cores beside a CPU model, all but one beside a GPU."""
     cpus = available_cpus()
     return max(1, cpus // 2 if device_type == "cpu" else cpus - 1)
-

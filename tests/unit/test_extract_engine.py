@@ -287,3 +287,37 @@ def test_manifest_survives_a_torn_journal_line(model, wav_factory, tmp_path):
     extract([clip.parent], ["pool5"], out, model=model)
     assert list(manifest_rows(out)) == ["a"]
     shutil.rmtree(out)
+
+
+def test_the_model_thread_decodes_while_the_workers_lag(model, wav_factory, tmp_path, monkeypatch):
+    """When the next input is not decoded yet, the model's thread decodes one no worker has
+    started rather than wait; every output is still right and listed once."""
+    import threading
+    import time
+
+    from soundnet_cli.extraction import engine
+
+    paths = [
+        wav_factory(f"clip{i}.wav", seconds=1.0 + i % 3 * 0.25, freq=200.0 + 50 * i)
+        for i in range(12)
+    ]
+    where: dict[str, str] = {}
+    original = engine._Extractor._decode
+
+    def slow_in_workers(self, source):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.2)  # a worker far slower than the model
+        where[source.path.name] = threading.current_thread().name
+        return original(self, source)
+
+    monkeypatch.setattr(engine._Extractor, "_decode", slow_in_workers)
+    out = tmp_path / "out"
+    summary = extract(paths, ["pool5"], out, model=model, workers=1, batch_size=4)
+    assert summary.extracted == 12 and not summary.failures
+    assert sorted(where) == sorted(p.name for p in paths)
+    assert "MainThread" in where.values() and any(w != "MainThread" for w in where.values())
+    rows = manifest_rows(out)
+    assert len(rows) == 12
+    for path in paths:
+        ours = np.load(out / f"{path.stem}.pool5.npy")
+        assert_close(ours, expected_features(model, path, "pool5"))

@@ -66,3 +66,33 @@ def test_set_threads():
             set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+COUNT_COLLECTIONS = """
+import gc, sys
+from soundnet_cli.runtime import import_torch
+runs = []
+gc.callbacks.append(lambda phase, info: phase == "start" and runs.append(info["generation"]))
+{importer}
+print(len(runs), gc.isenabled(), "torch" in sys.modules)
+"""
+
+
+def test_torch_is_imported_without_garbage_collections():
+    """A plain `import torch` runs the cyclic collector many times (over a heap that keeps
+    growing); import_torch pauses it for the import and turns it back on."""
+    import subprocess
+    import sys
+
+    def collections(importer: str) -> list[str]:
+        code = COUNT_COLLECTIONS.format(importer=importer)
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    plain = collections("import torch")
+    ours = collections("import_torch()")
+    assert int(plain[0]) > 10 and plain[1:] == ["True", "True"]
+    assert ours == ["0", "True", "True"]
