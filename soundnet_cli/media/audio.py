@@ -49,12 +49,17 @@ def decode(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
         raise AudioError(f"{name}: empty file (0 bytes)")
     try:
         with open_audio(name) as handle:
-            declared, rate = int(handle.frames), int(handle.samplerate)
-            data = read_float(handle)
+            return read_whole(handle, name)
     except SoundnetError:
         raise
     except Exception as exc:  # libsndfile reports every format problem as its own error type
         raise AudioError(f"{name}: cannot read audio ({reason(exc)})") from exc
+
+
+def read_whole(handle: Any, name: str) -> tuple[np.ndarray, int]:
+    """:func:`decode` of a file already open (``open_audio``) at its start."""
+    declared, rate = int(handle.frames), int(handle.samplerate)
+    data = read_float(handle)
     if data.size == 0:
         raise AudioError(f"{name}: the file holds no audio samples")
     check_complete(Path(name), len(data), declared)
@@ -177,9 +182,15 @@ def load_audio(
     read in windows of the same waveform by :class:`~soundnet_cli.media.streaming.StreamingAudio`.
     """
     data, rate = decode(path)
+    return waveform(data, rate, mix=mix, sample_rate=sample_rate)
+
+
+def waveform(
+    data: np.ndarray, rate: int, *, mix: Mix = "first", sample_rate: int = SAMPLE_RATE
+) -> Waveform:
+    """Decoded (frames, channels) float audio at ``rate`` -> the model-ready :class:`Waveform`."""
     frames, channels = data.shape
     mono = to_mono(data, mix)
-    del data
     return Waveform(model_ready(mono, rate, sample_rate), sample_rate, rate, channels, frames)
 
 
