@@ -90,10 +90,9 @@ def fit(
     from soundnet_cli.plugins import get_plugins
 
     check_layers(model, [layer])
-    if precision != "fp32":
-        from soundnet_cli.models import for_inference
+    from soundnet_cli.models import for_inference
 
-        model = for_inference(model, [layer], precision=precision, announce=announce)
+    model = for_inference(model, [layer], precision=precision, announce=announce)
     entry = get_plugins().probes.get(probe)
     features = compute_features(
         model,
@@ -170,12 +169,9 @@ def predict(
     as :func:`fit`)."""
     features_meta = probe_file.meta["features"]
     probe_file.check_features(features_meta["layer"], model_key(model))
-    if precision != "fp32":
-        from soundnet_cli.models import for_inference
+    from soundnet_cli.models import for_inference
 
-        model = for_inference(
-            model, [features_meta["layer"]], precision=precision, announce=announce
-        )
+    model = for_inference(model, [features_meta["layer"]], precision=precision, announce=announce)
     features = compute_features(
         model,
         paths,

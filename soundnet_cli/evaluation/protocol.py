@@ -152,8 +152,7 @@ def evaluate(
     from soundnet_cli.plugins import get_plugins
 
     check_layers(model, layers)
-    if precision != "fp32":
-        model = for_inference(model, layers, precision=precision, announce=announce)
+    model = for_inference(model, layers, precision=precision, announce=announce)
     make_entry = get_plugins().probes.get(probe)
     started = time.perf_counter()
     clips = dataset.clips(Path(root))
@@ -203,11 +202,7 @@ def evaluate(
 
     jobs = [(split, layer) for split in splits for layer in layers]
     for n, (split, layer) in enumerate(jobs):
-        report.results.append(
-            _run_split(
-                clips, features, split, layer, model, dataset, make, C
-            )
-        )
+        report.results.append(_run_split(clips, features, split, layer, model, dataset, make, C))
         if progress:
             progress("probes", n + 1, len(jobs))
     report.seconds = {"features": featurised - started, "probes": time.perf_counter() - featurised}

@@ -59,7 +59,7 @@ def predict_files(
     """
     from soundnet_cli.media.audio import load_audio
 
-    if precision != "fp32" and getattr(model, "head_spec", None) is not None:
+    if getattr(model, "head_spec", None) is not None:
         from soundnet_cli.models import for_inference
 
         model = for_inference(model, [model.head_spec.name], precision=precision, announce=announce)

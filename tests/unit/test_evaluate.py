@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from soundnet_cli.errors import LayerError
+from soundnet_cli.evaluation import features as features_module
 from soundnet_cli.evaluation.datasets import ESC50
 from soundnet_cli.evaluation.protocol import evaluate
 from soundnet_cli.weights.checkpoints import load_checkpoint
@@ -16,18 +17,25 @@ def tree(tmp_path):
     return make_esc_tree(tmp_path / "esc", CLASSES, per_class=6, folds=2, seconds=1.0)
 
 
+def model_passes(monkeypatch) -> list[tuple[int, tuple[str, ...]]]:
+    """Record every pass of a clip through the model: (samples, layers)."""
+    calls: list[tuple[int, tuple[str, ...]]] = []
+    original = features_module.clip_features
+
+    def recording(model, wave, layers, device="cpu"):
+        calls.append((len(wave), tuple(layers)))
+        return original(model, wave, layers, device)
+
+    monkeypatch.setattr(features_module, "clip_features", recording)
+    return calls
+
+
 def test_protocol_on_a_separable_dataset(tree, named_checkpoint, monkeypatch):
     model = load_checkpoint(named_checkpoint)
-    calls = []
-    original = model.forward_features
-    monkeypatch.setattr(
-        model,
-        "forward_features",
-        lambda wave, layers: calls.append(wave.shape) or original(wave, layers),
-    )
+    calls = model_passes(monkeypatch)
     report = evaluate(ESC50(), tree, model, ["conv5", "pool5"], C=1.0)
     assert len(calls) == 18  # one pass per clip for both layers
-    assert all(shape[-1] == 220500 for shape in calls)  # 1-s clips repeated to 10 s
+    assert all(call == (220500, ("conv5", "pool5")) for call in calls)  # 1-s clips, 10 s
     assert [(r.split, r.layer) for r in report.results] == [
         ("fold 1", "conv5"),
         ("fold 1", "pool5"),
@@ -44,9 +52,10 @@ def test_protocol_on_a_separable_dataset(tree, named_checkpoint, monkeypatch):
 
 def test_features_are_cached_between_runs(tree, named_checkpoint, monkeypatch):
     model = load_checkpoint(named_checkpoint)
+    calls = model_passes(monkeypatch)
     first = evaluate(ESC50(), tree, model, ["pool5"])
-    calls = []
-    monkeypatch.setattr(model, "forward_features", lambda *a: calls.append(1))
+    assert len(calls) == 18
+    calls.clear()
     second = evaluate(ESC50(), tree, model, ["pool5"])
     assert calls == []
     assert [r.accuracy for r in first.results] == [r.accuracy for r in second.results]
