@@ -123,7 +123,6 @@ class FusedConv(nn.Module):
         super().__init__()
         out_channels, in_channels, kernel = weight.shape
         self.stride, self.padding, self.kernel = stride, padding, kernel
-        self.in_channels = in_channels
         self.polyphase = (
             stride > 1 and kernel % stride == 0 and in_channels * stride <= _POLYPHASE_MAX_CHANNELS
         )
@@ -501,11 +500,8 @@ def choose_precision(
         per_stage = stage_errors(fast, dtype, wave)
         kept = tuple(name for name, e in per_stage.items() if e > limit)
         if len(kept) == len(per_stage):  # nothing left to run in half precision
-            return (
-                None,
-                max(per_stage.values()),
-                (f"relative error {max(per_stage.values()):.2e} exceeds the tolerance {limit:.0e}"),
-            )
+            worst = max(per_stage.values())
+            return None, worst, f"relative error {worst:.2e} exceeds the tolerance {limit:.0e}"
         error = precision_error(fast, layers, dtype, wave, keep_fp32=kept)
         note = f"{', '.join(kept)} kept in fp32 (wrong in {precision} here)" if kept else ""
     except RuntimeError as exc:  # e.g. fp16 convolutions unsupported on this device

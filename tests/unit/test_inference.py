@@ -249,3 +249,15 @@ def test_large_stages_in_pieces_equal_one_pass(sound8, monkeypatch, piece_bytes)
     for name in layers:
         assert ours[name].shape == plain[name].shape, name
         assert relative_error(ours[name], plain[name]) <= TOLERANCE, name
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9])
+@pytest.mark.parametrize("length", [9, 40, 41, 63])
+def test_time_major_max_pool_equals_max_pool1d(size, length):
+    """Windows of any size, odd ones (a last frame joining the first half) included, and a
+    trailing partial window dropped."""
+    torch.manual_seed(size * 100 + length)
+    x = torch.randn(2, 5, length)
+    expected = F.max_pool1d(x, size, size)
+    ours = inference.max_pool_time(inference.time_major(x), size)[:, :, 0]
+    assert torch.equal(ours, expected)
