@@ -102,9 +102,7 @@ def prepare_command(
     )
     settings.check()
     weights = parse_weight_specs(teacher_weights)
-    report = _run(
-        videos, out, teacher, settings, weights, random_init, device, world, json_output
-    )
+    report = _run(videos, out, teacher, settings, weights, random_init, device, world, json_output)
     if json_output:
         _common.print_json(report.as_dict())
     else:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from soundnet_cli.atomic import atomic_path
+from soundnet_cli.atomic import atomic_file, atomic_path
 from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem, reason
 from soundnet_cli.extraction.chunks import chunked_features, step_times
 from soundnet_cli.extraction.inputs import Source, discover, shard
@@ -364,12 +364,12 @@ class _Extractor:
         shapes = {n: f.shape for n, f in features.items()}
         targets = self._targets(item.source)
         if self.fmt == "npz":
-            with atomic_path(targets[0]) as tmp, open(tmp, "wb") as handle:
+            with atomic_file(targets[0]) as handle:
                 np.savez(handle, **self._npz_arrays(features, shapes))  # type: ignore[arg-type]
         else:
             for name, target in zip(self.layers, targets, strict=True):
-                with atomic_path(target) as tmp:
-                    save_npy(tmp, _pooled(features[name], self.pool))
+                with atomic_file(target) as handle:
+                    save_npy(handle, _pooled(features[name], self.pool))
         self._succeeded(item.source, item.duration, shapes)
 
     def _npz_arrays(

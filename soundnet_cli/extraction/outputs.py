@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -111,9 +111,13 @@ class LayerSink:
         return None
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a handle: np.save would append .npy to the name
-        np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
+def save_npy(target: Path | BinaryIO, array: np.ndarray) -> None:
+    """``array`` as float32 .npy, to a path or an open binary file."""
+    if not isinstance(target, Path):
+        np.save(target, np.ascontiguousarray(array, dtype=np.float32))
+        return
+    with open(target, "wb") as handle:  # a handle: np.save would append .npy to the name
+        save_npy(handle, array)
 
 
 # -- manifest ----------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ CONVERTED_BY = "soundnet-cli convert-caffe"
 INPUT_CONVENTION = "caffe: BGR, 0-255, minus the per-channel mean"
 
 
-
 @dataclass(frozen=True)
 class Planned:
     """One tensor of the output: its torchvision key and shape, and the Caffe blob it holds."""

@@ -46,9 +46,7 @@ def test_no_native_half_precision_is_a_note_not_an_error(
 ):
     monkeypatch.setattr(inference, "half_supported", lambda device, dtype: "no fp16 here")
     clip = wav_factory("short.wav", seconds=5.0)
-    result = run(
-        "predict", str(clip), "--checkpoint", str(named_checkpoint), "--precision", "fp16"
-    )
+    result = run("predict", str(clip), "--checkpoint", str(named_checkpoint), "--precision", "fp16")
     assert result.exit_code == 0, result.stderr
     assert "fp16: no fp16 here; using fp32" in result.stderr
 
