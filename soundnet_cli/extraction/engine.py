@@ -241,6 +241,13 @@ class _Extractor:
         self.progress, self.summary, self.manifest, self.rank = progress, summary, manifest, rank
         self.device = model.device
         self.infos = {name: model.feature(name) for name in layers}
+        self.timing = {  # of every manifest row
+            name: {
+                "first_time": round(float(step_times(info, 1, model.sample_rate)[0]), 9),
+                "step_seconds": info.stride / model.sample_rate,
+            }
+            for name, info in self.infos.items()
+        }
         self.started = time.perf_counter()
         self.done = 0
         self.total = 0
@@ -472,8 +479,7 @@ class _Extractor:
         row["layers"] = {
             name: {
                 "shape": [shapes[name][1]] if self.pool else list(shapes[name]),
-                "first_time": round(step_times(self.infos[name], 1, self.model.sample_rate)[0], 9),
-                "step_seconds": self.infos[name].stride / self.model.sample_rate,
+                **self.timing[name],
             }
             for name in self.layers
         }
