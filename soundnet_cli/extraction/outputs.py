@@ -111,13 +111,13 @@ class LayerSink:
         return None
 
 
-def save_npy(target: Path | BinaryIO, array: np.ndarray) -> None:
-    """``array`` as float32 .npy, to a path or an open binary file."""
-    if not isinstance(target, Path):
-        np.save(target, np.ascontiguousarray(array, dtype=np.float32))
+def save_npy(target: str | os.PathLike[str] | BinaryIO, array: np.ndarray) -> None:
+    """``array`` as float32 .npy, to a path (as given: no .npy appended) or an open file."""
+    if isinstance(target, (str, os.PathLike)):
+        with open(target, "wb") as handle:
+            save_npy(handle, array)
         return
-    with open(target, "wb") as handle:  # a handle: np.save would append .npy to the name
-        save_npy(handle, array)
+    np.save(target, np.ascontiguousarray(array, dtype=np.float32))
 
 
 # -- manifest ----------------------------------------------------------------------------------
