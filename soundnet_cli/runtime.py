@@ -130,6 +130,30 @@ def join_process_group(device: str, world: World) -> bool:
     return True
 
 
+def wait_for_ranks(world: World, timeout: float = 7 * 24 * 3600.0) -> None:
+    """Under torchrun, return once every rank of the job has called this.
+
+    torchrun tears the whole job down as soon as one rank exits non-zero, and a rank whose
+    only problem is bad inputs exits 1: without this, a rank that finishes early with a bad
+    file would kill the ranks still at work. A no-op alone, or without torchrun's rendezvous
+    (``MASTER_ADDR``/``MASTER_PORT``, e.g. ``--rank``/``--world-size`` given by hand).
+    """
+    if not world.distributed or not {"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ):
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+        created = True
+    try:
+        dist.barrier()
+    finally:
+        leave_process_group(created)
+
+
 def leave_process_group(created: bool) -> None:
     """Destroy the group this process created, after whatever still refers to it: a DDP
     wrapper collected after its group aborts the process at exit."""

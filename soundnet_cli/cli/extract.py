@@ -97,7 +97,7 @@ def extract_command(
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.extraction.engine import POOLS, extract
     from soundnet_cli.models import default_layer
-    from soundnet_cli.runtime import device_for, world_from_env
+    from soundnet_cli.runtime import device_for, wait_for_ranks, world_from_env
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
@@ -140,6 +140,7 @@ def extract_command(
             progress=progress,
             announce=_common.warn,
         )
+    wait_for_ranks(job)  # before exiting 1 for bad files: torchrun would stop the others
     if json_output:
         _common.print_json(summary.as_dict())
     else:

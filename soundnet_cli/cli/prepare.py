@@ -85,7 +85,7 @@ def prepare_command(
     * `soundnet prepare ./videos -t timm:resnet18 --random-init -o /tmp/dry-run --json`
     """
     from soundnet_cli.corpus.prepare import PrepareSettings
-    from soundnet_cli.runtime import world_from_env
+    from soundnet_cli.runtime import wait_for_ranks, world_from_env
     from soundnet_cli.teachers import parse_weight_specs
 
     _common.check_mix(mix)
@@ -103,6 +103,7 @@ def prepare_command(
     settings.check()
     weights = parse_weight_specs(teacher_weights)
     report = _run(videos, out, teacher, settings, weights, random_init, device, world, json_output)
+    wait_for_ranks(world)  # before exiting 1 for bad videos: torchrun would stop the others
     if json_output:
         _common.print_json(report.as_dict())
     else:

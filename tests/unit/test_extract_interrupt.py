@@ -115,3 +115,22 @@ def test_ctrl_c_mid_run_exits_130_and_leaves_no_temporary_files(named_checkpoint
     assert not (out / "z_long.pool5.npy").exists()
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert {r["key"] for r in rows} == {f"clip{i}" for i in range(6)}  # folded in on the way out
+
+
+def test_under_torchrun_a_rank_failing_early_does_not_stop_the_others(named_checkpoint, tmp_path):
+    """torchrun stops the whole job when one rank exits non-zero: rank 0 (one bad file, done at
+    once) must wait for rank 1 (a long file) before it exits 1."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    (inputs / "a-bad.wav").write_text("not audio")  # rank 0's share
+    write_wav(inputs / "b-long.wav", tone(240.0))  # rank 1's share: several seconds of work
+    launcher = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        *command(inputs, out, named_checkpoint)[1:],
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launcher, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]  # the bad file
+    assert (out / "b-long.pool5.npy").is_file(), done.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {r["key"]: r["status"] for r in rows} == {"a-bad": "failed", "b-long": "ok"}

@@ -1,10 +1,15 @@
 """runtime: one place for rank, world size, device per rank and threads."""
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from soundnet_cli.errors import UsageProblem
-from soundnet_cli.runtime import World, device_for, set_threads, world_from_env
+from soundnet_cli.runtime import World, device_for, set_threads, wait_for_ranks, world_from_env
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +101,39 @@ def test_torch_is_imported_without_garbage_collections():
     ours = collections("import_torch()")
     assert int(plain[0]) > 10 and plain[1:] == ["True", "True"]
     assert ours == ["0", "True", "True"]
+
+
+WAIT_FOR_RANKS = """
+import sys, time
+from soundnet_cli.runtime import wait_for_ranks, world_from_env
+time.sleep(float(sys.argv[1]))
+called = time.time()
+wait_for_ranks(world_from_env())
+print(called, time.time())
+"""
+
+
+def test_ranks_wait_for_each_other_under_torchrun_rendezvous():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", WAIT_FOR_RANKS, str(delay)],
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for rank, delay in ((0, 0.0), (1, 3.0))
+    ]
+    (_, first_left), (late_called, _) = (
+        map(float, rank.communicate(timeout=120)[0].split()) for rank in ranks
+    )
+    assert first_left >= late_called  # rank 0 waited for rank 1
+
+
+def test_waiting_for_ranks_is_a_no_op_without_a_rendezvous(monkeypatch):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    wait_for_ranks(World(rank=0, size=2))  # a process group would need the rendezvous
+    wait_for_ranks(World())
