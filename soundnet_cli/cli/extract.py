@@ -92,7 +92,7 @@ def extract_command(
 
     * `torchrun --nproc-per-node 4 -m soundnet_cli extract ./audio --out features`
     """
-    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.cli._model import check_precision, load_model
     from soundnet_cli.cli._progress import file_progress
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.extraction.engine import POOLS, extract
@@ -101,6 +101,7 @@ def extract_command(
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    check_precision(precision)  # before the model is loaded or the folder made
     job = world_from_env()
     model = load_model(checkpoint, student, device_for(device, job))
     layer = layer or [default_layer(model)]
@@ -138,7 +139,6 @@ def extract_command(
             rank=job.rank,
             world_size=job.size,
             progress=progress,
-            announce=_common.warn,
         )
     wait_for_ranks(job)  # before exiting 1 for bad files: torchrun would stop the others
     if json_output:
