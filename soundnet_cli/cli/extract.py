@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.text import Text
 
 from soundnet_cli.cli import _common
 from soundnet_cli.cli._model import PRECISION_HELP
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
 MAX_FAILURES_SHOWN = 20
 
@@ -122,7 +125,7 @@ def extract_command(
             [str(p) for p in paths],
             layer,
             out,
-            model=model,
+            model=cast("Student", model),  # load_model gives a student
             fmt=fmt,
             pool=pool,
             extensions=ext or None,

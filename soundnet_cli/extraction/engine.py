@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,7 +373,7 @@ class _Extractor:
 
     # -- bookkeeping --
     def _succeeded(
-        self, source: Source, duration: float, shapes: dict[str, tuple[int, ...]]
+        self, source: Source, duration: float, shapes: Mapping[str, tuple[int, ...]]
     ) -> None:
         self.folder.succeeded(source, duration, shapes)
         self.summary.extracted += len(source.routes)

@@ -204,8 +204,7 @@ class FeatureFolder:
                     other = files.setdefault(name, route.file)
                     if other != route.file:
                         raise UsageProblem(
-                            f"{other} and {route.file} would both be written to {name}; "
-                            "rename one"
+                            f"{other} and {route.file} would both be written to {name}; rename one"
                         )
         owners: dict[str, str] = {}  # folder -> an input whose outputs lie inside it
         for name, file in files.items():

@@ -69,12 +69,18 @@ class Writer(ABC):
         """The files (relative to the folder, posix) that hold ``layers`` of one input."""
 
     @abstractmethod
-    def write(self, out: Path, stem: str, features: Mapping[str, np.ndarray], spec: WriteSpec) -> None:
+    def write(
+        self, out: Path, stem: str, features: Mapping[str, np.ndarray], spec: WriteSpec
+    ) -> None:
         """Write one input's features, already pooled when ``spec.pool`` is set."""
 
     @abstractmethod
     def stream(
-        self, out: Path, stem: str, shapes: Mapping[str, tuple[int, int]], spec: WriteSpec,
+        self,
+        out: Path,
+        stem: str,
+        shapes: Mapping[str, tuple[int, int]],
+        spec: WriteSpec,
         scratch: Path,
     ) -> contextlib.AbstractContextManager[LayerStreams]:
         """Write one input whose steps come in order, layer by layer (``shapes``: each
@@ -83,9 +89,7 @@ class Writer(ABC):
 
     # -- checking, for resume --
     @abstractmethod
-    def check(
-        self, out: Path, stem: str, shapes: Mapping[str, Sequence[int] | None]
-    ) -> Finding:
+    def check(self, out: Path, stem: str, shapes: Mapping[str, Sequence[int] | None]) -> Finding:
         """Whether the outputs of ``stem`` hold each of ``shapes``' layers, complete (and of
         the recorded shape when one is given)."""
 
