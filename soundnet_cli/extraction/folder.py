@@ -320,6 +320,14 @@ class FeatureFolder:
             plan.redone.append(f"{source.path}: {finding.damage}; extracted again")
             return None
         if finding.missing:
+            lost = [layer for layer in finding.missing if layer in recorded]
+            if lost and all((self.path / n).is_file() for n in names):
+                # an output that exists and lacks a layer its row says it holds: damaged
+                plan.redone.append(
+                    f"{source.path}: {names[0]}: no layer {lost[0]!r} inside, the manifest "
+                    "recorded it; extracted again"
+                )
+                return None
             if len(finding.missing) < len(self.layers):
                 log.info(
                     "%s: adding layer%s %s",
