@@ -475,7 +475,7 @@ def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, lis
     ``layer`` may be omitted when the folder holds one layer. Hidden files and folders (the
     manifest's journal, a search index) are never taken for features. Files of the folder's
     recorded format are read; a folder without one (or an unknown one) is read in every
-    builtin format.
+    builtin format, per-layer files first.
     """
     if not folder.is_dir():
         raise UsageProblem(f"{folder}: no such features folder")
@@ -484,35 +484,25 @@ def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, lis
     known = list(recorded) if isinstance(recorded, dict) else []
     fmt = settings.get("format")
     writers = [writer_for(fmt)] if fmt in WRITERS else [writer_for(f) for f in WRITERS]
-    per_layer: dict[str, dict[str, Path]] = {}  # layer -> stem -> file
-    whole: dict[str, Path] = {}  # stem -> a file holding every layer
+    files: dict[Writer, list[str]] = {writer: [] for writer in writers}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
         writer = writer_of_file(rel)
-        if writer is None or writer not in writers or not path.is_file():
+        if writer not in files or any(part.startswith(".") for part in rel.split("/")):
             continue
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        parsed = writer.parse(rel)
-        if parsed is None:
-            continue
-        stem, name = parsed
-        if name is None:
-            whole[stem] = path
-        elif not known or name in known:
-            per_layer.setdefault(name, {})[stem] = path
+        if path.is_file():
+            files[writer].append(rel)
     if layer is None:
-        layers = sorted(per_layer) or known
+        named = set().union(*(w.layers_in(folder, rels) for w, rels in files.items()))
+        layers = sorted(n for n in named if not known or n in known) or known
         if len(layers) != 1:
             what = ", ".join(layers) if layers else "none found"
             raise UsageProblem(f"{folder}: choose a layer with --layer (layers: {what})")
         layer = layers[0]
-    chosen = dict(per_layer.get(layer, {}))
-    for stem, path in whole.items():
-        if stem not in chosen:
-            writer = writer_of_file(path.name)
-            if writer is not None and writer.holds(path, layer):
-                chosen[stem] = path
+    chosen: dict[str, Path] = {}
+    for writer, rels in files.items():
+        for stem, path in writer.find(folder, rels, layer).items():
+            chosen.setdefault(stem, path)
     if not chosen:
         raise UsageProblem(f"{folder}: no features for layer {layer!r} (run `soundnet extract`)")
     # The manifest maps outputs to inputs (a shortened stem is not the input's key).
@@ -520,14 +510,13 @@ def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, lis
     for row in FeatureManifest(folder).rows().values():
         for name in row.get("outputs") or []:
             by_output[str(name)] = row
-    files = []
-    for stem in sorted(chosen):
-        path = chosen[stem]
+    found = []
+    for stem, path in chosen.items():
         row = by_output.get(path.relative_to(folder).as_posix(), {})
         key = str(row.get("key", stem))
-        files.append(FeatureFile(key, layer, path, str(row.get("path", key))))
-    files.sort(key=lambda f: f.key)
-    return layer, files
+        found.append(FeatureFile(key, layer, path, str(row.get("path", key))))
+    found.sort(key=lambda f: f.key)
+    return layer, found
 
 
 def read_feature_file(item: FeatureFile) -> np.ndarray:
@@ -536,7 +525,7 @@ def read_feature_file(item: FeatureFile) -> np.ndarray:
     writer = writer_of_file(item.path.name)
     if writer is None:
         raise SoundnetError(f"{item.path}: not a features file")
-    return writer.read(item.path, item.layer)
+    return writer.read(item.path, item.layer, item.key)
 
 
 __all__ = [

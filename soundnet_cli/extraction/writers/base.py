@@ -94,6 +94,8 @@ class Writer(ABC):
         the recorded shape when one is given)."""
 
     # -- reading --
+    # The defaults serve formats with files per input (npy, npz): a file's name says its stem
+    # and layer. A table format (many inputs per file) overrides ``layers_in`` and ``find``.
     @abstractmethod
     def parse(self, rel: str) -> tuple[str, str | None] | None:
         """(stem, layer) of a file of this format (layer None: a file holding every layer),
@@ -104,8 +106,25 @@ class Writer(ABC):
         """Whether the file at ``path`` holds ``layer``."""
 
     @abstractmethod
-    def read(self, path: Path, layer: str) -> np.ndarray:
-        """``layer``'s features in the file at ``path``: (time, channels), or (channels,)."""
+    def read(self, path: Path, layer: str, key: str) -> np.ndarray:
+        """``layer``'s features of the input ``key`` in the file at ``path``: (time,
+        channels), or (channels,) when pooled."""
+
+    def layers_in(self, folder: Path, files: Sequence[str]) -> set[str]:
+        """The layers that ``files`` (of this format, relative to ``folder``) name."""
+        return {p[1] for rel in files if (p := self.parse(rel)) is not None and p[1] is not None}
+
+    def find(self, folder: Path, files: Sequence[str], layer: str) -> dict[str, Path]:
+        """Stem -> the file among ``files`` that holds ``layer`` of that input."""
+        found: dict[str, Path] = {}
+        for rel in files:
+            parsed = self.parse(rel)
+            if parsed is None:
+                continue
+            stem, named = parsed
+            if named == layer or (named is None and self.holds(folder / rel, layer)):
+                found[stem] = folder / rel
+        return found
 
 
 # -- what the builtin formats share ----------------------------------------------------------

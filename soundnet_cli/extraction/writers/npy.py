@@ -73,7 +73,7 @@ class NpyWriter(Writer):
         parsed = self.parse(path.name)
         return parsed is not None and parsed[1] == layer
 
-    def read(self, path: Path, layer: str) -> np.ndarray:
+    def read(self, path: Path, layer: str, key: str) -> np.ndarray:
         return np.asarray(np.load(path, allow_pickle=False))
 
 

@@ -81,7 +81,7 @@ class NpzWriter(Writer):
         with np.load(path, allow_pickle=False) as data:
             return layer in data.files
 
-    def read(self, path: Path, layer: str) -> np.ndarray:
+    def read(self, path: Path, layer: str, key: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as data:
             return np.asarray(data[layer])
 
