@@ -189,9 +189,12 @@ class _Decoded:
 
 
 class _Extractor:
+    """Runs one rank's inputs through ``model`` (the student, or its inference twin) into
+    ``folder``: decoding in worker threads, the model in this one."""
+
     def __init__(
         self,
-        model: Any,
+        model: Student,
         folder: FeatureFolder,
         *,
         mix: Mix,

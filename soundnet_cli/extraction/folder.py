@@ -138,8 +138,10 @@ def output_stem(key: str, suffix_bytes: int = SUFFIX_RESERVE) -> str:
     """``key``, or where its last part plus a suffix of ``suffix_bytes`` would make a file name
     longer than :data:`MAX_OUTPUT_NAME` bytes, the key with that part cut and ``~`` plus 8 hex
     digits of the key's sha256 appended (distinct keys keep distinct stems)."""
-    head, _, base = key.rpartition("/")
     budget = MAX_OUTPUT_NAME - max(suffix_bytes, SUFFIX_RESERVE)
+    if len(key) * 4 <= budget:  # at most 4 bytes a character: the common case, no encoding
+        return key
+    head, _, base = key.rpartition("/")
     encoded = base.encode("utf-8", "surrogateescape")
     if len(encoded) <= budget:
         return key
@@ -172,6 +174,7 @@ class FeatureFolder:
             times=self._times,
         )
         self.manifest = FeatureManifest(self.path)
+        self._suffix_bytes = max(len(n.encode()) for n in self.writer.names("", self.layers))
         self.timing = {  # of every manifest row
             name: {
                 "first_time": round(float(self._times(name, 1)[0]), 9),
@@ -186,8 +189,8 @@ class FeatureFolder:
 
     # -- names --
     def stem(self, key: str) -> str:
-        suffix = max(len(n) for n in self.writer.names("", self.layers))
-        return output_stem(key, suffix)
+        """The output stem of the input called ``key`` (:func:`output_stem`)."""
+        return output_stem(key, self._suffix_bytes)
 
     def names(self, key: str) -> list[str]:
         """The outputs of the input called ``key``, relative to the folder."""
@@ -437,7 +440,7 @@ class FeatureFolder:
             import soundfile as sf
 
             duration = round(sf.info(str(source.path)).duration, 6)
-        return self._row(source, "ok", duration) | {"duration": duration}
+        return self._row(source, "ok", duration)
 
 
 def _parents(name: str) -> Iterator[str]:

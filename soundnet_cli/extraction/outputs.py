@@ -23,7 +23,7 @@ from soundnet_cli.extraction.writers import writer_for
 def output_names(key: str, layers: Sequence[str], fmt: str) -> list[str]:
     """The outputs of the input ``key`` in a folder of format ``fmt`` holding ``layers``."""
     writer = writer_for(fmt)
-    suffix = max(len(n) for n in writer.names("", layers))
+    suffix = max(len(n.encode()) for n in writer.names("", layers))
     return writer.names(output_stem(key, suffix), layers)
 
 

@@ -162,7 +162,7 @@ class StepSink:
 
     def add(self, part: np.ndarray) -> None:
         if self.handle is not None:
-            self.handle.write(np.ascontiguousarray(part, dtype=FLOAT32).tobytes())
+            self.handle.write(np.ascontiguousarray(part, dtype=FLOAT32).data)
         elif self.total is not None:
             self.total += part.sum(axis=0, dtype=np.float64)
         elif self.peak is not None:
