@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -81,7 +81,7 @@ class FolderSettings:
     resampler: str = RESAMPLER
 
     # the settings two runs into one folder must share, as named in features.json
-    SHARED = (
+    SHARED: ClassVar[tuple[str, ...]] = (
         "architecture",
         "checkpoint_sha256",
         "sample_rate",
