@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.table import Table
@@ -11,6 +11,9 @@ from rich.text import Text
 
 from soundnet_cli.cli import _common
 from soundnet_cli.cli._model import PRECISION_HELP
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
 MAX_FAILURES_SHOWN = 20
 
@@ -92,7 +95,7 @@ def extract_command(
 
     * `torchrun --nproc-per-node 4 -m soundnet_cli extract ./audio --out features`
     """
-    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.cli._model import check_precision, load_model
     from soundnet_cli.cli._progress import file_progress
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.extraction.engine import POOLS, extract
@@ -101,6 +104,7 @@ def extract_command(
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    check_precision(precision)  # before the model is loaded or the folder made
     job = world_from_env()
     model = load_model(checkpoint, student, device_for(device, job))
     layer = layer or [default_layer(model)]
@@ -121,7 +125,7 @@ def extract_command(
             [str(p) for p in paths],
             layer,
             out,
-            model=model,
+            model=cast("Student", model),  # load_model gives a student
             fmt=fmt,
             pool=pool,
             extensions=ext or None,
@@ -138,7 +142,6 @@ def extract_command(
             rank=job.rank,
             world_size=job.size,
             progress=progress,
-            announce=_common.warn,
         )
     wait_for_ranks(job)  # before exiting 1 for bad files: torchrun would stop the others
     if json_output:

@@ -1,43 +1,34 @@
-"""Batch feature extraction over files and directories: resumable, streaming, sharded.
+"""Batch feature extraction: the decode -> batch -> model pipeline and its thread policy.
 
-Layout of an output folder ``OUT``::
+:func:`extract` discovers the inputs (``extraction/inputs.py``, over the one file walker of
+``media/files.py``), takes this rank's share, and hands everything about the output folder to
+:class:`~soundnet_cli.extraction.folder.FeatureFolder` (``extraction/folder.py``: names,
+settings, lock, resume, mirroring, manifest; the formats are in ``extraction/writers/``).
+This module only turns inputs into features:
 
-    OUT/features.json            the run's setup: model, checkpoint sha256, layers, geometry
-    OUT/manifest.jsonl           one row per input: path, duration, status, outputs, error
-    OUT/<rel>.<layer>.npy        float32 (time, channels); (channels,) with ``pool``
-    OUT/<rel>.npz                with ``fmt="npz"``: every layer, ``<layer>_times``, provenance
-
-``<rel>`` is the input's path relative to the common folder of the inputs, without its
-extension (with it where two inputs would share a name: ``inputs.output_stems``), so the output
-mirrors the input tree, every path the user gave included (symlinked routes to one file are
-computed once and linked). Every output is written to a temporary file and renamed into place,
-and one run at a time holds the folder; a rerun skips inputs whose outputs exist, are complete
-and have the shape the manifest records, and redoes (and reports) the others.
-
-Long inputs are read and resampled in blocks and run through the model in chunks whose inputs
-overlap by the receptive field, aligned to the deepest layer's stride; the features equal those
-of the whole file at once (see :func:`chunk_plan`). Short inputs are decoded by worker threads
-while the model runs, and inputs of equal length are batched (never padded).
+* short inputs are decoded by worker threads while the model runs, and inputs of equal length
+  are batched (never padded);
+* long inputs are read and resampled in blocks and run through the model in chunks whose
+  inputs overlap by the receptive field, aligned to the deepest layer's stride; the features
+  equal those of the whole file at once (``extraction/chunks.py``);
+* the model is the student's fast inference twin (``models.for_inference``) unless
+  ``optimise=False``.
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) each rank takes every WORLD_SIZE-th input of
-the sorted list; rows go to a shared journal under a file lock, and each rank folds the journal
-into ``manifest.jsonl`` when it finishes, so the last one leaves the complete manifest.
-
-Parts: ``extract_inputs`` (discovery, sharding), ``extract_outputs`` (names, setup, manifest),
-``streaming`` (long files, chunk geometry), ``inference`` (the fast model); this module runs them.
+the sorted list; manifest rows go to a shared journal under a file lock, and each rank folds the
+journal into ``manifest.jsonl`` when it finishes, so the last one leaves the complete manifest.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import errno
+import logging
 import math
 import os
 import threading
 import time
-import zipfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,27 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from soundnet_cli.atomic import atomic_file, atomic_path
 from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem, reason
-from soundnet_cli.extraction.chunks import chunked_features, step_times
+from soundnet_cli.extraction.chunks import chunked_features
+from soundnet_cli.extraction.folder import FeatureFolder, FolderSettings
 from soundnet_cli.extraction.inputs import Source, discover, shard
-from soundnet_cli.extraction.outputs import (
-    FeatureManifest,
-    LayerSink,
-    Setup,
-    check_distinct,
-    copy_output,
-    output_lock,
-    output_names,
-    outputs_problem,
-    record_setup,
-    recovered_row,
-    remove_stale_temporaries,
-    save_npy,
-    scratch_folder,
-)
+from soundnet_cli.extraction.writers import FORMATS
+from soundnet_cli.extraction.writers.base import pooled as _pooled
 from soundnet_cli.media.audio import (
     MIX_CHOICES,
+    RESAMPLER,
     Mix,
     load_audio,
     model_ready,
@@ -75,12 +54,15 @@ from soundnet_cli.media.audio import (
 )
 from soundnet_cli.media.streaming import StreamingAudio
 from soundnet_cli.runtime import available_cpus, world_from_env
-from soundnet_cli.students.contract import check_taps
+from soundnet_cli.students.contract import check_taps, feature_of
 
 if TYPE_CHECKING:
     import torch
 
-FORMATS = ("npy", "npz")
+    from soundnet_cli.students.contract import LayerGeometry, Student
+
+log = logging.getLogger(__name__)
+
 POOLS = ("mean", "max")
 DEFAULT_CHUNK_SECONDS = 60.0
 
@@ -90,7 +72,7 @@ def extract_array(
     sample_rate: int,
     layers: Sequence[str] = ("pool5",),
     *,
-    model: Any = None,
+    model: Student | None = None,
     pool: str | None = None,
     chunk_seconds: float | None = None,
     optimise: bool = True,
@@ -104,12 +86,11 @@ def extract_array(
     """
     import torch
 
-    if model is None:
-        model = _default_model()
+    student: Any = model if model is not None else _default_model()
     if optimise:
         from soundnet_cli.students.inference import optimise as make_fast
 
-        model = make_fast(model, layers=layers)
+        student = make_fast(student, layers=layers)
     array = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
     array = array.astype(np.float32, copy=False)
     if array.ndim == 2:
@@ -118,26 +99,18 @@ def extract_array(
         raise AudioError("expected a non-empty waveform shaped (samples,) or (samples, channels)")
     if not np.isfinite(array).all():
         raise AudioError("the waveform contains NaN or infinite samples")
-    scaled = model_ready(array, int(sample_rate), model.sample_rate)
-    _check_length(model, layers, len(scaled), "the waveform")
-    device = model.device
-    chunk = int((chunk_seconds or 1e9) * model.sample_rate)
+    scaled = model_ready(array, int(sample_rate), student.sample_rate)
+    _check_length(student, layers, len(scaled), "the waveform")
+    device = student.device
+    chunk = int((chunk_seconds or 1e9) * student.sample_rate)
     parts = list(
-        chunked_features(model, lambda a, b: scaled[a:b], len(scaled), layers, chunk, device)
+        chunked_features(student, lambda a, b: scaled[a:b], len(scaled), layers, chunk, device)
     )
     features = {name: np.concatenate([p[name] for p in parts if name in p]) for name in layers}
     return {name: _pooled(f, pool) for name, f in features.items()}
 
 
-def _pooled(features: np.ndarray, pool: str | None) -> np.ndarray:
-    if pool is None:
-        return features
-    if pool == "mean":
-        return features.mean(axis=0, dtype=np.float64).astype(np.float32)
-    return features.max(axis=0)
-
-
-def _check_length(model: Any, layers: Sequence[str], samples: int, what: str) -> None:
+def _check_length(model: LayerGeometry, layers: Sequence[str], samples: int, what: str) -> None:
     for name in layers:
         if model.output_length(name, samples) == 0:
             need = model.min_samples(name)
@@ -147,10 +120,10 @@ def _check_length(model: Any, layers: Sequence[str], samples: int, what: str) ->
             )
 
 
-def _default_model() -> Any:
+def _default_model() -> Student:
     from soundnet_cli.models import load_student
 
-    return load_student("soundnet8", pretrained=True)
+    return load_student("soundnet8", pretrained=True)  # type: ignore[return-value]
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -216,38 +189,28 @@ class _Decoded:
 
 
 class _Extractor:
+    """Runs one rank's inputs through ``model`` (the student, or its inference twin) into
+    ``folder``: decoding in worker threads, the model in this one."""
+
     def __init__(
         self,
-        model: Any,
-        layers: list[str],
-        out: Path,
-        setup: Setup,
+        model: Student,
+        folder: FeatureFolder,
         *,
-        fmt: str,
-        pool: str | None,
         mix: Mix,
         batch_size: int,
         workers: int,
         chunk_seconds: float,
         progress: Callable[[ExtractProgress], None] | None,
         summary: ExtractSummary,
-        manifest: FeatureManifest,
-        rank: int,
     ) -> None:
-        self.model, self.layers, self.out, self.setup = model, layers, out, setup
-        self.fmt, self.pool, self.mix = fmt, pool, mix
+        self.model, self.folder = model, folder
+        self.layers, self.pool, self.mix = folder.layers, folder.settings.pool, mix
         self.batch_size, self.workers = max(1, batch_size), max(1, workers)
         self.chunk_samples = int(chunk_seconds * model.sample_rate)
-        self.progress, self.summary, self.manifest, self.rank = progress, summary, manifest, rank
+        self.progress, self.summary = progress, summary
         self.device = model.device
-        self.infos = {name: model.feature(name) for name in layers}
-        self.timing = {  # of every manifest row
-            name: {
-                "first_time": round(float(step_times(info, 1, model.sample_rate)[0]), 9),
-                "step_seconds": info.stride / model.sample_rate,
-            }
-            for name, info in self.infos.items()
-        }
+        self.infos = {name: feature_of(model, name) for name in self.layers}
         self.started = time.perf_counter()
         self.done = 0
         self.total = 0
@@ -369,28 +332,12 @@ class _Extractor:
                 self._failed(item.source, _not_finite(item.source, name))
                 return
         shapes = {n: f.shape for n, f in features.items()}
-        targets = self._targets(item.source)
-        if self.fmt == "npz":
-            with atomic_file(targets[0]) as handle:
-                np.savez(handle, **self._npz_arrays(features, shapes))  # type: ignore[arg-type]
-        else:
-            for name, target in zip(self.layers, targets, strict=True):
-                with atomic_file(target) as handle:
-                    save_npy(handle, _pooled(features[name], self.pool))
+        try:
+            self.folder.write(item.source, {n: _pooled(f, self.pool) for n, f in features.items()})
+        except OSError as exc:
+            self._failed(item.source, _not_written(item.source, self.folder, exc))
+            return
         self._succeeded(item.source, item.duration, shapes)
-
-    def _npz_arrays(
-        self, features: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
-    ) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {}
-        for name in self.layers:
-            arrays[name] = _pooled(features[name], self.pool)
-            if self.pool is None:
-                arrays[f"{name}_times"] = step_times(
-                    self.infos[name], shapes[name][0], self.model.sample_rate
-                )
-        arrays["provenance"] = np.array(json.dumps(self.setup.as_dict()))
-        return arrays
 
     def _long(self, source: Source) -> None:
         try:
@@ -401,27 +348,17 @@ class _Extractor:
         except SoundnetError as exc:
             self._failed(source, str(exc))
             return
+        except OSError as exc:
+            self._failed(source, _not_written(source, self.folder, exc))
+            return
         self._succeeded(source, duration, shapes)
 
-    def _stream(self, source: Source, audio: StreamingAudio) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {
+    def _stream(self, source: Source, audio: StreamingAudio) -> dict[str, tuple[int, int]]:
+        shapes = {
             n: (self.model.output_length(n, audio.samples), self.infos[n].channels)
             for n in self.layers
         }
-        targets = self._targets(source)
-        with contextlib.ExitStack() as stack:
-            if self.fmt == "npz":
-                final = stack.enter_context(atomic_path(targets[0]))
-                folder = stack.enter_context(scratch_folder(self.out, self.rank))
-                scratch = {n: folder / f"{n}.npy" for n in self.layers}
-            else:
-                scratch = {
-                    n: stack.enter_context(atomic_path(t))
-                    for n, t in zip(self.layers, targets, strict=True)
-                }
-            sinks = {
-                n: LayerSink(scratch[n], shapes[n][0], shapes[n][1], self.pool) for n in self.layers
-            }
+        with self.folder.stream(source, shapes) as streams:
             parts = chunked_features(
                 self.model,
                 audio.window,
@@ -434,67 +371,21 @@ class _Extractor:
                 for name, steps in part.items():
                     if not np.isfinite(steps).all():  # raised inside: no output is kept
                         raise AudioError(_not_finite(source, name))
-                    sinks[name].add(steps)
-            for name, sink in sinks.items():
-                pooled = sink.result()
-                if pooled is not None:
-                    save_npy(scratch[name], pooled)
-            if self.fmt == "npz":
-                self._zip(final, scratch, shapes)
+                    streams.add(name, steps)
         return shapes
 
-    def _zip(
-        self, target: Path, scratch: dict[str, Path], shapes: dict[str, tuple[int, ...]]
-    ) -> None:
-        """An .npz (a zip of .npy members) built from per-layer files, never all in memory."""
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for name in self.layers:
-                archive.write(scratch[name], f"{name}.npy")
-                if self.pool is None:
-                    times = step_times(self.infos[name], shapes[name][0], self.model.sample_rate)
-                    with archive.open(f"{name}_times.npy", "w", force_zip64=True) as handle:
-                        np.save(handle, times)
-            with archive.open("provenance.npy", "w") as handle:
-                np.save(handle, np.array(json.dumps(self.setup.as_dict())))
-
     # -- bookkeeping --
-    def _targets(self, source: Source) -> list[Path]:
-        return [self.out / name for name in output_names(source.key, self.layers, self.fmt)]
-
-    def _row(self, source: Source, status: str, duration: float | None) -> dict[str, Any]:
-        return {
-            "path": str(source.path),
-            "key": source.key,
-            "status": status,
-            "duration": round(duration, 6) if duration is not None else None,
-            "outputs": output_names(source.key, self.layers, self.fmt) if status == "ok" else [],
-            "error": None,
-            "rank": self.rank,
-        }
-
     def _succeeded(
-        self, source: Source, duration: float, shapes: dict[str, tuple[int, ...]]
+        self, source: Source, duration: float, shapes: Mapping[str, tuple[int, ...]]
     ) -> None:
-        row = self._row(source, "ok", duration)
-        row["layers"] = {
-            name: {
-                "shape": [shapes[name][1]] if self.pool else list(shapes[name]),
-                **self.timing[name],
-            }
-            for name in self.layers
-        }
-        self.manifest.append(row)
-        for alias in source.aliases:
-            self.manifest.append(mirror(self.out, row, alias, self.layers, self.fmt))
+        self.folder.succeeded(source, duration, shapes)
         self.summary.extracted += len(source.routes)
         self.summary.audio_seconds += duration
         self._advance(source, "ok")
 
     def _failed(self, source: Source, error: str) -> None:
+        self.folder.failed(source, error)
         for route in source.routes:
-            row = self._row(route, "failed", None)
-            row["error"] = error
-            self.manifest.append(row)
             self.summary.failures.append(Failure(str(route.path), error))
         self._advance(source, "failed")
 
@@ -513,23 +404,14 @@ class _Extractor:
             )
 
 
-def mirror(
-    out: Path, row: dict[str, Any], alias: Source, layers: Sequence[str], fmt: str
-) -> dict[str, Any]:
-    """Outputs for another route to a finished file (a symlink to it): links to, or copies
-    of, the finished outputs; returns the alias's manifest row."""
-    names = output_names(alias.key, layers, fmt)
-    for mine, theirs in zip(output_names(row["key"], layers, fmt), names, strict=True):
-        copy_output(out / mine, out / theirs)
-    layer_rows = row.get("layers") or {}
-    return {
-        **row,
-        "path": str(alias.path),
-        "key": alias.key,
-        "outputs": names,
-        "layers": {name: layer_rows[name] for name in layers if name in layer_rows},
-        "copy_of": row["path"],
-    }
+def _not_written(source: Source, folder: FeatureFolder, exc: OSError) -> str:
+    """One line for an output that could not be written (a full disk above all)."""
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"{source.path}: no space left on the device of {folder.path} while writing its "
+            "features; nothing of it was kept (free space and run again to resume)"
+        )
+    return f"{source.path}: cannot write its features in {folder.path}: {reason(exc)}"
 
 
 def _not_finite(source: Source, layer: str) -> str:
@@ -581,7 +463,7 @@ def extract(
     layers: Sequence[str] = ("pool5",),
     out: str | os.PathLike[str] = "features",
     *,
-    model: Any = None,
+    model: Student | None = None,
     fmt: str = "npy",
     pool: str | None = None,
     extensions: Sequence[str] | None = None,
@@ -598,35 +480,26 @@ def extract(
     rank: int | None = None,
     world_size: int | None = None,
     progress: Callable[[ExtractProgress], None] | None = None,
-    announce: Callable[[str], None] | None = None,
 ) -> ExtractSummary:
-    """Extract ``layers`` for every audio file under ``paths`` into ``out``; see the module doc.
+    """Extract ``layers`` for every audio file under ``paths`` into the features folder
+    ``out`` (see ``extraction/folder.py`` for its layout and resume rules).
 
     ``workers`` decoding threads (default: half the cores on CPU, all but one beside a GPU) and
     ``threads`` for the model (default on CPU: the cores the workers leave) are set for the run.
 
-    ``model`` is a student module (default: the official SoundNet-8). Bad inputs are recorded
+    ``model`` is a :class:`~soundnet_cli.students.contract.Student` (default: the official
+    SoundNet-8). Every setting is checked before the folder is touched. Bad inputs are recorded
     in the summary and the manifest, never raised. Returns the run's :class:`ExtractSummary`.
     """
     layers = list(dict.fromkeys(layers))
-    if not layers:
-        raise UsageProblem("give at least one --layer")
-    if fmt not in FORMATS:
-        raise UsageProblem(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if pool is not None and pool not in POOLS:
-        raise UsageProblem(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    if mix not in MIX_CHOICES:
-        raise UsageProblem(f"mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
-    if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
-        raise UsageProblem(f"chunk seconds must be a positive number, not {chunk_seconds}")
-    if model is None:
-        model = _default_model()
-    for name in layers:
-        model.feature(name)  # LayerError (a usage error) for unknown layers
+    student: Any = model
+    _check_settings(layers, fmt, pool, mix, chunk_seconds, precision)
+    if student is None:
+        student = _default_model()
+    infos = {name: feature_of(student, name) for name in layers}  # LayerError: a usage error
     if rank is None or world_size is None:
         world = world_from_env()
         rank, world_size = world.rank, world.size
-    out = Path(out)
     started = time.perf_counter()
     sources = discover(paths, extensions=extensions, globs=globs)
     if not sources:
@@ -634,59 +507,51 @@ def extract(
     mine = shard(sources, rank, world_size)
     from soundnet_cli.weights.identity import identity
 
-    who = identity(model)  # hashes a checkpoint once; later runs read the remembered digest
-    setup = Setup(
-        architecture=str(getattr(model, "architecture", type(model).__name__)),
+    who = identity(student)  # hashes a checkpoint once; later runs read the remembered digest
+    settings = FolderSettings(
+        architecture=str(getattr(student, "architecture", type(student).__name__)),
         checkpoint=str(who.path) if who.path is not None else None,
         checkpoint_sha256=who.file_sha256,
-        sample_rate=int(model.sample_rate),
+        sample_rate=int(student.sample_rate),
         layers={
             name: {
-                "channels": model.feature(name).channels,
-                "stride": model.feature(name).stride,
-                "receptive_field": model.feature(name).receptive_field,
-                "offset": model.feature(name).offset,
+                "channels": info.channels,
+                "stride": info.stride,
+                "receptive_field": info.receptive_field,
+                "offset": info.offset,
             }
-            for name in layers
+            for name, info in infos.items()
         },
         fmt=fmt,
         pool=pool,
         mix=mix,
+        precision=precision if optimise else "fp32",  # the plain model always runs in fp32
+        resampler=RESAMPLER,
     )
-    check_distinct(sources, lambda key: output_names(key, layers, fmt))
-    _make_folder(out)
-    with output_lock(out, rank):
-        record_setup(out, setup, overwrite)
-        manifest = FeatureManifest(out)
+    folder = FeatureFolder(Path(out), settings, rank=rank)
+    folder.check_distinct(sources)
+    folder.create()
+    with folder.locked():
+        folder.record_settings(overwrite)
         summary = ExtractSummary(
-            out, total=sum(len(s.routes) for s in mine), rank=rank, world_size=world_size
+            folder.path, total=sum(len(s.routes) for s in mine), rank=rank, world_size=world_size
         )
-        todo = _plan(out, mine, layers, fmt, overwrite, manifest, summary, rank)
-        targets = (
-            out / n for s in todo for r in s.routes for n in output_names(r.key, layers, fmt)
-        )
-        remove_stale_temporaries(out, targets, rank)
+        plan = folder.plan(mine, overwrite)
+        summary.skipped, summary.extracted = plan.skipped, plan.mirrored
+        summary.redone.extend(plan.redone)
         if optimise:
             from soundnet_cli.models import for_inference
 
-            model = for_inference(
-                model, layers, precision=precision, compile=compile, announce=announce
-            )
+            student = for_inference(student, layers, precision=precision, compile=compile)
         extractor = _Extractor(
-            model,
-            layers,
-            out,
-            setup,
-            fmt=fmt,
-            pool=pool,
+            student,
+            folder,
             mix=mix,  # type: ignore[arg-type]
             batch_size=batch_size,
-            workers=workers or default_workers(model.device.type),
+            workers=workers or default_workers(student.device.type),
             chunk_seconds=chunk_seconds,
             progress=progress,
             summary=summary,
-            manifest=manifest,
-            rank=rank,
         )
         import torch
 
@@ -698,83 +563,37 @@ def extract(
             # the model's OpenMP threads wait on descheduled peers (3-4x slower on 2 cores).
             torch.set_num_threads(max(1, available_cpus() - extractor.workers))
         try:
-            extractor.run(todo)
+            extractor.run(plan.todo)
         finally:
             torch.set_num_threads(previous_threads)
-            manifest.merge()
+            folder.manifest.merge()
             summary.elapsed = time.perf_counter() - started
         return summary
 
 
-def _make_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageProblem(f"--out {out} is a file; name a folder (it is created if missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SoundnetError(f"cannot create the output folder {out}: {exc.strerror}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise SoundnetError(f"cannot write to the output folder {out}: permission denied")
-
-
-def _plan(
-    out: Path,
-    mine: Sequence[Source],
-    layers: list[str],
+def _check_settings(
+    layers: Sequence[str],
     fmt: str,
-    overwrite: bool,
-    manifest: FeatureManifest,
-    summary: ExtractSummary,
-    rank: int,
-) -> list[Source]:
-    """The inputs still to compute. Finished outputs are trusted only when complete and of the
-    shape their manifest row records; damaged ones are redone and reported in the summary.
-    Routes that link to a finished file get its outputs now."""
-    previous = manifest.rows()
-    todo = []
-    for source in mine:
-        row = None if overwrite else _finished(out, source, layers, fmt, previous, summary)
-        if row is None:
-            todo.append(source)
-            continue
-        if previous.get(source.key) is not row:
-            manifest.append(row)
-        summary.skipped += 1
-        for alias in source.aliases:
-            done = _finished(out, alias, layers, fmt, previous, summary)
-            if done is None:
-                manifest.append(mirror(out, row, alias, layers, fmt))
-                summary.extracted += 1
-            else:
-                if previous.get(alias.key) is not done:
-                    manifest.append(done)
-                summary.skipped += 1
-    return todo
+    pool: str | None,
+    mix: str,
+    chunk_seconds: float,
+    precision: str,
+) -> None:
+    """Refuse a bad setting (a usage error) before anything is created or loaded."""
+    from soundnet_cli.students.inference import PRECISIONS
 
-
-def _finished(
-    out: Path,
-    source: Source,
-    layers: list[str],
-    fmt: str,
-    previous: dict[str, dict[str, Any]],
-    summary: ExtractSummary,
-) -> dict[str, Any] | None:
-    """The manifest row of ``source``'s finished outputs (recovered when it has none), or None
-    when they are missing or damaged."""
-    names = output_names(source.key, layers, fmt)
-    if not all((out / n).is_file() for n in names):
-        return None
-    row = previous.get(source.key)
-    if row is not None and (
-        row.get("status") != "ok" or not set(names) <= set(row.get("outputs") or [])
-    ):
-        row = None
-    problem = outputs_problem(out, names, layers, row)
-    if problem is not None:
-        summary.redone.append(f"{source.path}: {problem}; extracted again")
-        return None
-    return row if row is not None else recovered_row(source, names, layers, rank=summary.rank)
+    if not layers:
+        raise UsageProblem("give at least one layer")
+    if fmt not in FORMATS:
+        raise UsageProblem(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if pool is not None and pool not in POOLS:
+        raise UsageProblem(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if mix not in MIX_CHOICES:
+        raise UsageProblem(f"mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")
+    if not math.isfinite(chunk_seconds) or chunk_seconds <= 0:
+        raise UsageProblem(f"chunk seconds must be a positive number, not {chunk_seconds}")
+    if precision not in PRECISIONS:
+        raise UsageProblem(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
 def default_workers(device_type: str) -> int:

@@ -102,6 +102,3 @@ def output_stems(routes: Sequence[str]) -> dict[str, str]:
 def shard(sources: Sequence[Source], rank: int, world_size: int) -> list[Source]:
     """This rank's share: every ``world_size``-th input, starting at ``rank``."""
     return list(sources[rank::world_size])
-
-
-# -- decoding ----------------------------------------------------------------------------------

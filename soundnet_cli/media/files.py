@@ -1,11 +1,16 @@
 """Finding media files: one walker for audio and video, used by every command.
 
 The walker expands the paths a user gives (files and folders, recursively) into every route to
-every matching file. Directory symlinks are followed, except into a folder the walk is already
-inside (a loop), so a tree of links (train/test splits) is listed path by path; each route
-carries the file's real path, so callers that compute once per file can group the routes.
-The cost is one directory scan per folder and one ``realpath`` per symlink: linear in the
-number of paths.
+every matching file. Each route carries the file's real path, so callers that compute once per
+file can group the routes; a tree of file links (train/test splits) is listed path by path.
+
+Directory symlinks are followed once each: a link into a folder the walk is already inside (a
+loop) is never followed, and a second link to a real folder that the walk already entered
+through a link is not followed again (logged once per given folder). Without that rule, 15
+levels of folders each holding two links to the next would list 2^14 = 16,384 routes to one
+file (30 levels: about 10^9). A folder reached both as itself and through one link is listed
+under both routes (a linked folder is mirrored). The cost is one directory scan per folder
+visited and one ``realpath`` per symlink.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import gc
+import logging
 import os
 import posixpath
 import re
@@ -21,6 +27,8 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from soundnet_cli.errors import UsageProblem
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64")
 VIDEO_EXTENSIONS = (
@@ -129,9 +137,12 @@ def _add_routes(
 def _scan(
     root: str, exts: frozenset[str], patterns: list[re.Pattern[str]]
 ) -> list[tuple[str, str]]:
-    """(route below ``root``, real path) of every matching file; symlink loops are cut."""
+    """(route below ``root``, real path) of every matching file; symlink loops are cut and each
+    real folder is entered through a link once (see the module doc)."""
     real_root = os.path.realpath(root)
     out: list[tuple[str, str]] = []
+    linked: set[str] = set()  # real folders already entered through a link
+    skipped = 0
     # (folder on disk, its route below root, its real path, the real paths of the folders
     # the walk is inside, this one included)
     stack: list[tuple[str, str, str, frozenset[str]]] = [
@@ -140,9 +151,10 @@ def _scan(
     while stack:
         folder, rel, real, inside = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:  # unreadable folder: nothing under it can be listed
             continue
+        below: list[tuple[str, str, str, frozenset[str]]] = []
         for entry in entries:
             route = f"{rel}{entry.name}"
             try:
@@ -154,9 +166,13 @@ def _scan(
                     target = os.path.realpath(entry.path)
                     if target in inside:  # a link back up: following it never ends
                         continue
+                    if target in linked:  # another link to a folder listed through one
+                        skipped += 1
+                        continue
+                    linked.add(target)
                 else:
                     target = f"{real}{os.sep}{entry.name}"
-                stack.append((entry.path, f"{route}/", target, inside | {target}))
+                below.append((entry.path, f"{route}/", target, inside | {target}))
                 continue
             if exts and posixpath.splitext(entry.name)[1].lower() not in exts:
                 continue
@@ -168,6 +184,16 @@ def _scan(
                 else f"{real}{os.sep}{entry.name}"
             )
             out.append((route, identity))
+        stack.extend(reversed(below))  # depth first, in name order: the same routes every run
+    if skipped:
+        log.info(
+            "%s: %d more link%s to folders already listed through a link %s not followed "
+            "(each linked folder is listed once)",
+            root,
+            skipped,
+            "" if skipped == 1 else "s",
+            "was" if skipped == 1 else "were",
+        )
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem
-from soundnet_cli.extraction.outputs import (
+from soundnet_cli.extraction.folder import (
     MANIFEST,
     SETUP,
     FeatureFile,
