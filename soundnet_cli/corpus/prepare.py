@@ -370,7 +370,7 @@ def prepare_videos(
         raise UsageProblem("no video files found in the given paths")
     target = device_for(device, world)
     teachers = get_teachers(
-        list(teacher_names), weights=dict(weights or {}), random_init=random_init, announce=announce
+        list(teacher_names), weights=dict(weights or {}), random_init=random_init
     )
     for model in teachers:
         model.to(target)

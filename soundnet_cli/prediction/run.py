@@ -48,13 +48,12 @@ def predict_files(
     top_k: int = DEFAULT_TOP_K,
     mix: str = "first",
     precision: str = "fp32",
-    announce: Callable[[str], None] | None = None,
     on_file: Callable[[Path, Prediction | None, str | None], None] | None = None,
 ) -> PredictRun:
     """Predict every file; a file that fails is recorded (with its reason) and skipped.
 
     ``precision`` bf16/fp16 runs the model in half precision where the device supports it
-    (``announce`` says when it falls back to fp32). ``on_file(path, prediction, error)`` is
+    (it logs a note when it falls back to fp32). ``on_file(path, prediction, error)`` is
     called after each file (for progress and output).
     """
     from soundnet_cli.media.audio import load_audio
@@ -62,7 +61,7 @@ def predict_files(
     if getattr(model, "head_spec", None) is not None:
         from soundnet_cli.models import for_inference
 
-        model = for_inference(model, [model.head_spec.name], precision=precision, announce=announce)
+        model = for_inference(model, [model.head_spec.name], precision=precision)
     run = PredictRun()
     for name in files:
         path = Path(name)

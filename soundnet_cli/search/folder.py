@@ -247,10 +247,9 @@ def query_audio(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    announce: Callable[[str], None] | None = None,
 ) -> QueryResult:
     """Extract ``audio`` with the model recorded in the folder (refusing any other) and query."""
-    vector = audio_vector(index, audio, checkpoint=checkpoint, device=device, announce=announce)
+    vector = audio_vector(index, audio, checkpoint=checkpoint, device=device)
     return query_vector(index, vector, k, label=str(audio))
 
 
@@ -260,13 +259,12 @@ def audio_vector(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    announce: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """The pooled features of one audio file, computed as extract computed the folder's."""
     from soundnet_cli.extraction.engine import extract
 
     setup = read_setup(index.root)
-    model = recorded_model(setup, checkpoint=checkpoint, device=device, announce=announce)
+    model = recorded_model(setup, checkpoint=checkpoint, device=device)
     layer = index.description.layer
     with tempfile.TemporaryDirectory(prefix="soundnet-query-") as scratch:
         summary = extract(
@@ -294,7 +292,6 @@ def recorded_model(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    announce: Callable[[str], None] | None = None,
 ) -> Any:
     """The model the folder was extracted with: the checkpoint ``features.json`` names (or
     ``checkpoint``, when it moved), refused unless its sha256 is the one recorded."""
@@ -316,7 +313,7 @@ def recorded_model(
         from soundnet_cli.weights.official import ensure_official
 
         if not any(c.is_file() for c in candidates):
-            candidates.append(Path(ensure_official(announce=announce)))
+            candidates.append(Path(ensure_official()))
     for path in candidates:
         if not path.is_file():
             continue

@@ -8,7 +8,7 @@ are ``vgg16-imagenet``, ``vgg16-places``, ``alexnet-imagenet``, ``alexnet-places
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.errors import UsageProblem
@@ -52,15 +52,12 @@ def get_teacher(
     *,
     weights: str | os.PathLike[str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
 ) -> Teacher:
     """Build a registered teacher (on the CPU, in eval mode)."""
     from soundnet_cli.plugins import get_plugins
     from soundnet_cli.teachers.base import Teacher
 
-    teacher = get_plugins().teachers.create(
-        name, weights=weights, random_init=random_init, announce=announce
-    )
+    teacher = get_plugins().teachers.create(name, weights=weights, random_init=random_init)
     if not isinstance(teacher, Teacher):
         raise UsageProblem(f"teacher {name!r} did not build a soundnet_cli.teachers.Teacher")
     return teacher.eval()
@@ -71,7 +68,6 @@ def get_teachers(
     *,
     weights: Mapping[str, str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
 ) -> list[Teacher]:
     """Several teachers, each its own heads; head names must not collide."""
     weights = dict(weights or {})
@@ -80,10 +76,7 @@ def get_teachers(
     unused = set(weights) - set(names)
     if unused:
         raise UsageProblem(f"--teacher-weights for {sorted(unused)}, which are not --teacher")
-    teachers = [
-        get_teacher(n, weights=weights.get(n), random_init=random_init, announce=announce)
-        for n in names
-    ]
+    teachers = [get_teacher(n, weights=weights.get(n), random_init=random_init) for n in names]
     heads = [h.name for t in teachers for h in t.heads]
     if len(set(heads)) != len(heads):
         raise UsageProblem(f"these teachers' head names collide: {heads}")

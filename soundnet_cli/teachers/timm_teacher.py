@@ -7,9 +7,9 @@ fetched by timm itself into ``$SOUNDNET_HOME/teachers/timm``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from soundnet_cli.errors import UsageProblem, WeightsError
 from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
 from soundnet_cli.teachers.weights import how_to_get, load_into, read_state_dict, teachers_dir
 from soundnet_cli.weights.home import OFFLINE_ENV, offline
+
+log = logging.getLogger(__name__)
 
 
 def transform_for(network: Any) -> FrameTransform:
@@ -57,7 +59,6 @@ def build_timm_teacher(
     *,
     weights: str | os.PathLike[str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
 ) -> Teacher:
     import timm
     import torch
@@ -90,8 +91,7 @@ def build_timm_teacher(
                 f"teacher {name!r} needs timm's pretrained weights and {OFFLINE_ENV} is set; "
                 f"{how_to_get(name)}"
             )
-        if announce:
-            announce(f"Fetching the weights of teacher {name!r} through timm (once)")
+        log.info("Fetching the weights of teacher %r through timm (once)", name)
         try:
             network = timm.create_model(
                 variant, pretrained=True, cache_dir=str(teachers_dir() / "timm")

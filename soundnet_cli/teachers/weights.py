@@ -9,10 +9,10 @@ file names; the Places365 site publishes no hash, so those are checked only for 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.errors import WeightsError
 from soundnet_cli.weights.home import OFFLINE_ENV, ByteProgress, download, offline, soundnet_home
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +63,6 @@ def fetch(
     source: WeightSource,
     teacher: str,
     *,
-    announce: Callable[[str], None] | None = None,
     progress: ByteProgress | None = None,
 ) -> Path:
     """The cached copy of ``source``, downloading and checking it first if needed."""
@@ -73,8 +74,7 @@ def fetch(
             f"the weights of teacher {teacher!r} ({source.filename}) are not cached and "
             f"{OFFLINE_ENV} is set; {how_to_get(teacher)}"
         )
-    if announce:
-        announce(f"Fetching the weights of teacher {teacher!r} from {source.url} (once)")
+    log.info("Fetching the weights of teacher %r from %s (once)", teacher, source.url)
     with atomic_path(target) as tmp:
         digest = download(
             source.url, tmp, expected_sha256=None, progress=progress, hint=how_to_get(teacher)
