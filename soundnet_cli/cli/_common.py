@@ -103,11 +103,15 @@ def handle_errors(func: F) -> F:
         except UsageProblem as exc:
             if state.debug:
                 raise
-            raise typer.BadParameter(str(exc)) from exc
+            ctx, options = _options_for(exc.parameter)
+            option = options[0] if options else None
+            raise typer.BadParameter(str(exc), ctx=ctx, param=option) from exc
         except SoundnetError as exc:
             if state.debug:
                 raise
-            error(str(exc))
+            _, options = _options_for(exc.parameter)
+            flags = ", ".join(_flag(option) for option in options)
+            error(f"{exc} ({flags})" if flags else str(exc))
             raise typer.Exit(1) from exc
         except KeyboardInterrupt:
             error("interrupted")
@@ -124,6 +128,31 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _options_for(parameter: str | tuple[str, ...] | None) -> tuple[Any, list[Any]]:
+    """The running command's context and its options for the setting names an error gives
+    (:attr:`SoundnetError.parameter`: the command's parameters of those Python names), so the
+    message names the flags the user types."""
+    if parameter is None:
+        return None, []
+    names = (parameter,) if isinstance(parameter, str) else parameter
+    try:  # typer >= 0.16 vendors click; older releases use click itself
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover
+        from click import get_current_context  # type: ignore[no-redef]
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return None, []
+    by_name = {param.name: param for param in ctx.command.params}
+    return ctx, [by_name[name] for name in names if name in by_name]
+
+
+def _flag(option: Any) -> str:
+    """``--names FILE``: an option's long flag, with its metavar where it has one."""
+    flags = [o for o in option.opts if o.startswith("--")] or list(option.opts)
+    metavar = option.metavar if not getattr(option, "is_flag", False) else None
+    return f"{flags[0]} {metavar}" if metavar else flags[0]
 
 
 def torch_command(func: F) -> F:

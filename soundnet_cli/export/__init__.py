@@ -78,13 +78,17 @@ def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """``fmt`` if given, else the one the file name's suffix implies."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise UsageProblem(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+            raise UsageProblem(
+                f"the export format must be one of {', '.join(FORMATS)}, not {fmt!r}",
+                parameter="fmt",
+            )
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         raise UsageProblem(
-            f"cannot tell the format from {Path(path).name!r}; give --format onnx or torchscript "
-            f"(or name the file {', '.join(SUFFIXES)})"
+            f"cannot tell the export format from {Path(path).name!r}; name it (onnx or "
+            f"torchscript), or end the file name in {', '.join(SUFFIXES)}",
+            parameter="fmt",
         )
     return SUFFIXES[suffix]
 

@@ -82,11 +82,18 @@ def predict_files(
 def check_output(fmt: str, out: Path | None) -> None:
     """Refuse a format or destination that cannot work, before any file is predicted."""
     if fmt not in FORMATS:
-        raise UsageProblem(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageProblem(
+            f"the output format must be one of {', '.join(FORMATS)}, not {fmt!r}", parameter="fmt"
+        )
     if fmt == "audacity" and out is None:
-        raise UsageProblem("--format audacity writes one label file per input: give --out DIR")
+        raise UsageProblem(
+            "the audacity format writes one label file per input: it needs an output folder",
+            parameter="out",
+        )
     if fmt == "audacity" and out is not None and out.exists() and not out.is_dir():
-        raise UsageProblem(f"--format audacity needs a folder for --out; {out} is a file")
+        raise UsageProblem(
+            f"the audacity format needs an output folder; {out} is a file", parameter="out"
+        )
 
 
 def output_file(out: Path, fmt: str) -> Path:

@@ -56,7 +56,9 @@ class Span:
 
 def check_threshold(threshold: float | None) -> None:
     if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UsageProblem(f"a threshold must be a probability in [0, 1], not {threshold}")
+        raise UsageProblem(
+            f"a threshold must be a probability in [0, 1], not {threshold}", parameter="threshold"
+        )
 
 
 def spreadsheet_safe(text: str) -> str:

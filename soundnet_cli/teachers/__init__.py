@@ -40,9 +40,13 @@ def parse_weight_specs(specs: Sequence[str]) -> dict[str, str]:
     for spec in specs:
         name, eq, path = spec.partition("=")
         if not eq or not name.strip() or not path.strip():
-            raise UsageProblem(f"--teacher-weights takes NAME=PATH, got {spec!r}")
+            raise UsageProblem(
+                f"teacher weights are given as NAME=PATH, not {spec!r}", parameter="teacher_weights"
+            )
         if name.strip() in found:
-            raise UsageProblem(f"--teacher-weights names {name.strip()!r} twice")
+            raise UsageProblem(
+                f"weights for teacher {name.strip()!r} are given twice", parameter="teacher_weights"
+            )
         found[name.strip()] = path.strip()
     return found
 
@@ -75,7 +79,10 @@ def get_teachers(
         raise UsageProblem(f"a teacher is named twice in {list(names)}")
     unused = set(weights) - set(names)
     if unused:
-        raise UsageProblem(f"--teacher-weights for {sorted(unused)}, which are not --teacher")
+        raise UsageProblem(
+            f"weights are given for {sorted(unused)}, which are not among the teachers",
+            parameter="teacher_weights",
+        )
     teachers = [get_teacher(n, weights=weights.get(n), random_init=random_init) for n in names]
     heads = [h.name for t in teachers for h in t.heads]
     if len(set(heads)) != len(heads):

