@@ -249,7 +249,7 @@ def test_parse_weight_specs_and_several_teachers(tmp_path):
     for bad in (["novalue"], ["=x"], ["a="], ["a=1", "a=2"]):
         with pytest.raises(UsageProblem):
             parse_weight_specs(bad)
-    with pytest.raises(UsageProblem, match="not --teacher"):
+    with pytest.raises(UsageProblem, match="not among the teachers"):
         get_teachers(["timm:test_resnet"], weights={"vgg16-places": "x"}, random_init=True)
     with pytest.raises(UsageProblem, match="twice"):
         get_teachers(["timm:test_resnet", "timm:test_resnet"], random_init=True)
