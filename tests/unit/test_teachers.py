@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import http.server
+import logging
 import threading
 from collections.abc import Iterator
 from functools import partial
