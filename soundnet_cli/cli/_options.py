@@ -102,6 +102,29 @@ def threads(help: str = "Model threads on CPU [default: the cores workers leave]
     return typer.Option(None, "--threads", min=1, help=help)
 
 
+def _check_weight_specs(values: list[str]) -> list[str]:
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.teachers import parse_weight_specs
+
+    try:
+        parse_weight_specs(values)
+    except UsageProblem as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return values
+
+
+def teacher_weights(help: str) -> Any:
+    """``--teacher-weights NAME=PATH`` (repeatable): local weights instead of downloads."""
+    return typer.Option(
+        [], "--teacher-weights", metavar="NAME=PATH", help=help, callback=_check_weight_specs
+    )
+
+
+def random_init(help: str) -> Any:
+    """``--random-init``: teachers with random weights (tests and dry runs)."""
+    return typer.Option(False, "--random-init", help=help)
+
+
 def output_file(default: Any = ..., *names: str, help: str) -> Any:
     """``--out`` naming one file to write: an existing folder there is refused up front (the
     work would otherwise run and then fail to rename its temporary file)."""

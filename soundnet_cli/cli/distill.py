@@ -60,12 +60,8 @@ def distill_command(
     compile_model: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the student [off]."
     ),
-    teacher_weights: list[str] = typer.Option(
-        [], "--teacher-weights", metavar="NAME=PATH", help="When preparing: local teacher weights."
-    ),
-    random_init: bool = typer.Option(
-        False, "--random-init", help="When preparing: random-init teachers (dry runs)."
-    ),
+    teacher_weights: list[str] = _options.teacher_weights("When preparing: local teacher weights."),
+    random_init: bool = _options.random_init("When preparing: random-init teachers (dry runs)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a finished run in --out (metrics, checkpoint, student)."
     ),

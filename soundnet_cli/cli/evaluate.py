@@ -136,7 +136,7 @@ def evaluate_command(
         _common.print_json(payload)
         return
     _render(report)
-    _common.err.print(f"report: {out / 'report.json'}; confusion matrices: {out}/confusion-*.png")
+    _common.info(f"report: {out / 'report.json'}; confusion matrices: {out}/confusion-*.png")
 
 
 def _cell(result: SplitResult) -> str:
@@ -172,7 +172,7 @@ def _render(report: EvaluationReport) -> None:
         end_section=True,
     )
     _common.out.print(table)
-    _common.err.print(
+    _common.info(
         f"features {report.seconds['features']:.0f} s, probes {report.seconds['probes']:.0f} s"
     )
 

@@ -67,7 +67,7 @@ def export_command(
     model = load_model(checkpoint, student, "cpu")
     spinner = (
         _common.err.status(f"exporting to {chosen}" + (" and checking it" if verify else ""))
-        if _common.err.is_terminal and not json_output
+        if _common.err.is_terminal and not json_output and not _common.state.quiet
         else contextlib.nullcontext()
     )
     with spinner:

@@ -135,7 +135,7 @@ def predict_command(
         )
     _write(run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold)
     if not quiet and len(files) > 1:
-        _common.err.print(f"{len(run.predictions)} predicted, {len(run.failures)} failed")
+        _common.info(f"{len(run.predictions)} predicted, {len(run.failures)} failed")
     if run.failures:
         raise typer.Exit(1)
 

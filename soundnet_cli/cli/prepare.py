@@ -36,15 +36,10 @@ def prepare_command(
     frame_at: str = typer.Option(
         "centre", "--frame-at", help="Where in each interval the frame is taken: centre or start."
     ),
-    teacher_weights: list[str] = typer.Option(
-        [],
-        "--teacher-weights",
-        metavar="NAME=PATH",
-        help="Local weights for a teacher (repeatable), instead of downloading them.",
+    teacher_weights: list[str] = _options.teacher_weights(
+        "Local weights for a teacher (repeatable), instead of downloading them."
     ),
-    random_init: bool = typer.Option(
-        False, "--random-init", help="Randomly initialised teachers (tests and dry runs)."
-    ),
+    random_init: bool = _options.random_init("Randomly initialised teachers (tests and dry runs)."),
     device: str = _options.device(),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Frames per teacher batch."),
     workers: int = typer.Option(

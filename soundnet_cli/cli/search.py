@@ -73,7 +73,7 @@ def index_command(
             if summary.recall_at_10 is not None
             else ""
         )
-        _common.err.print(
+        _common.info(
             f"{summary.name}: {summary.count} files ({summary.kind}{recall}); "
             f"{summary.added} added, {summary.changed} changed, {summary.removed} removed, "
             f"{summary.unchanged} unchanged, {len(summary.failures)} failed "
