@@ -67,6 +67,12 @@ def _check_output_file(value: Path | None) -> Path | None:
     return value
 
 
+def _check_checkpoint_file(value: Path | None) -> Path | None:
+    if value is not None and value.is_dir():
+        raise typer.BadParameter(f"{value} is a folder, not a checkpoint file")
+    return value
+
+
 def device(default: str | None = "auto", help: str = DEVICE_HELP) -> Any:
     """``--device``: auto, cpu, cuda or cuda:N (whether CUDA is there is checked on use)."""
     return typer.Option(default, "--device", help=help, callback=_check_device)
@@ -84,7 +90,7 @@ def mix(default: str | None = "first", help: str = MIX_HELP) -> Any:
 
 def checkpoint(help: str = CHECKPOINT_HELP) -> Any:
     """``--checkpoint``: a student checkpoint file."""
-    return typer.Option(None, "--checkpoint", help=help, callback=_check_output_kind_file)
+    return typer.Option(None, "--checkpoint", help=help, callback=_check_checkpoint_file)
 
 
 def student(help: str = STUDENT_HELP) -> Any:
@@ -222,9 +228,3 @@ def finite(
         return value
 
     return check
-
-
-def _check_output_kind_file(value: Path | None) -> Path | None:
-    if value is not None and value.is_dir():
-        raise typer.BadParameter(f"{value} is a folder, not a checkpoint file")
-    return value
