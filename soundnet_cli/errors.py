@@ -6,7 +6,17 @@ from typing import Literal
 
 
 class SoundnetError(Exception):
-    """Base class: the message says what went wrong and what to do about it."""
+    """Base class: the message says what went wrong and what to do about it, in the library's
+    terms. ``parameter`` optionally names the setting at fault as the library function calls it
+    (``"pool"``, ``"fmt"``), or the settings that would fix it (``("teacher_weights",
+    "random_init")``), so that a front end can name its own options for them: the CLI says
+    ``Invalid value for '--pool': ...`` for a usage problem, and adds ``(--names FILE)`` to
+    other errors.
+    """
+
+    def __init__(self, *args: object, parameter: str | tuple[str, ...] | None = None) -> None:
+        super().__init__(*args)
+        self.parameter = parameter
 
 
 class UsageProblem(SoundnetError):

@@ -49,7 +49,7 @@ def load_student(
             )
         from soundnet_cli.weights.official import ensure_official
 
-        return load_checkpoint(ensure_official(announce=announce), device=device)
+        return load_checkpoint(ensure_official(), device=device)
     kwargs: dict[str, Any] = {"heads": tuple(heads)} if heads is not None else {}
     return entry.factory(**kwargs).to(device).eval()
 

@@ -61,7 +61,7 @@ class Registry:
             other = self._entries[name].plugin
             raise DuplicateNameError(
                 f"{self.kind} {name!r} is registered by two plugins: {other!r} and {plugin!r}; "
-                f"disable one with --disable-plugin"
+                f"disable one of them (SOUNDNET_DISABLE_PLUGINS={plugin})"
             )
 
     def remove_plugin(self, plugin: str) -> list[str]:

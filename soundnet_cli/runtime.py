@@ -109,7 +109,7 @@ def set_threads(threads: int | None) -> None:
     if threads is None:
         return
     if threads < 1:
-        raise UsageProblem(f"--threads must be at least 1 (got {threads})")
+        raise UsageProblem(f"threads must be at least 1, not {threads}", parameter="threads")
     import torch
 
     torch.set_num_threads(threads)

@@ -1,9 +1,10 @@
-"""What every command shares: consoles, the error funnel, JSON output."""
+"""What every command shares: consoles, the logging handler, the error funnel, JSON output."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -23,21 +24,61 @@ err = Console(stderr=True, highlight=False)
 
 class _State:
     debug: bool = os.environ.get("SOUNDNET_DEBUG", "") not in {"", "0"}
+    quiet: bool = False  # `soundnet -q`: errors only on stderr
 
 
 state = _State()
 
+log = logging.getLogger("soundnet_cli.cli")
+
+
+class RichLineHandler(logging.Handler):
+    """The CLI's one logging handler: each record is one line on stderr, styled by level
+    (``Error: ...``, ``Warning: ...``, notes dimmed, ``debug: ...`` with ``-v``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno >= logging.ERROR:
+                text = Text.assemble(("Error: ", "bold red"), message)
+            elif record.levelno >= logging.WARNING:
+                text = Text.assemble(("Warning: ", "yellow"), message)
+            elif record.levelno >= logging.INFO:
+                text = Text(message, style="dim")
+            else:
+                text = Text.assemble(
+                    ("debug: ", "dim"), (message, "dim"), (f" ({record.name})", "dim")
+                )
+            err.print(text, soft_wrap=True)
+        except Exception:  # a handler never raises into the code that logged
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send the library's log records (logger ``soundnet_cli``) to stderr through one
+    :class:`RichLineHandler`: notes and warnings by default, errors only at ``verbosity < 0``
+    (``-q``), debug records too at ``verbosity > 0`` (``-v``). Calling it again replaces the
+    handler rather than adding a second one."""
+    level = logging.ERROR if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logger = logging.getLogger("soundnet_cli")
+    for handler in [h for h in logger.handlers if isinstance(h, RichLineHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(RichLineHandler())
+    logger.setLevel(level)
+    state.quiet = verbosity < 0
+
 
 def error(message: str) -> None:
+    """Always shown, whatever the verbosity."""
     err.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(Text.assemble(("Warning: ", "yellow"), message), soft_wrap=True)
+    log.warning(message)
 
 
 def info(message: str) -> None:
-    err.print(Text(message, style="dim"), soft_wrap=True)
+    log.info(message)
 
 
 def print_json(payload: Any) -> None:
@@ -62,11 +103,15 @@ def handle_errors(func: F) -> F:
         except UsageProblem as exc:
             if state.debug:
                 raise
-            raise typer.BadParameter(str(exc)) from exc
+            ctx, options = _options_for(exc.parameter)
+            option = options[0] if options else None
+            raise typer.BadParameter(str(exc), ctx=ctx, param=option) from exc
         except SoundnetError as exc:
             if state.debug:
                 raise
-            error(str(exc))
+            _, options = _options_for(exc.parameter)
+            flags = ", ".join(_flag(option) for option in options)
+            error(f"{exc} ({flags})" if flags else str(exc))
             raise typer.Exit(1) from exc
         except KeyboardInterrupt:
             error("interrupted")
@@ -83,6 +128,31 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _options_for(parameter: str | tuple[str, ...] | None) -> tuple[Any, list[Any]]:
+    """The running command's context and its options for the setting names an error gives
+    (:attr:`SoundnetError.parameter`: the command's parameters of those Python names), so the
+    message names the flags the user types."""
+    if parameter is None:
+        return None, []
+    names = (parameter,) if isinstance(parameter, str) else parameter
+    try:  # typer >= 0.16 vendors click; older releases use click itself
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover
+        from click import get_current_context  # type: ignore[no-redef]
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return None, []
+    by_name = {param.name: param for param in ctx.command.params}
+    return ctx, [by_name[name] for name in names if name in by_name]
+
+
+def _flag(option: Any) -> str:
+    """``--names FILE``: an option's long flag, with its metavar where it has one."""
+    flags = [o for o in option.opts if o.startswith("--")] or list(option.opts)
+    metavar = option.metavar if not getattr(option, "is_flag", False) else None
+    return f"{flags[0]} {metavar}" if metavar else flags[0]
 
 
 def torch_command(func: F) -> F:
@@ -105,12 +175,3 @@ def os_reason(exc: OSError) -> str:
     """``path: Permission denied`` from an OSError, for one line on stderr."""
     what = exc.strerror or str(exc) or type(exc).__name__
     return f"{exc.filename}: {what}" if exc.filename else what
-
-
-def check_mix(mix: str) -> None:
-    """The --mix option every audio command shares: a usage error (exit 2) unless known."""
-    from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.media.audio import MIX_CHOICES
-
-    if mix not in MIX_CHOICES:
-        raise UsageProblem(f"--mix must be one of {', '.join(MIX_CHOICES)}, not {mix!r}")

@@ -10,12 +10,6 @@ from soundnet_cli.cli import _common
 if TYPE_CHECKING:
     from torch import nn
 
-PRECISION_HELP = (
-    "fp32 (default), bf16 or fp16: half precision where the device runs it natively (CUDA; "
-    "CPUs with AVX512-BF16/AMX for bf16), after a check that features stay within 3e-2 "
-    "(bf16) or 1e-2 (fp16) of fp32; otherwise fp32, with a note."
-)
-
 
 def load_model(checkpoint: Path | None, student: str | None, device: str) -> nn.Module:
     """The model a command asked for, on ``device``; fetches the official weights if needed."""
@@ -31,12 +25,3 @@ def load_model(checkpoint: Path | None, student: str | None, device: str) -> nn.
     if student is not None and student != "soundnet8":
         return load_student(student, device=target)
     return load_student("soundnet8", pretrained=True, device=target, announce=_common.info)
-
-
-def check_precision(precision: str) -> None:
-    """A usage error (exit 2) for a --precision that is not fp32, bf16 or fp16, before work."""
-    from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.students.inference import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise UsageProblem(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

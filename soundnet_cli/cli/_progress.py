@@ -1,4 +1,5 @@
-"""Progress bars on stderr; silent when stderr is not a terminal or output is JSON.
+"""Progress bars on stderr; silent when stderr is not a terminal, output is JSON, or with
+`soundnet -q`.
 
 Every command's bar comes from here: :func:`file_progress` for work counted in items (files,
 videos, steps), with an optional ``status`` field for rates and losses, and
@@ -42,7 +43,7 @@ def file_progress(enabled: bool = True) -> Progress:
         TimeRemainingColumn(),
         console=_common.err,
         transient=True,
-        disable=not (enabled and _common.err.is_terminal),
+        disable=not (enabled and _common.err.is_terminal) or _common.state.quiet,
     )
 
 
@@ -55,5 +56,5 @@ def download_progress(enabled: bool = True) -> Progress:
         TimeRemainingColumn(),
         console=_common.err,
         transient=True,
-        disable=not (enabled and _common.err.is_terminal),
+        disable=not (enabled and _common.err.is_terminal) or _common.state.quiet,
     )

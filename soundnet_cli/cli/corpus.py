@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 
 corpus_app = typer.Typer(help="Inspect a prepared corpus.", no_args_is_help=True)
 
@@ -19,7 +19,7 @@ def info(
     corpus: Path = typer.Argument(..., help="A corpus directory written by `soundnet prepare`."),
     top: int = typer.Option(5, "--top", "-k", min=1, help="Most frequent categories per head."),
     failures: bool = typer.Option(False, "--failures", help="List the bad videos and reasons."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Videos, hours, teachers and the most frequent teacher categories of a corpus.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 
 
 def distill_command(
@@ -31,35 +31,41 @@ def distill_command(
         None, "--config", metavar="FILE.toml", help="Hyper-parameters from a TOML file."
     ),
     loss: str = typer.Option(None, "--loss", help="kl (the paper) or l2 (the ablation) [kl]."),
-    kl_scale: float = typer.Option(None, "--kl-scale", help="Loss multiplier [250, the release]."),
-    lr: float = typer.Option(None, "--lr", help="Adam learning rate [0.001]."),
-    beta1: float = typer.Option(None, "--beta1", help="Adam beta1 [0.9]."),
-    beta2: float = typer.Option(None, "--beta2", help="Adam beta2 [0.999]."),
+    kl_scale: float = _options.number(
+        None, "--kl-scale", above=0.0, help="Loss multiplier [250, the release]."
+    ),
+    lr: float = _options.number(None, "--lr", above=0.0, help="Adam learning rate [0.001]."),
+    beta1: float = _options.number(
+        None, "--beta1", at_least=0.0, below=1.0, help="Adam beta1 [0.9]."
+    ),
+    beta2: float = _options.number(
+        None, "--beta2", at_least=0.0, below=1.0, help="Adam beta2 [0.999]."
+    ),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch size [64]."),
     steps: int = typer.Option(None, "--steps", help="Training steps [100000]."),
-    crop_seconds: float = typer.Option(None, "--crop-seconds", help="Crop length [20]."),
+    crop_seconds: float = _options.number(
+        None, "--crop-seconds", above=0.0, help="Crop length [20]."
+    ),
     seed: int = typer.Option(None, "--seed", help="Seed for init, order and crops [0]."),
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Steps [1000]."),
     log_every: int = typer.Option(None, "--log-every", help="Steps between metrics lines [10]."),
     eval_every: int = typer.Option(
         None, "--eval-every", help="Steps between agreement checks [500]."
     ),
-    held_out: float = typer.Option(None, "--held-out", help="Fraction of videos held out [0.05]."),
+    held_out: float = _options.number(
+        None, "--held-out", at_least=0.0, below=1.0, help="Fraction of videos held out [0.05]."
+    ),
     workers: int = typer.Option(None, "--workers", help="DataLoader worker processes [2]."),
-    device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
+    device: str = _options.device(None, "auto, cpu, cuda or cuda:N [auto]."),
     compile_model: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the student [off]."
     ),
-    teacher_weights: list[str] = typer.Option(
-        [], "--teacher-weights", metavar="NAME=PATH", help="When preparing: local teacher weights."
-    ),
-    random_init: bool = typer.Option(
-        False, "--random-init", help="When preparing: random-init teachers (dry runs)."
-    ),
+    teacher_weights: list[str] = _options.teacher_weights("When preparing: local teacher weights."),
+    random_init: bool = _options.random_init("When preparing: random-init teachers (dry runs)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a finished run in --out (metrics, checkpoint, student)."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
+    json_output: bool = _options.json_flag("Print a JSON summary for scripts."),
 ) -> None:
     """Train a sound student to predict the vision teachers' posteriors (the paper's method).
 

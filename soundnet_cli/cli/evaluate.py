@@ -10,8 +10,7 @@ import typer
 from rich.progress import TaskID
 from rich.table import Table
 
-from soundnet_cli.cli import _common
-from soundnet_cli.cli._model import PRECISION_HELP
+from soundnet_cli.cli import _common, _options
 from soundnet_cli.cli._progress import file_progress
 
 if TYPE_CHECKING:
@@ -28,23 +27,18 @@ def evaluate_command(
         help="Feature layer (default: the model's, pool5 for "
         "SoundNet-8); repeat for a sweep (features are computed once).",
     ),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="A student checkpoint."),
-    student: str = typer.Option(
-        None,
-        "--student",
-        help="A registered student (fresh, seed 0) "
-        "or feature extractor such as mfcc; default: the official "
-        "SoundNet-8.",
+    checkpoint: Path = _options.checkpoint("A student checkpoint."),
+    student: str = _options.student(
+        "A registered student (fresh, seed 0) or feature extractor such as mfcc; default: the "
+        "official SoundNet-8."
     ),
     probe: str = typer.Option("linear-svm", "--probe", help="A registered probe."),
-    solver: str = typer.Option(
-        "torch",
-        "--solver",
-        help="torch: all classes at once, on --device (default); liblinear: the reference, "
-        "one class at a time on the CPU (slow on conv4/conv5).",
+    solver: str = _options.solver(
+        "torch: all classes at once, on --device (default); liblinear: the reference, "
+        "one class at a time on the CPU (slow on conv4/conv5)."
     ),
-    c_value: str = typer.Option(
-        "0.01", "--C", help="Probe regularisation, or 'auto' (inner cross-validation over a grid)."
+    c_value: str = _options.regularisation(
+        "Probe regularisation, or 'auto' (inner cross-validation over a grid)."
     ),
     out: Path = typer.Option(
         None,
@@ -53,9 +47,9 @@ def evaluate_command(
         "matrices go (default: ./soundnet-evaluate-DATASET).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute features even if cached."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    device: str = _options.device(),
+    precision: str = _options.precision(),
+    json_output: bool = _options.json_flag("Print the report as JSON."),
 ) -> None:
     """Reproduce the paper's evaluations: a linear probe on frozen features.
 
@@ -81,7 +75,7 @@ def evaluate_command(
     * `soundnet evaluate esc10 data/ESC-50 --precision bf16`
     """
     from soundnet_cli.atomic import atomic_path
-    from soundnet_cli.cli._model import check_precision, load_model
+    from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.evaluation.protocol import evaluate
     from soundnet_cli.models import default_layer
@@ -89,9 +83,7 @@ def evaluate_command(
     from soundnet_cli.runtime import resolve_device
     from soundnet_cli.visualize.figures import confusion_matrix_png
 
-    C = _parse_c(c_value)
-    _check_solver(solver)
-    check_precision(precision)
+    C = _options.regularisation_value(c_value)
     get_plugins().probes.get(probe)  # unknown names fail before any work
     data = get_plugins().datasets.create(dataset)
     if not root.is_dir():
@@ -121,7 +113,6 @@ def evaluate_command(
             device=resolve_device(device),
             precision=precision,
             solver=solver,
-            announce=_common.warn,
             progress=progress,
         )
     _warn_unconverged(report)
@@ -145,28 +136,7 @@ def evaluate_command(
         _common.print_json(payload)
         return
     _render(report)
-    _common.err.print(f"report: {out / 'report.json'}; confusion matrices: {out}/confusion-*.png")
-
-
-def _check_solver(solver: str) -> None:
-    from soundnet_cli.errors import UsageProblem
-
-    if solver not in ("torch", "liblinear"):
-        raise UsageProblem(f"--solver must be torch or liblinear, not {solver!r}")
-
-
-def _parse_c(value: str) -> float | str:
-    from soundnet_cli.errors import UsageProblem
-
-    if value == "auto":
-        return value
-    try:
-        c = float(value)
-    except ValueError:
-        raise UsageProblem(f"--C must be a positive number or 'auto', not {value!r}") from None
-    if not c > 0 or c == float("inf"):  # also refuses nan
-        raise UsageProblem(f"--C must be positive and finite, not {value}")
-    return c
+    _common.info(f"report: {out / 'report.json'}; confusion matrices: {out}/confusion-*.png")
 
 
 def _cell(result: SplitResult) -> str:
@@ -202,7 +172,7 @@ def _render(report: EvaluationReport) -> None:
         end_section=True,
     )
     _common.out.print(table)
-    _common.err.print(
+    _common.info(
         f"features {report.seconds['features']:.0f} s, probes {report.seconds['probes']:.0f} s"
     )
 

@@ -10,12 +10,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 
 
 def export_command(
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="File to write (.onnx, or .pt / .ts for TorchScript)."
+    out: Path = _options.output_file(
+        ..., help="File to write (.onnx, or .pt / .ts for TorchScript)."
     ),
     fmt: str = typer.Option(
         None, "--format", "-f", help="onnx or torchscript [default: from the --out suffix]."
@@ -29,19 +29,15 @@ def export_command(
     heads: bool = typer.Option(
         False, "--heads", help="Also output each head's probabilities (objects, scenes, ...)."
     ),
-    checkpoint: Path = typer.Option(
-        None, "--checkpoint", help="A student checkpoint (.safetensors) instead of SoundNet-8."
-    ),
-    student: str = typer.Option(
-        None, "--student", help="A registered student by name (untrained unless soundnet8)."
-    ),
+    checkpoint: Path = _options.checkpoint(),
+    student: str = _options.student(),
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Run the written file and compare it with PyTorch."
     ),
-    tolerance: float = typer.Option(
-        1e-4, "--tolerance", min=0.0, help="Largest relative error --verify accepts."
+    tolerance: float = _options.number(
+        1e-4, "--tolerance", at_least=0.0, help="Largest relative error --verify accepts."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    json_output: bool = _options.json_flag("Print the summary as JSON."),
 ) -> None:
     """Export a student for another runtime: ONNX (onnxruntime, ...) or TorchScript (libtorch).
 
@@ -71,7 +67,7 @@ def export_command(
     model = load_model(checkpoint, student, "cpu")
     spinner = (
         _common.err.status(f"exporting to {chosen}" + (" and checking it" if verify else ""))
-        if _common.err.is_terminal and not json_output
+        if _common.err.is_terminal and not json_output and not _common.state.quiet
         else contextlib.nullcontext()
     )
     with spinner:

@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common
-from soundnet_cli.cli._model import PRECISION_HELP
+from soundnet_cli.cli import _common, _options
 
 if TYPE_CHECKING:
     from soundnet_cli.students.contract import Student
@@ -30,12 +29,8 @@ def extract_command(
         help="Layer to extract (repeatable; one pass for all; default: the model's, pool5 "
         "for SoundNet-8).",
     ),
-    checkpoint: Path = typer.Option(
-        None, "--checkpoint", help="A student checkpoint (.safetensors) instead of SoundNet-8."
-    ),
-    student: str = typer.Option(
-        None, "--student", help="A registered student by name (untrained unless soundnet8)."
-    ),
+    checkpoint: Path = _options.checkpoint(),
+    student: str = _options.student(),
     fmt: str = typer.Option(
         "npy", "--format", help="npy: one file per layer; npz: one file per input, with times."
     ),
@@ -51,7 +46,7 @@ def extract_command(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = _options.device(),
     batch_size: int = typer.Option(
         16, "--batch-size", min=1, help="Inputs of equal length run together."
     ),
@@ -61,20 +56,22 @@ def extract_command(
         min=1,
         help="Decoding threads [default: half the cores; on GPU all but one].",
     ),
-    threads: int = typer.Option(
-        None, "--threads", min=1, help="Model threads on CPU [default: the cores workers leave]."
-    ),
-    mix: str = typer.Option("first", "--mix", help="Channel handling: first or mean."),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    threads: int = _options.threads(),
+    mix: str = _options.mix(help="Channel handling: first or mean."),
+    precision: str = _options.precision(),
     compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
     plain: bool = typer.Option(
         False, "--plain", help="Run the model as defined (no inference rewrites)."
     ),
-    chunk_seconds: float = typer.Option(
-        60.0, "--chunk-seconds", min=1.0, help="Longer inputs are streamed in chunks this long."
+    chunk_seconds: float = _options.number(
+        60.0,
+        "--chunk-seconds",
+        at_least=1.0,
+        at_most=_options.MAX_CHUNK_SECONDS,
+        help="Longer inputs are streamed in chunks this long (1 s to 1 h).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
-    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    json_output: bool = _options.json_flag("Print the summary as JSON."),
 ) -> None:
     """Extract features of audio files into a folder of .npy (or .npz) files.
 
@@ -95,7 +92,7 @@ def extract_command(
 
     * `torchrun --nproc-per-node 4 -m soundnet_cli extract ./audio --out features`
     """
-    from soundnet_cli.cli._model import check_precision, load_model
+    from soundnet_cli.cli._model import load_model
     from soundnet_cli.cli._progress import file_progress
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.extraction.engine import POOLS, extract
@@ -104,10 +101,10 @@ def extract_command(
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
-    check_precision(precision)  # before the model is loaded or the folder made
     job = world_from_env()
     model = load_model(checkpoint, student, device_for(device, job))
     layer = layer or [default_layer(model)]
+    quiet = quiet or _common.state.quiet  # `soundnet -q extract` too
     bar = file_progress(enabled=not quiet and not json_output)
     with bar:
         task = bar.add_task("extracting", total=None)

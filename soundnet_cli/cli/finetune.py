@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 
 
 def finetune_command(
@@ -28,9 +28,7 @@ def finetune_command(
     init: str = typer.Option(
         None, "--init", help="pretrained (the authors' SoundNet-8, or --checkpoint) or scratch."
     ),
-    checkpoint: Path = typer.Option(
-        None, "--checkpoint", help="Start from this student checkpoint (.safetensors)."
-    ),
+    checkpoint: Path = _options.checkpoint("Start from this student checkpoint (.safetensors)."),
     student: str = typer.Option(None, "--student", help="Student architecture [soundnet8]."),
     layer: str = typer.Option(
         None, "--layer", "-l", help="Layer the classifier reads [the student's default: pool5]."
@@ -44,15 +42,23 @@ def finetune_command(
     ),
     epochs: int = typer.Option(None, "--epochs", help="Passes over the training clips [20]."),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch size [16]."),
-    lr: float = typer.Option(
-        None, "--lr", help="Adam learning rate of the classifier (all layers from scratch) [0.003]."
+    lr: float = _options.number(
+        None,
+        "--lr",
+        above=0.0,
+        help="Adam learning rate of the classifier (all layers from scratch) [0.003].",
     ),
-    body_lr: float = typer.Option(
-        None, "--body-lr", help="Adam learning rate of pretrained layers [0.0001]."
+    body_lr: float = _options.number(
+        None, "--body-lr", at_least=0.0, help="Adam learning rate of pretrained layers [0.0001]."
     ),
-    weight_decay: float = typer.Option(None, "--weight-decay", help="Adam weight decay [0]."),
-    crop_seconds: float = typer.Option(
-        None, "--crop-seconds", help="Training crop length, at a random circular offset [3]."
+    weight_decay: float = _options.number(
+        None, "--weight-decay", at_least=0.0, help="Adam weight decay [0]."
+    ),
+    crop_seconds: float = _options.number(
+        None,
+        "--crop-seconds",
+        above=0.0,
+        help="Training crop length, at a random circular offset [3].",
     ),
     seed: int = typer.Option(None, "--seed", help="Seed for init, order and crops [0]."),
     eval_every: int = typer.Option(
@@ -60,10 +66,10 @@ def finetune_command(
     ),
     log_every: int = typer.Option(None, "--log-every", help="Steps between metrics lines [5]."),
     workers: int = typer.Option(None, "--workers", help="Decoding threads [2]."),
-    threads: int = typer.Option(None, "--threads", help="Model threads on CPU [torch's]."),
-    device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N [auto]."),
-    mix: str = typer.Option(None, "--mix", help="Channel handling: first or mean [first]."),
-    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
+    threads: int = _options.threads("Model threads on CPU [torch's]."),
+    device: str = _options.device(None, "auto, cpu, cuda or cuda:N [auto]."),
+    mix: str = _options.mix(None, "Channel handling: first or mean [first]."),
+    json_output: bool = _options.json_flag("Print a JSON summary for scripts."),
 ) -> None:
     """Fine-tune a student on labelled clips: a classifier on one layer, trained end to end.
 
@@ -116,8 +122,6 @@ def finetune_command(
         "mix": mix,
     }
     given = {k: v for k, v in flags.items() if v is not None}
-    if mix is not None:
-        _common.check_mix(mix)
     if resume is not None:
         if source is not None or out is not None or labels is not None or test_fold is not None:
             raise UsageProblem(

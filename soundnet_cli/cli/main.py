@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -26,6 +27,8 @@ Examples:
 * `soundnet weights fetch` (the authors' pretrained SoundNet-8)
 
 * `soundnet plugins --json` (what is installed and what it registers)
+
+* `soundnet -q extract ./audio --out feats` (errors only on stderr; `-v` adds debug lines)
 """
 
 
@@ -35,7 +38,26 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _flags_show_no_type() -> None:
+    """Typer's help shows a type for every option, ``--debug <bool>`` for a flag too, though
+    a flag takes no value: show nothing there, for every command (plugins' too)."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "flags_show_no_type", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and not self.count:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich.flags_show_no_type = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 def build_app() -> typer.Typer:
+    _flags_show_no_type()
     app = typer.Typer(
         name="soundnet",
         help=HELP,
@@ -48,6 +70,12 @@ def build_app() -> typer.Typer:
     @app.callback()
     def root(
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+        verbose: bool = typer.Option(
+            False, "--verbose", "-v", help="Also show debug messages on stderr."
+        ),
+        quiet: bool = typer.Option(
+            False, "--quiet", "-q", help="Only errors on stderr: no notes, warnings or progress."
+        ),
         disable_plugin: list[str] = typer.Option(
             [],
             "--disable-plugin",
@@ -58,6 +86,9 @@ def build_app() -> typer.Typer:
             False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ) -> None:
+        if verbose and quiet:
+            raise typer.BadParameter("--verbose and --quiet contradict each other: give one")
+        _common.configure_logging(1 if verbose else -1 if quiet else 0)
         _common.state.debug = debug or _common.state.debug
         if disable_plugin:
             disable(disable_plugin)

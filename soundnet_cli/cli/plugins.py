@@ -6,14 +6,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 from soundnet_cli.plugins import get_plugins
 
 STATUS_STYLE = {"loaded": "green", "blocked": "yellow", "failed": "red"}
 
 
 def plugins_command(
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """List every plugin (builtins too): its distribution, version, status and what it registers.
 

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common
-from soundnet_cli.cli._model import PRECISION_HELP
+from soundnet_cli.cli import _common, _options
 from soundnet_cli.cli._progress import file_progress
 
 if TYPE_CHECKING:
@@ -32,18 +31,13 @@ def predict_command(
         min=1,
         help="Categories per head and step (default: 5; 1 for audacity).",
     ),
-    checkpoint: Path = typer.Option(
-        None,
-        "--checkpoint",
-        help="A student checkpoint (.safetensors) instead of the official SoundNet-8.",
-    ),
-    mix: str = typer.Option(
-        "first", "--mix", help="Channel handling: first (as the authors' release) or mean."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
-    steps: bool = typer.Option(
-        True, "--steps/--summary-only", help="Show every time step, or only the whole-file summary."
+    checkpoint: Path = _options.checkpoint(),
+    mix: str = _options.mix(),
+    device: str = _options.device(),
+    precision: str = _options.precision(),
+    steps: bool = typer.Option(False, "--steps", help="Show every time step (the default)."),
+    summary_only: bool = typer.Option(
+        False, "--summary-only", help="Show only the whole-file summary, not every step."
     ),
     fmt: str = typer.Option(
         "table",
@@ -56,8 +50,12 @@ def predict_command(
         "--segments",
         help="Merge consecutive steps with the same top label into one row (events).",
     ),
-    threshold: float = typer.Option(
-        None, "--threshold", help="Leave out labels whose probability is below this."
+    threshold: float = _options.number(
+        None,
+        "--threshold",
+        at_least=0.0,
+        at_most=1.0,
+        help="Leave out labels whose probability is below this (0 to 1).",
     ),
     out: Path = typer.Option(
         None,
@@ -66,7 +64,7 @@ def predict_command(
         help="Write to this file (or DIR/predictions.<ext>) instead of stdout; a folder for "
         "audacity.",
     ),
-    json_output: bool = typer.Option(False, "--json", help="Same as --format json."),
+    json_output: bool = _options.json_flag("Same as --format json."),
 ) -> None:
     """Top objects and scenes per time step and per file, as tables, CSV or label tracks.
 
@@ -93,21 +91,22 @@ def predict_command(
 
     * `soundnet predict long.wav --format audacity --threshold 0.2 --out labels/`
     """
-    from soundnet_cli.cli._model import check_precision, load_model
+    from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.media.files import find_media
     from soundnet_cli.prediction import check_output, predict_files
     from soundnet_cli.prediction.run import default_top_k
     from soundnet_cli.prediction.tables import apply_threshold, check_threshold
 
+    if steps and summary_only:
+        raise UsageProblem("--steps and --summary-only contradict each other: give one")
+    steps = not summary_only
     if json_output:
         if fmt not in ("table", "json"):
             raise UsageProblem(f"--json means --format json; it cannot go with --format {fmt}")
         fmt = "json"
     check_output(fmt, out)
     check_threshold(threshold)
-    check_precision(precision)
-    _common.check_mix(mix)
     files = find_media(paths)
     if not files:
         raise UsageProblem("no audio files found in the given paths")
@@ -132,12 +131,11 @@ def predict_command(
             top_k=k,
             mix=mix,
             precision=precision,
-            announce=_common.warn,
             on_file=on_file,
         )
     _write(run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold)
     if not quiet and len(files) > 1:
-        _common.err.print(f"{len(run.predictions)} predicted, {len(run.failures)} failed")
+        _common.info(f"{len(run.predictions)} predicted, {len(run.failures)} failed")
     if run.failures:
         raise typer.Exit(1)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 
 
 def prepare_command(
@@ -24,35 +24,31 @@ def prepare_command(
         "alexnet-places, resnet50-places, timm:<model>, or a plugin's.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The corpus directory (created or resumed)."),
-    clip_seconds: float = typer.Option(
-        20.0, "--clip-seconds", help="Clip length; longer videos are cut into clips."
+    clip_seconds: float = _options.number(
+        20.0, "--clip-seconds", above=0.0, help="Clip length; longer videos are cut into clips."
     ),
-    frame_interval: float = typer.Option(
-        5.0, "--frame-interval", help="Seconds between labelled frames (one per interval)."
+    frame_interval: float = _options.number(
+        5.0,
+        "--frame-interval",
+        above=0.0,
+        help="Seconds between labelled frames (one per interval).",
     ),
     frame_at: str = typer.Option(
         "centre", "--frame-at", help="Where in each interval the frame is taken: centre or start."
     ),
-    teacher_weights: list[str] = typer.Option(
-        [],
-        "--teacher-weights",
-        metavar="NAME=PATH",
-        help="Local weights for a teacher (repeatable), instead of downloading them.",
+    teacher_weights: list[str] = _options.teacher_weights(
+        "Local weights for a teacher (repeatable), instead of downloading them."
     ),
-    random_init: bool = typer.Option(
-        False, "--random-init", help="Randomly initialised teachers (tests and dry runs)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    random_init: bool = _options.random_init("Randomly initialised teachers (tests and dry runs)."),
+    device: str = _options.device(),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Frames per teacher batch."),
     workers: int = typer.Option(
         min(4, os.cpu_count() or 1), "--workers", min=0, help="Decode threads (0: decode inline)."
     ),
-    shard_mb: float = typer.Option(
-        128.0, "--shard-mb", min=0.001, help="Commit a shard when this many MB are buffered."
+    shard_mb: float = _options.number(
+        128.0, "--shard-mb", at_least=0.001, help="Commit a shard when this many MB are buffered."
     ),
-    mix: str = typer.Option(
-        "first", "--mix", help="Audio channels: first (as the release) or mean."
-    ),
+    mix: str = _options.mix(help="Audio channels: first (as the release) or mean."),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try again the videos an earlier run recorded as bad."
     ),
@@ -62,7 +58,7 @@ def prepare_command(
     world_size: int = typer.Option(
         None, "--world-size", help="Number of shares (default: $WORLD_SIZE or 1)."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print a JSON report for scripts."),
+    json_output: bool = _options.json_flag("Print a JSON report for scripts."),
 ) -> None:
     """Turn a folder of videos into a distillation corpus.
 
@@ -88,7 +84,6 @@ def prepare_command(
     from soundnet_cli.runtime import wait_for_ranks, world_from_env
     from soundnet_cli.teachers import parse_weight_specs
 
-    _common.check_mix(mix)
     world = world_from_env(rank, world_size)
     settings = PrepareSettings(
         clip_seconds=clip_seconds,

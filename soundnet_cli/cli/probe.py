@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common
-from soundnet_cli.cli._model import PRECISION_HELP
+from soundnet_cli.cli import _common, _options
 from soundnet_cli.cli._progress import file_progress
 
 probe_app = typer.Typer(
@@ -26,37 +25,35 @@ def fit_command(
     labels: Path = typer.Option(
         ..., "--labels", help="CSV with path and label columns (optional group / src_file column)."
     ),
-    out: Path = typer.Option(..., "--out", help="Where to write the probe (.npz)."),
+    out: Path = _options.output_file(..., "--out", help="Where to write the probe (.npz)."),
     probe: str = typer.Option("linear-svm", "--probe", help="A registered probe."),
-    solver: str = typer.Option(
-        "torch",
-        "--solver",
-        help="torch: all classes at once, on --device (default); liblinear: the reference.",
+    solver: str = _options.solver(
+        "torch: all classes at once, on --device (default); liblinear: the reference."
     ),
     layer: str = typer.Option(
         None, "--layer", help="Feature layer (default: the model's, pool5 for SoundNet-8)."
     ),
-    window: float = typer.Option(1.0, "--window", min=0.01, help="Window length in seconds."),
-    c_value: str = typer.Option(
-        "0.01",
-        "--C",
-        help="Regularisation, or 'auto' (grouped inner cross-validation over 1e-4..1).",
+    window: float = _options.number(
+        1.0, "--window", at_least=0.01, help="Window length in seconds."
     ),
-    repeat_to: float = typer.Option(
+    c_value: str = _options.regularisation(
+        "Regularisation, or 'auto' (grouped inner cross-validation over 1e-4..1)."
+    ),
+    repeat_to: float = _options.number(
         10.0,
         "--repeat-to",
+        at_least=0.0,
+        at_most=_options.MAX_REPEAT_SECONDS,
         help="Clips shorter than this many seconds are repeated circularly to it (0: never).",
     ),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="A student checkpoint."),
-    student: str = typer.Option(
-        None,
-        "--student",
-        help="A registered student or feature extractor; default: the official SoundNet-8.",
+    checkpoint: Path = _options.checkpoint("A student checkpoint."),
+    student: str = _options.student(
+        "A registered student or feature extractor; default: the official SoundNet-8."
     ),
-    mix: str = typer.Option("first", "--mix", help="first or mean channel."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    mix: str = _options.mix(help="first or mean channel."),
+    device: str = _options.device(),
+    precision: str = _options.precision(),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Train a probe on labeled audio: windows of one layer, the paper's protocol.
 
@@ -73,17 +70,13 @@ def fit_command(
     """
     import torch
 
-    from soundnet_cli.cli._model import check_precision, load_model
-    from soundnet_cli.cli.evaluate import _check_solver, _parse_c
+    from soundnet_cli.cli._model import load_model
     from soundnet_cli.evaluation import probing
     from soundnet_cli.models import default_layer
     from soundnet_cli.probes import save_probe
     from soundnet_cli.runtime import resolve_device
 
-    _common.check_mix(mix)
-    check_precision(precision)
-    C = _parse_c(c_value)
-    _check_solver(solver)
+    C = _options.regularisation_value(c_value)
     clips = probing.read_labels(labels, audio)
     torch.manual_seed(0)
     model = load_model(checkpoint, student, device)
@@ -103,7 +96,6 @@ def fit_command(
             source=probing.model_source(checkpoint, student),
             precision=precision,
             solver=solver,
-            announce=_common.warn,
             on_clip=lambda: bar.advance(task),
         )
     fit = meta.get("solver")
@@ -127,12 +119,12 @@ def fit_command(
 def predict_command(
     probe_path: Path = typer.Argument(..., help="A probe written by `soundnet probe fit`."),
     paths: list[Path] = typer.Argument(..., help="Audio or video files, or folders (recursive)."),
-    checkpoint: Path = typer.Option(
-        None, "--checkpoint", help="The checkpoint the probe was trained on, if it has moved."
+    checkpoint: Path = _options.checkpoint(
+        "The checkpoint the probe was trained on, if it has moved."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    device: str = _options.device(),
+    precision: str = _options.precision(),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Label audio files with a trained probe.
 
@@ -147,14 +139,13 @@ def predict_command(
     """
     import torch
 
-    from soundnet_cli.cli._model import check_precision, load_model
+    from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.evaluation import probing
     from soundnet_cli.media.files import find_media
     from soundnet_cli.probes import load_probe
     from soundnet_cli.runtime import resolve_device
 
-    check_precision(precision)
     probe_file = load_probe(probe_path)
     files = find_media(paths)
     if not files:
@@ -173,7 +164,6 @@ def predict_command(
             files,
             device=resolve_device(device),
             precision=precision,
-            announce=_common.warn,
             on_clip=lambda: bar.advance(task),
         )
     if json_output:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 from soundnet_cli.cli._progress import file_progress
 
 search_app = typer.Typer(
@@ -36,7 +36,7 @@ def index_command(
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Read every file again instead of only new or changed ones."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Build or update the search index of a features folder (one vector per file).
 
@@ -73,7 +73,7 @@ def index_command(
             if summary.recall_at_10 is not None
             else ""
         )
-        _common.err.print(
+        _common.info(
             f"{summary.name}: {summary.count} files ({summary.kind}{recall}); "
             f"{summary.added} added, {summary.changed} changed, {summary.removed} removed, "
             f"{summary.unchanged} unchanged, {len(summary.failures)} failed "
@@ -96,13 +96,11 @@ def query_command(
     k: int = typer.Option(10, "-k", "--top-k", min=1, help="How many neighbours."),
     layer: str = typer.Option(None, "--layer", "-l", help=LAYER_HELP),
     pool: str = typer.Option(None, "--pool", help=POOL_HELP),
-    checkpoint: Path = typer.Option(
-        None,
-        "--checkpoint",
-        help="Where the folder's checkpoint is now, if it moved (it must be the same model).",
+    checkpoint: Path = _options.checkpoint(
+        "Where the folder's checkpoint is now, if it moved (it must be the same model)."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    device: str = _options.device(),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """The files most like an audio file or an indexed file, by cosine similarity.
 
@@ -127,9 +125,7 @@ def query_command(
     if key is not None:
         result = query_key(index, key, k)
     else:
-        result = query_audio(
-            index, audio, k, checkpoint=checkpoint, device=device, announce=_common.info
-        )
+        result = query_audio(index, audio, k, checkpoint=checkpoint, device=device)
     if result.stale:
         _common.warn(
             f"{features} has features newer than its index; run `soundnet search index "

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 from soundnet_cli.cli._progress import file_progress
 
 visualize_app = typer.Typer(
@@ -15,7 +15,6 @@ visualize_app = typer.Typer(
     no_args_is_help=True,
 )
 
-CHECKPOINT_HELP = "A student checkpoint (.safetensors) instead of the official SoundNet-8."
 STUDENT_HELP = (
     "A registered student, freshly initialised (seed 0), e.g. soundnet5; soundnet8 is the official."
 )
@@ -24,11 +23,11 @@ STUDENT_HELP = (
 @visualize_app.command("filters")
 @_common.handle_errors
 def filters_command(
-    out: Path = typer.Option(..., "--out", "-o", help="The PNG to write."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
-    student: str = typer.Option(None, "--student", help=STUDENT_HELP),
+    out: Path = _options.output_file(..., help="The PNG to write."),
+    checkpoint: Path = _options.checkpoint(),
+    student: str = _options.student(STUDENT_HELP),
     title: str = typer.Option(None, "--title", help="Figure title (default: names the model)."),
-    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    json_output: bool = _options.json_flag("Print a JSON summary."),
 ) -> None:
     """The first layer's filters as waveforms with their frequency responses.
 
@@ -104,19 +103,17 @@ def units_command(
     labels: Path = typer.Option(
         None, "--labels", help="CSV of path,label to show each clip's label (paths relative)."
     ),
-    excerpt_seconds: float = typer.Option(
+    excerpt_seconds: float = _options.number(
         None,
         "--excerpt-seconds",
-        min=0.05,
+        at_least=0.05,
         help="Excerpt length around each peak (default: the layer's receptive field, max 5 s).",
     ),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
-    student: str = typer.Option(None, "--student", help=STUDENT_HELP),
-    mix: str = typer.Option("first", "--mix", help="Channel handling: first or mean."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    json_output: bool = typer.Option(
-        False, "--json", help="Print unit -> top clips (times, activations) as JSON."
-    ),
+    checkpoint: Path = _options.checkpoint(),
+    student: str = _options.student(STUDENT_HELP),
+    mix: str = _options.mix(help="Channel handling: first or mean."),
+    device: str = _options.device(),
+    json_output: bool = _options.json_flag("Print unit -> top clips (times, activations) as JSON."),
 ) -> None:
     """What hidden units respond to: each unit's top clips, as an HTML page.
 
@@ -145,7 +142,6 @@ def units_command(
     from soundnet_cli.visualize.report import write_units_page
     from soundnet_cli.visualize.units import visualize_units
 
-    _common.check_mix(mix)
     chosen_units = _parse_units(units)
     files = find_audio(paths)
     if not files:
@@ -218,7 +214,7 @@ def tsne_command(
     features: Path = typer.Argument(
         ..., help="A folder written by `soundnet extract` (.npy per file)."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="The PNG to write."),
+    out: Path = _options.output_file(..., help="The PNG to write."),
     labels: Path = typer.Option(
         None, "--labels", help="CSV of path,label; labels only colour the points."
     ),
@@ -226,13 +222,11 @@ def tsne_command(
         None, "--layer", "-l", help="Which layer's features (needed when the folder has several)."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed of t-SNE (same seed, same map)."),
-    perplexity: float = typer.Option(
-        30.0, "--perplexity", min=1.0, help="t-SNE perplexity (capped at (clips - 1) / 3)."
+    perplexity: float = _options.number(
+        30.0, "--perplexity", at_least=1.0, help="t-SNE perplexity (capped at (clips - 1) / 3)."
     ),
     title: str = typer.Option(None, "--title", help="Figure title."),
-    json_output: bool = typer.Option(
-        False, "--json", help="Print each clip's 2-D position and label as JSON."
-    ),
+    json_output: bool = _options.json_flag("Print each clip's 2-D position and label as JSON."),
 ) -> None:
     """A t-SNE map of clip features; labels only colour the points, as in the paper.
 
@@ -286,9 +280,9 @@ def tsne_command(
 @_common.handle_errors
 def curves_command(
     run_dir: Path = typer.Argument(..., help="A `soundnet distill` run folder (metrics.jsonl)."),
-    out: Path = typer.Option(..., "--out", "-o", help="The PNG to write."),
+    out: Path = _options.output_file(..., help="The PNG to write."),
     title: str = typer.Option(None, "--title", help="Figure title (default: the run folder)."),
-    json_output: bool = typer.Option(False, "--json", help="Print first/last values as JSON."),
+    json_output: bool = _options.json_flag("Print first/last values as JSON."),
 ) -> None:
     """Training curves of a distillation or fine-tuning run: loss, loss per head, agreement
     with the teacher (fine-tuning: test accuracy), throughput.

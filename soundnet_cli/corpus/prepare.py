@@ -54,17 +54,23 @@ class PrepareSettings:
 
     def check(self) -> None:
         if self.frame_interval <= 0:
-            raise UsageProblem("--frame-interval must be positive")
+            raise UsageProblem("the frame interval must be positive", parameter="frame_interval")
         ratio = self.clip_seconds / self.frame_interval
         if self.clip_seconds <= 0 or abs(ratio - round(ratio)) > 1e-6:
             raise UsageProblem(
-                f"--clip-seconds ({self.clip_seconds:g}) must be a positive multiple of "
-                f"--frame-interval ({self.frame_interval:g})"
+                f"the clip length ({self.clip_seconds:g} s) must be a positive multiple of the "
+                f"frame interval ({self.frame_interval:g} s)",
+                parameter="clip_seconds",
             )
         if self.frame_at not in FRAME_AT:
-            raise UsageProblem(f"--frame-at must be one of {', '.join(FRAME_AT)}")
-        if self.batch_size < 1 or self.workers < 0:
-            raise UsageProblem("--batch-size must be >= 1 and --workers >= 0")
+            raise UsageProblem(
+                f"the frame position must be one of {', '.join(FRAME_AT)}, not {self.frame_at!r}",
+                parameter="frame_at",
+            )
+        if self.batch_size < 1:
+            raise UsageProblem("the batch size must be at least 1", parameter="batch_size")
+        if self.workers < 0:
+            raise UsageProblem("the decode workers must be 0 or more", parameter="workers")
 
 
 @dataclass
@@ -238,7 +244,7 @@ def prepare_corpus(
     """Decode, label and store this rank's share of ``videos`` in the corpus at ``out``."""
     settings.check()
     if not teachers:
-        raise UsageProblem("give at least one --teacher")
+        raise UsageProblem("preparing a corpus needs at least one teacher", parameter="teacher")
     if not 0 <= rank < world_size:
         raise UsageProblem(f"rank {rank} is outside a world of {world_size}")
     out = Path(out)
@@ -370,7 +376,7 @@ def prepare_videos(
         raise UsageProblem("no video files found in the given paths")
     target = device_for(device, world)
     teachers = get_teachers(
-        list(teacher_names), weights=dict(weights or {}), random_init=random_init, announce=announce
+        list(teacher_names), weights=dict(weights or {}), random_init=random_init
     )
     for model in teachers:
         model.to(target)

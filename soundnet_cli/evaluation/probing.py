@@ -78,13 +78,12 @@ def fit(
     source: dict[str, Any] | None = None,
     precision: str = "fp32",
     solver: str | None = None,
-    announce: Callable[[str], None] | None = None,
     on_clip: Callable[[], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a clip probe on ``clips``; returns it with the metadata a probe file stores.
 
     ``precision`` bf16/fp16 computes the features in half precision where the device supports
-    it (``announce`` says when it falls back to fp32). ``solver`` (``torch``, the default, or
+    it (it logs a note when it falls back to fp32). ``solver`` (``torch``, the default, or
     ``liblinear``) fits the builtin linear probes, on ``device``; the metadata's ``solver``
     entry says whether it converged."""
     from soundnet_cli.plugins import get_plugins
@@ -92,7 +91,7 @@ def fit(
     check_layers(model, [layer])
     from soundnet_cli.models import for_inference
 
-    model = for_inference(model, [layer], precision=precision, announce=announce)
+    model = for_inference(model, [layer], precision=precision)
     entry = get_plugins().probes.get(probe)
     features = compute_features(
         model,
@@ -162,7 +161,6 @@ def predict(
     *,
     device: str = "cpu",
     precision: str = "fp32",
-    announce: Callable[[str], None] | None = None,
     on_clip: Callable[[], None] | None = None,
 ) -> list[ClipPrediction]:
     """Apply a saved probe to audio files with the model it was trained on (in ``precision``,
@@ -171,7 +169,7 @@ def predict(
     probe_file.check_features(features_meta["layer"], model_key(model))
     from soundnet_cli.models import for_inference
 
-    model = for_inference(model, [features_meta["layer"]], precision=precision, announce=announce)
+    model = for_inference(model, [features_meta["layer"]], precision=precision)
     features = compute_features(
         model,
         paths,

@@ -137,13 +137,12 @@ def evaluate(
     mix: Mix = "first",
     precision: str = "fp32",
     solver: str | None = None,
-    announce: Callable[[str], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationReport:
     """Run ``dataset``'s protocol on the clips under ``root`` for each of ``layers``.
 
     ``precision`` bf16/fp16 runs the model in half precision where the device supports it
-    (``announce`` says when it falls back to fp32). ``progress(stage, done, total)`` is called
+    (it logs a note when it falls back to fp32). ``progress(stage, done, total)`` is called
     as clips are featurised and probes trained. ``solver`` (``torch``, the default, or
     ``liblinear``, the reference) fits the builtin linear probes, on ``device``.
     """
@@ -152,7 +151,7 @@ def evaluate(
     from soundnet_cli.plugins import get_plugins
 
     check_layers(model, layers)
-    model = for_inference(model, layers, precision=precision, announce=announce)
+    model = for_inference(model, layers, precision=precision)
     make_entry = get_plugins().probes.get(probe)
     started = time.perf_counter()
     clips = dataset.clips(Path(root))

@@ -10,9 +10,10 @@ compared with PyTorch before it is moved into place.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from soundnet_cli.errors import UsageProblem
 from soundnet_cli.export.module import ExportError, ExportModule, ExportPlan, plan_export
 from soundnet_cli.export.verify import read_metadata, verify
 from soundnet_cli.export.writers import write_onnx, write_torchscript
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
@@ -75,13 +78,17 @@ def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
     """``fmt`` if given, else the one the file name's suffix implies."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise UsageProblem(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+            raise UsageProblem(
+                f"the export format must be one of {', '.join(FORMATS)}, not {fmt!r}",
+                parameter="fmt",
+            )
         return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         raise UsageProblem(
-            f"cannot tell the format from {Path(path).name!r}; give --format onnx or torchscript "
-            f"(or name the file {', '.join(SUFFIXES)})"
+            f"cannot tell the export format from {Path(path).name!r}; name it (onnx or "
+            f"torchscript), or end the file name in {', '.join(SUFFIXES)}",
+            parameter="fmt",
         )
     return SUFFIXES[suffix]
 
@@ -102,7 +109,6 @@ def export_model(
     heads: bool = False,
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
-    announce: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``out`` and (with ``check``) verify it against PyTorch.
 
@@ -121,8 +127,7 @@ def export_model(
     path = Path(out)
     errors: dict[str, float] = {}
     with atomic_path(path) as tmp:
-        if announce is not None:
-            announce(f"exporting {plan.architecture} ({', '.join(plan.names)}) to {fmt}")
+        log.info("exporting %s (%s) to %s", plan.architecture, ", ".join(plan.names), fmt)
         writer(module, _example(plan), tmp)
         if check:
             errors = verify(model, plan, tmp, fmt)

@@ -120,7 +120,9 @@ def plan_export(model: Any, layers: Sequence[str] = (), heads: bool = False) -> 
     if heads:
         specs = getattr(model, "head_specs", None)
         if not specs or not _is_conv_student(model):
-            raise UsageProblem(f"{model.architecture} has no output heads to export; drop --heads")
+            raise UsageProblem(
+                f"{model.architecture} has no output heads to export", parameter="heads"
+            )
         info = taps[model.head_spec.name]
         for head in specs:
             if head.name in wanted:

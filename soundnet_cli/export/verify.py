@@ -44,7 +44,8 @@ def onnx_runner(path: Path, names: Sequence[str]) -> Runner:
     except ImportError:
         raise ExportError(
             f"checking the ONNX file needs onnxruntime; install it with {ONNX_EXTRA}, "
-            "or pass --no-verify"
+            "or skip the check",
+            parameter="verify",
         ) from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda wave: list(session.run(list(names), {"waveform": wave}))

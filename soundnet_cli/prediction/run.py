@@ -48,13 +48,12 @@ def predict_files(
     top_k: int = DEFAULT_TOP_K,
     mix: str = "first",
     precision: str = "fp32",
-    announce: Callable[[str], None] | None = None,
     on_file: Callable[[Path, Prediction | None, str | None], None] | None = None,
 ) -> PredictRun:
     """Predict every file; a file that fails is recorded (with its reason) and skipped.
 
     ``precision`` bf16/fp16 runs the model in half precision where the device supports it
-    (``announce`` says when it falls back to fp32). ``on_file(path, prediction, error)`` is
+    (it logs a note when it falls back to fp32). ``on_file(path, prediction, error)`` is
     called after each file (for progress and output).
     """
     from soundnet_cli.media.audio import load_audio
@@ -62,7 +61,7 @@ def predict_files(
     if getattr(model, "head_spec", None) is not None:
         from soundnet_cli.models import for_inference
 
-        model = for_inference(model, [model.head_spec.name], precision=precision, announce=announce)
+        model = for_inference(model, [model.head_spec.name], precision=precision)
     run = PredictRun()
     for name in files:
         path = Path(name)
@@ -83,11 +82,18 @@ def predict_files(
 def check_output(fmt: str, out: Path | None) -> None:
     """Refuse a format or destination that cannot work, before any file is predicted."""
     if fmt not in FORMATS:
-        raise UsageProblem(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UsageProblem(
+            f"the output format must be one of {', '.join(FORMATS)}, not {fmt!r}", parameter="fmt"
+        )
     if fmt == "audacity" and out is None:
-        raise UsageProblem("--format audacity writes one label file per input: give --out DIR")
+        raise UsageProblem(
+            "the audacity format writes one label file per input: it needs an output folder",
+            parameter="out",
+        )
     if fmt == "audacity" and out is not None and out.exists() and not out.is_dir():
-        raise UsageProblem(f"--format audacity needs a folder for --out; {out} is a file")
+        raise UsageProblem(
+            f"the audacity format needs an output folder; {out} is a file", parameter="out"
+        )
 
 
 def output_file(out: Path, fmt: str) -> Path:

@@ -22,6 +22,7 @@ from soundnet_cli.students.predict import HeadPrediction, Prediction, StepPredic
 
 FORMATS = ("table", "json", "csv", "tsv", "audacity")
 COLUMNS = ("path", "start", "end", "head", "rank", "label", "probability")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads these as a formula
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,16 @@ class Span:
 
 def check_threshold(threshold: float | None) -> None:
     if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise UsageProblem(f"--threshold must be a probability in [0, 1], got {threshold}")
+        raise UsageProblem(
+            f"a threshold must be a probability in [0, 1], not {threshold}", parameter="threshold"
+        )
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` for a CSV/TSV cell that a spreadsheet will not run: a cell starting with
+    ``= + - @``, a tab or a carriage return gets a leading ``'`` (OWASP's advice against CSV
+    injection; a file named ``=cmd|calc.ogg`` stays a name)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def apply_threshold(prediction: Prediction, threshold: float | None) -> Prediction:
@@ -148,19 +158,20 @@ def table_rows(
 
 
 def delimited(rows: Sequence[Row], delimiter: str = ",") -> str:
-    """CSV (or TSV with ``delimiter="\\t"``) with a header line; times with 3 decimals."""
+    """CSV (or TSV with ``delimiter="\\t"``) with a header line; times with 3 decimals. Text
+    cells are made :func:`spreadsheet_safe`; numbers are written as numbers."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
         writer.writerow(
             [
-                row.path,
+                spreadsheet_safe(row.path),
                 f"{row.start:.3f}",
                 f"{row.end:.3f}",
-                row.head,
+                spreadsheet_safe(row.head),
                 row.rank,
-                row.label,
+                spreadsheet_safe(row.label),
                 f"{row.probability:.6f}",
             ]
         )

@@ -44,7 +44,8 @@ def build_probe(
     elif solver not in (None, DEFAULT_SOLVER):
         raise UsageProblem(
             f"probe {getattr(estimator, 'name', type(estimator).__name__)!r} has no solver "
-            "choice; --solver applies to linear-svm and logreg"
+            "choice; a solver applies to linear-svm and logreg",
+            parameter="solver",
         )
     return estimator
 

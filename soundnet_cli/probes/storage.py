@@ -44,7 +44,7 @@ class ProbeFile:
         if model_key != features["model"]:
             raise ProbeFileError(
                 f"this probe was trained on features of {features['model']}, "
-                f"not {model_key}; use the same model (--checkpoint/--student)"
+                f"not {model_key}; use the model it was trained on"
             )
 
 

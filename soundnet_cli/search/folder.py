@@ -88,13 +88,16 @@ def resolve_pool(setup: dict[str, Any], pool: str | None) -> str:
     if extracted:
         if pool is not None and pool != extracted:
             raise UsageProblem(
-                f"these features were pooled by extract ({extracted}); --pool {pool} cannot "
-                "be applied to them"
+                f"these features were pooled by extract ({extracted}); pooling by {pool} cannot "
+                "be applied to them",
+                parameter="pool",
             )
         return str(extracted)
     chosen = pool or "mean"
     if chosen not in POOLS:
-        raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, got {chosen!r}")
+        raise UsageProblem(
+            f"pooling must be one of {', '.join(POOLS)}, not {chosen!r}", parameter="pool"
+        )
     return chosen
 
 
@@ -181,7 +184,8 @@ def open_index(
         layers = list(setup.get("layers") or {})
         if len(layers) != 1:
             raise UsageProblem(
-                f"{root}: choose a layer with --layer (layers: {', '.join(layers) or 'none'})"
+                f"{root}: choose a layer (layers: {', '.join(layers) or 'none'})",
+                parameter="layer",
             )
         layer = layers[0]
     index = StoredIndex.open(root, layer, chosen)
@@ -247,10 +251,9 @@ def query_audio(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    announce: Callable[[str], None] | None = None,
 ) -> QueryResult:
     """Extract ``audio`` with the model recorded in the folder (refusing any other) and query."""
-    vector = audio_vector(index, audio, checkpoint=checkpoint, device=device, announce=announce)
+    vector = audio_vector(index, audio, checkpoint=checkpoint, device=device)
     return query_vector(index, vector, k, label=str(audio))
 
 
@@ -260,13 +263,12 @@ def audio_vector(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    announce: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """The pooled features of one audio file, computed as extract computed the folder's."""
     from soundnet_cli.extraction.engine import extract
 
     setup = read_setup(index.root)
-    model = recorded_model(setup, checkpoint=checkpoint, device=device, announce=announce)
+    model = recorded_model(setup, checkpoint=checkpoint, device=device)
     layer = index.description.layer
     with tempfile.TemporaryDirectory(prefix="soundnet-query-") as scratch:
         summary = extract(
@@ -294,7 +296,6 @@ def recorded_model(
     *,
     checkpoint: str | os.PathLike[str] | None = None,
     device: str = "auto",
-    announce: Callable[[str], None] | None = None,
 ) -> Any:
     """The model the folder was extracted with: the checkpoint ``features.json`` names (or
     ``checkpoint``, when it moved), refused unless its sha256 is the one recorded."""
@@ -306,7 +307,8 @@ def recorded_model(
     if not wanted:
         raise UsageProblem(
             "these features were extracted by a model without a checkpoint (an untrained "
-            "student), so an audio query cannot be extracted the same way; query with --key"
+            "student), so an audio query cannot be extracted the same way; query by an indexed "
+            "file's key instead"
         )
     candidates = [Path(checkpoint)] if checkpoint is not None else []
     recorded = setup.get("checkpoint")
@@ -316,7 +318,7 @@ def recorded_model(
         from soundnet_cli.weights.official import ensure_official
 
         if not any(c.is_file() for c in candidates):
-            candidates.append(Path(ensure_official(announce=announce)))
+            candidates.append(Path(ensure_official()))
     for path in candidates:
         if not path.is_file():
             continue
@@ -325,12 +327,15 @@ def recorded_model(
             raise UsageProblem(
                 f"{path} is not the model these features were extracted with (sha256 "
                 f"{actual[:12]}..., features.json records {str(wanted)[:12]}...); an audio "
-                "query must use the same model: re-extract, or give --checkpoint with that one"
+                "query must use the same model: re-extract, or give the checkpoint they were "
+                "extracted with",
+                parameter="checkpoint",
             )
         return load_student(path, device=resolve_device(device))
     raise UsageProblem(
         f"the checkpoint these features were extracted with is missing ({recorded}); give "
-        "its new location with --checkpoint"
+        "its new location",
+        parameter="checkpoint",
     )
 
 

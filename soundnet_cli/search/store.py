@@ -219,7 +219,10 @@ class UpdateSummary:
 
 def choose_kind(method: str, count: int, exact_limit: int = EXACT_LIMIT) -> str:
     if method not in METHODS:
-        raise UsageProblem(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise UsageProblem(
+            f"the index method must be one of {', '.join(METHODS)}, not {method!r}",
+            parameter="method",
+        )
     if method == "auto":
         return "exact" if count < exact_limit else "approximate"
     return method

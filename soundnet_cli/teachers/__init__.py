@@ -8,7 +8,7 @@ are ``vgg16-imagenet``, ``vgg16-places``, ``alexnet-imagenet``, ``alexnet-places
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.errors import UsageProblem
@@ -40,9 +40,13 @@ def parse_weight_specs(specs: Sequence[str]) -> dict[str, str]:
     for spec in specs:
         name, eq, path = spec.partition("=")
         if not eq or not name.strip() or not path.strip():
-            raise UsageProblem(f"--teacher-weights takes NAME=PATH, got {spec!r}")
+            raise UsageProblem(
+                f"teacher weights are given as NAME=PATH, not {spec!r}", parameter="teacher_weights"
+            )
         if name.strip() in found:
-            raise UsageProblem(f"--teacher-weights names {name.strip()!r} twice")
+            raise UsageProblem(
+                f"weights for teacher {name.strip()!r} are given twice", parameter="teacher_weights"
+            )
         found[name.strip()] = path.strip()
     return found
 
@@ -52,15 +56,12 @@ def get_teacher(
     *,
     weights: str | os.PathLike[str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
 ) -> Teacher:
     """Build a registered teacher (on the CPU, in eval mode)."""
     from soundnet_cli.plugins import get_plugins
     from soundnet_cli.teachers.base import Teacher
 
-    teacher = get_plugins().teachers.create(
-        name, weights=weights, random_init=random_init, announce=announce
-    )
+    teacher = get_plugins().teachers.create(name, weights=weights, random_init=random_init)
     if not isinstance(teacher, Teacher):
         raise UsageProblem(f"teacher {name!r} did not build a soundnet_cli.teachers.Teacher")
     return teacher.eval()
@@ -71,7 +72,6 @@ def get_teachers(
     *,
     weights: Mapping[str, str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
 ) -> list[Teacher]:
     """Several teachers, each its own heads; head names must not collide."""
     weights = dict(weights or {})
@@ -79,11 +79,11 @@ def get_teachers(
         raise UsageProblem(f"a teacher is named twice in {list(names)}")
     unused = set(weights) - set(names)
     if unused:
-        raise UsageProblem(f"--teacher-weights for {sorted(unused)}, which are not --teacher")
-    teachers = [
-        get_teacher(n, weights=weights.get(n), random_init=random_init, announce=announce)
-        for n in names
-    ]
+        raise UsageProblem(
+            f"weights are given for {sorted(unused)}, which are not among the teachers",
+            parameter="teacher_weights",
+        )
+    teachers = [get_teacher(n, weights=weights.get(n), random_init=random_init) for n in names]
     heads = [h.name for t in teachers for h in t.heads]
     if len(set(heads)) != len(heads):
         raise UsageProblem(f"these teachers' head names collide: {heads}")

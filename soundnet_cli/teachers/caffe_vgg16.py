@@ -16,18 +16,26 @@ refused unless forced.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.errors import WeightsError
-from soundnet_cli.teachers.weights import WeightSource, fetch, read_state_dict, teachers_dir
+from soundnet_cli.teachers.weights import (
+    HOW_TO_GET,
+    WeightSource,
+    fetch,
+    read_state_dict,
+    teachers_dir,
+)
 from soundnet_cli.weights.caffemodel import Blob, CaffeModelError, CaffeNet, file_sha256, iter_blob
 from soundnet_cli.weights.caffemodel import scan as scan_caffemodel
 from soundnet_cli.weights.home import ByteProgress
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -283,7 +291,6 @@ def caffe_weights(
     weights: Path | None,
     *,
     classes: int,
-    announce: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """The tensors of a Caffe-trained VGG16 teacher, where they came from, and provenance.
 
@@ -299,11 +306,13 @@ def caffe_weights(
         convert_caffemodel(weights, cache, classes=classes)
     elif not cache.is_file():
         if source is None:
-            raise WeightsError(f"teacher {teacher!r} has no weights source; pass --teacher-weights")
-        model = fetch(source, teacher, announce=announce)
+            raise WeightsError(
+                f"teacher {teacher!r} has no weights source; give local weights for it",
+                parameter=HOW_TO_GET,
+            )
+        model = fetch(source, teacher)
         try:
-            if announce:
-                announce(f"Converting {model.name} to {cache.name} (once)")
+            log.info("Converting %s to %s (once)", model.name, cache.name)
             convert_caffemodel(model, cache, source=source.url, classes=classes)
         finally:  # the converted file is the cache; a bad download is not kept either
             model.unlink(missing_ok=True)

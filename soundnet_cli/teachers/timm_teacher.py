@@ -7,16 +7,24 @@ fetched by timm itself into ``$SOUNDNET_HOME/teachers/timm``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from soundnet_cli.errors import UsageProblem, WeightsError
 from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
-from soundnet_cli.teachers.weights import how_to_get, load_into, read_state_dict, teachers_dir
+from soundnet_cli.teachers.weights import (
+    HOW_TO_GET,
+    how_to_get,
+    load_into,
+    read_state_dict,
+    teachers_dir,
+)
 from soundnet_cli.weights.home import OFFLINE_ENV, offline
+
+log = logging.getLogger(__name__)
 
 
 def transform_for(network: Any) -> FrameTransform:
@@ -57,7 +65,6 @@ def build_timm_teacher(
     *,
     weights: str | os.PathLike[str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
 ) -> Teacher:
     import timm
     import torch
@@ -88,17 +95,18 @@ def build_timm_teacher(
         if offline():
             raise WeightsError(
                 f"teacher {name!r} needs timm's pretrained weights and {OFFLINE_ENV} is set; "
-                f"{how_to_get(name)}"
+                f"{how_to_get(name)}",
+                parameter=HOW_TO_GET,
             )
-        if announce:
-            announce(f"Fetching the weights of teacher {name!r} through timm (once)")
+        log.info("Fetching the weights of teacher %r through timm (once)", name)
         try:
             network = timm.create_model(
                 variant, pretrained=True, cache_dir=str(teachers_dir() / "timm")
             )
         except Exception as exc:
             raise WeightsError(
-                f"timm could not fetch {variant!r} ({exc}); {how_to_get(name)}"
+                f"timm could not fetch {variant!r} ({exc}); {how_to_get(name)}",
+                parameter=HOW_TO_GET,
             ) from exc
         config: dict[str, Any] = dict(getattr(network, "pretrained_cfg", None) or {})
         provenance["weights"] = f"timm pretrained {config.get('hf_hub_id') or variant}"

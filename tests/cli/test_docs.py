@@ -20,7 +20,7 @@ def leaf_commands() -> dict[str, click.Command]:
 
     def walk(group: click.Group, prefix: list[str]) -> None:
         for name, command in group.commands.items():
-            if isinstance(command, click.Group):
+            if hasattr(command, "commands"):  # a group (typer may vendor its own click)
                 walk(command, [*prefix, name])
             else:
                 found[" ".join([*prefix, name])] = command
@@ -40,7 +40,7 @@ def test_every_command_has_a_page_listing_its_options():
         text = page.read_text()
         assert f"soundnet {name}" in text, f"{page} does not show `soundnet {name}`"
         for param in command.params:
-            if isinstance(param, click.Option) and "--help" not in param.opts:
+            if param.param_type_name == "option" and "--help" not in param.opts:
                 assert any(opt in text for opt in param.opts), (
                     f"{page}: option {param.opts[0]} of `soundnet {name}` is not documented"
                 )

@@ -49,8 +49,8 @@ def test_json_report_files_and_table(run, tree, named_checkpoint, tmp_path):
     "args,message",
     [
         (["evaluate", "esc5o", "."], "unknown dataset 'esc5o'"),
-        (["evaluate", "esc50", ".", "--C", "-1"], "--C must be positive"),
-        (["evaluate", "esc50", ".", "--C", "lots"], "--C must be a positive number"),
+        (["evaluate", "esc50", ".", "--C", "-1"], "'--C': must be positive"),
+        (["evaluate", "esc50", ".", "--C", "lots"], "'--C': must be a positive number"),
         (["evaluate", "esc50", ".", "--probe", "svm"], "unknown probe 'svm'"),
     ],
 )

@@ -39,15 +39,15 @@ def test_no_verify_says_so(run, named_checkpoint, tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--out", "model.bin"], "cannot tell the format"),
-        (["--out", "m.onnx", "--format", "tflite"], "--format must be one of"),
+        (["--out", "model.bin"], "'--format' / '-f': cannot tell the export format"),
+        (["--out", "m.onnx", "--format", "tflite"], "'--format' / '-f': the export format must"),
         (["--out", "m.pt", "--layer", "conv9"], "no layer 'conv9'"),
     ],
 )
 def test_bad_options_are_usage_errors(run, named_checkpoint, args, message):
     result = run("export", "--checkpoint", str(named_checkpoint), *args)
     assert result.exit_code == 2
-    assert message in result.stderr
+    assert message in " ".join(result.stderr.replace("│", " ").split())
 
 
 def test_heads_on_a_model_without_heads_is_a_usage_error(run, tmp_path, monkeypatch):

@@ -103,4 +103,5 @@ def test_unknown_precision_is_a_usage_error(run, tree, named_checkpoint, tmp_pat
     }[command]  # fmt: skip
     result = run(*args, "--checkpoint", str(named_checkpoint), "--precision", "fp8")
     assert result.exit_code == 2, (result.stdout, result.stderr)
-    assert "precision must be one of fp32, bf16, fp16" in result.stderr
+    message = " ".join(result.stderr.replace("│", " ").split())
+    assert "Invalid value for '--precision': must be one of fp32, bf16, fp16" in message

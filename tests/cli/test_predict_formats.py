@@ -146,10 +146,10 @@ def test_format_usage_errors(run, named_checkpoint, wav_factory):
     clip = str(wav_factory("a.wav", seconds=1.0))
     ck = ("--checkpoint", str(named_checkpoint))
     for extra, message in [
-        (("--format", "xml"), "--format must be one of"),
-        (("--format", "audacity"), "give --out DIR"),
+        (("--format", "xml"), "'--format' / '-f': the output format must be one of"),
+        (("--format", "audacity"), "'--out' / '-o': the audacity format writes one label file"),
         (("--format", "csv", "--json"), "--json means --format json"),
-        (("--threshold", "2"), "--threshold must be"),
+        (("--threshold", "2"), "'--threshold': must be a finite number at least 0 and at most 1"),
     ]:
         result = run("predict", clip, *ck, *extra)
         assert result.exit_code == 2, (extra, result.stdout)

@@ -238,7 +238,8 @@ def test_offline_without_teacher_weights_is_one_line(run, video_dir, tmp_path):
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
-    assert "--teacher-weights vgg16-imagenet=PATH" in lines[0] and "--random-init" in lines[0]
+    assert "give local weights for vgg16-imagenet" in lines[0]
+    assert lines[0].endswith("(--teacher-weights NAME=PATH, --random-init)")  # added by the CLI
 
 
 def test_local_weights_through_the_cli(run, video_dir, tmp_path):

@@ -74,7 +74,7 @@ def test_unconverged_probes_are_flagged(run, tree, named_checkpoint, tmp_path, m
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["evaluate", "esc50", ".", "--solver", "sgd"], "--solver must be torch or liblinear"),
+        (["evaluate", "esc50", ".", "--solver", "sgd"], "'--solver': must be torch or liblinear"),
         (
             ["probe", "fit", ".", "--labels", "x.csv", "--out", "p.npz", "--solver", "sgd"],
             "--solver",

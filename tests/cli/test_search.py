@@ -96,7 +96,7 @@ def test_usage_errors(run, features, tmp_path):
         ((), "give an AUDIO_FILE or --key"),
         ((audio, "--key", "tone1"), "give an AUDIO_FILE or --key"),
         (("--key", "nope"), "not in the index"),
-        (("--key", "tone1", "--pool", "median"), "--pool must be one of"),
+        (("--key", "tone1", "--pool", "median"), "'--pool': pooling must be one of"),
     ]:
         result = run("search", "query", str(features), *args)
         assert result.exit_code == 2, args

@@ -121,7 +121,7 @@ def test_units_carry_on_past_a_bad_file_and_exit_1(run, tmp_path, clips, named_c
         (["--layer", "conv99"], "no layer 'conv99'"),
         (["--layer", "conv5", "--units", "256"], "unit 256 does not exist"),
         (["--units", "a,b"], "--units takes unit numbers"),
-        (["--mix", "left"], "--mix must be one of"),
+        (["--mix", "left"], "'--mix': must be one of"),
     ],
 )
 def test_units_usage_errors_exit_2(run, tmp_path, clips, named_checkpoint, extra, message):

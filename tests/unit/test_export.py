@@ -124,9 +124,9 @@ def test_default_output_is_the_default_layer(student, tmp_path):
 def test_bad_requests_are_usage_errors(student, tmp_path):
     with pytest.raises(LayerError, match="no layer 'pool9'"):
         export_model(student, tmp_path / "m.onnx", layers=["pool9"])
-    with pytest.raises(UsageProblem, match="cannot tell the format"):
+    with pytest.raises(UsageProblem, match="cannot tell the export format"):
         format_for(tmp_path / "m.bin")
-    with pytest.raises(UsageProblem, match="--format must be one of"):
+    with pytest.raises(UsageProblem, match="export format must be one of"):
         format_for(tmp_path / "m.onnx", "tflite")
     assert format_for("m.onnx") == "onnx" and format_for("m.ts") == "torchscript"
     assert not list(tmp_path.iterdir())

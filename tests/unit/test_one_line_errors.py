@@ -78,7 +78,8 @@ def test_C_must_be_a_positive_finite_number(tmp_path, value):
         "probe", "fit", str(tmp_path), "--labels", str(tmp_path / "l.csv"), "--out",
         str(tmp_path / "p.npz"), "--C", value,
     )  # fmt: skip
-    assert "--C must be positive and finite" in one_line_error(result, code=2)
+    output = " ".join(one_line_error(result, code=2).replace("│", " ").split())
+    assert "Invalid value for '--C': must be positive and finite" in output
 
 
 def test_os_errors_reach_the_user_as_one_line(capsys):

@@ -129,3 +129,21 @@ def test_label_file_names_mirror_inputs_and_avoid_clashes() -> None:
         "in/c.wav": "c.wav.txt",
         "in/c.mp3": "c.mp3.txt",
     }
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_delimited_cells_that_start_a_formula_are_quoted_for_spreadsheets(delimiter):
+    """Issue 25 (CSV injection): a spreadsheet runs `=cmd|...` as a formula; OWASP's fix is a
+    leading `'` on cells starting with = + - @, tab or CR. Numbers stay numbers."""
+    from soundnet_cli.prediction.tables import Row, delimited, spreadsheet_safe
+
+    assert spreadsheet_safe("\rr.ogg") == "'\rr.ogg"
+    names = ["=cmd|calc.ogg", "+1.ogg", "-x.ogg", "@sum.ogg", "\tt.ogg", "ok=.ogg"]
+    rows = [Row(name, 0.0, 1.5, "@head", 1, "-label", 0.25) for name in names]
+    text = io.StringIO(delimited(rows, delimiter), newline="")
+    table = list(csv.reader(text, delimiter=delimiter))
+    assert table[0] == ["path", "start", "end", "head", "rank", "label", "probability"]
+    paths = [line[0] for line in table[1:]]
+    assert paths == ["'" + name for name in names[:-1]] + ["ok=.ogg"]
+    for line in table[1:]:
+        assert line[1:] == ["0.000", "1.500", "'@head", "1", "'-label", "0.250000"]

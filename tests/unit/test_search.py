@@ -197,5 +197,5 @@ def test_unknown_key_and_bad_method_are_usage_errors(tmp_path: Path) -> None:
     assert index is not None
     with pytest.raises(UsageProblem, match="not in the index"):
         index.row_of("nope")
-    with pytest.raises(UsageProblem, match="--method"):
+    with pytest.raises(UsageProblem, match="the index method must be one of"):
         folder.update(method="fast")

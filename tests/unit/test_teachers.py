@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import logging
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -209,7 +210,8 @@ def test_offline_without_weights_says_what_to_do(name):
         get_teacher(name)
     message = str(info.value)
     assert "\n" not in message
-    assert "--teacher-weights" in message and "--random-init" in message
+    assert "give local weights for" in message and "random initialisation" in message
+    assert info.value.parameter == ("teacher_weights", "random_init")  # the CLI names its flags
 
 
 def test_weights_that_do_not_fit_give_one_line(tmp_path):
@@ -247,7 +249,7 @@ def test_parse_weight_specs_and_several_teachers(tmp_path):
     for bad in (["novalue"], ["=x"], ["a="], ["a=1", "a=2"]):
         with pytest.raises(UsageProblem):
             parse_weight_specs(bad)
-    with pytest.raises(UsageProblem, match="not --teacher"):
+    with pytest.raises(UsageProblem, match="not among the teachers"):
         get_teachers(["timm:test_resnet"], weights={"vgg16-places": "x"}, random_init=True)
     with pytest.raises(UsageProblem, match="twice"):
         get_teachers(["timm:test_resnet", "timm:test_resnet"], random_init=True)
@@ -283,7 +285,7 @@ def serve(folder: Path) -> Iterator[str]:
         server.server_close()
 
 
-def test_download_caches_and_checks_the_hash(tmp_path, monkeypatch):
+def test_download_caches_and_checks_the_hash(tmp_path, monkeypatch, caplog):
     """The real download path against 127.0.0.1; SqueezeNet stands in for the big nets (the
     download code does not care which architecture the spec names)."""
     from dataclasses import replace
@@ -307,11 +309,10 @@ def test_download_caches_and_checks_the_hash(tmp_path, monkeypatch):
         spec = replace(tvt.SPECS[name], architecture="squeezenet1_1", source=source)
         monkeypatch.setitem(tvt.SPECS, name, spec)
 
-    announced: list[str] = []
-    with serve(site) as base:
+    with serve(site) as base, caplog.at_level(logging.INFO, logger="soundnet_cli"):
         use("alexnet-imagenet", f"{base}/{good.name}")
-        teacher = get_teacher("alexnet-imagenet", announce=announced.append)
-        assert announced and base in announced[0]
+        teacher = get_teacher("alexnet-imagenet")
+        assert base in caplog.messages[0]
         assert all(torch.equal(v, teacher.network.state_dict()[k]) for k, v in objects.items())
 
         use("alexnet-imagenet", f"{base}/squeezenet-00000000.pth")
@@ -339,5 +340,5 @@ def test_unreachable_server_is_a_weights_error(monkeypatch):
     monkeypatch.setitem(
         tvt.SPECS, "alexnet-places", replace(spec, source=WeightSource("http://127.0.0.1:9/x.pth"))
     )
-    with pytest.raises(WeightsError, match="download of .* failed.*--teacher-weights"):
+    with pytest.raises(WeightsError, match="download of .* failed.*give local weights"):
         get_teacher("alexnet-places")
