@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from soundnet_cli.datasets import ESC50, DatasetError
+from soundnet_cli.datasets.labels import read_label_map
 from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.evaluation.datasets import ESC50, DatasetError
-from soundnet_cli.evaluation.labels import read_label_map
 from soundnet_cli.evaluation.probing import read_labels
 
 from ..conftest import tone, write_wav
