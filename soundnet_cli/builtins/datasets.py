@@ -1,4 +1,4 @@
-"""Registers the builtin evaluation datasets."""
+"""Registers the builtin labelled datasets (soundnet_cli.datasets): ESC-50, ESC-10, DCASE 2013."""
 
 from __future__ import annotations
 
