@@ -159,5 +159,9 @@ def _next_batch(batches: Iterator[Any]) -> Any:
         text = str(exc)
         if "\nOriginal Traceback" not in text:
             raise
-        last = text.rstrip().splitlines()[-1]
-        raise type(exc)(last.split(": ", 1)[-1]) from None
+        last = text.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "module.Error: message"
+        try:
+            one_line = type(exc)(last)
+        except TypeError:  # an error class built from other arguments
+            one_line = SoundnetError(last)
+        raise one_line from None
