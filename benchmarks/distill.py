@@ -72,7 +72,7 @@ def main() -> None:
 
     import torch
 
-    from soundnet_cli.distillation import DistillConfig, distill, read_metrics
+    from soundnet_cli.training.distillation import DistillConfig, distill, read_metrics
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--skip-probe", action="store_true")
     args = parser.parse_args()
 
-    from soundnet_cli.distillation import DistillConfig, distill, read_metrics
+    from soundnet_cli.training.distillation import DistillConfig, distill, read_metrics
 
     rows = esc10_rows()
     if args.limit:

@@ -54,7 +54,7 @@ def register_probes(register: Register) -> None:
 @hookspec
 def register_datasets(register: Register) -> None:
     """Register evaluation datasets: ``factory()`` returns a
-    :class:`soundnet_cli.evaluation.datasets.Dataset` that lists a root folder's clips with
+    :class:`soundnet_cli.datasets.Dataset` that lists a root folder's clips with
     labels and folds and says how the paper's protocol treats them (clip length, window length)."""
 
 

@@ -1,4 +1,4 @@
-"""Registers the builtin evaluation datasets."""
+"""Registers the builtin labelled datasets (soundnet_cli.datasets): ESC-50, ESC-10, DCASE 2013."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ from soundnet_cli.hookspecs import Register, hookimpl
 
 
 def _esc50() -> Any:
-    from soundnet_cli.evaluation.datasets import ESC50
+    from soundnet_cli.datasets import ESC50
 
     return ESC50()
 
 
 def _esc10() -> Any:
-    from soundnet_cli.evaluation.datasets import ESC10
+    from soundnet_cli.datasets import ESC10
 
     return ESC10()
 
 
 def _dcase2013() -> Any:
-    from soundnet_cli.evaluation.datasets import DCASE2013
+    from soundnet_cli.datasets import DCASE2013
 
     return DCASE2013()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,14 @@ def distill_command(
 
     * `torchrun --nproc-per-node 8 -m soundnet_cli distill corpus/ --batch-size 512 --out run/`
     """
-    from soundnet_cli.distillation import new_config, prepare_source, resume_settings
-    from soundnet_cli.distillation.rundir import claim_run_dir
-    from soundnet_cli.distillation.train import STUDENT
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.teachers import parse_weight_specs
+    from soundnet_cli.training.distillation import (
+        distill,
+        distill_source,
+        new_config,
+        resume_settings,
+    )
 
     flags = {
         "student": student,
@@ -119,22 +123,29 @@ def distill_command(
             raise UsageProblem("--resume RUN_DIR continues a run: give no CORPUS or --out")
         corpus, config = resume_settings(resume, given)
         run_dir = resume
+
+        def train(on_step: Callable[[Any], None]) -> Any:
+            return distill(corpus, resume, config, resume=True, on_step=on_step)
     else:
         if source is None or out is None:
             raise UsageProblem("give a CORPUS (or a folder of videos) and --out RUN_DIR")
         config = new_config(given, tuple(teacher), config_file)
+        weights = parse_weight_specs(teacher_weights)
         run_dir = out
-        claim_run_dir(run_dir, STUDENT, overwrite=overwrite, remove=False)  # before preparing
-        corpus = prepare_source(
-            source,
-            run_dir,
-            config,
-            weights=parse_weight_specs(teacher_weights),
-            random_init=random_init,
-            announce=_common.info,
-            on_failure=lambda path, reason: _common.warn(f"skipped: {reason}"),
-        )
-    summary = _train(corpus, run_dir, config, resume is not None, overwrite, json_output)
+
+        def train(on_step: Callable[[Any], None]) -> Any:
+            return distill_source(
+                source,
+                out,
+                config,
+                overwrite=overwrite,
+                weights=weights,
+                random_init=random_init,
+                on_failure=lambda path, reason: _common.warn(f"skipped: {reason}"),
+                on_step=on_step,
+            )
+
+    summary = _train(train, config.steps, json_output)
     if json_output:
         _common.print_json(summary)
     else:
@@ -151,29 +162,29 @@ def distill_command(
 
 
 def _train(
-    corpus: Path, run_dir: Path, config: Any, resume: bool, overwrite: bool, json_output: bool
+    train: Callable[[Callable[[Any], None]], Any], steps: int, json_output: bool
 ) -> dict[str, Any]:
+    """Run ``train(on_step)`` under a progress bar; the summary of its result."""
     from soundnet_cli.cli._progress import file_progress
-    from soundnet_cli.distillation import distill
 
     bar = file_progress(enabled=not json_output)
     with bar:
-        task = bar.add_task("distilling", total=config.steps)
+        tasks: list[Any] = []  # the bar appears with the first step (after any preparing)
 
         def on_step(m: Any) -> None:
+            if not tasks:
+                tasks.append(bar.add_task("distilling", total=steps))
             bar.update(
-                task,
+                tasks[0],
                 completed=m.step,
                 status=f"loss {m.loss:.4f}, {m.samples_per_s:.1f} samples/s, "
                 f"data wait {m.data_wait:.0%}",
             )
 
-        result = distill(
-            corpus, run_dir, config, resume=resume, overwrite=overwrite, on_step=on_step
-        )
+        result = train(on_step)
     return {
-        "run_dir": str(run_dir),
-        "corpus": str(corpus),
+        "run_dir": str(result.run_dir),
+        "corpus": str(result.corpus),
         "steps": result.steps,
         "final_loss": result.losses[-1][1] if result.losses else None,
         "student": str(result.student) if result.student else None,

@@ -93,13 +93,13 @@ def finetune_command(
 
     * `soundnet finetune --resume run/`
     """
-    from soundnet_cli.distillation.finetune import (
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.training.finetune import (
         FinetuneConfig,
         dataset_task,
         labels_task,
         resume_settings,
     )
-    from soundnet_cli.errors import UsageProblem
 
     flags = {
         "init": init,
@@ -133,7 +133,6 @@ def finetune_command(
         if source is None or out is None:
             raise UsageProblem("give a DATASET and its ROOT (or AUDIO_DIR --labels CSV) and --out")
         config = FinetuneConfig.from_mapping(given)
-        config.check()
         if labels is not None:
             if root is not None:
                 raise UsageProblem("with --labels, give only the audio folder (no ROOT)")
@@ -157,7 +156,7 @@ def _train(
     task: Any, run_dir: Path, config: Any, resume: bool, json_output: bool
 ) -> dict[str, Any]:
     from soundnet_cli.cli._progress import file_progress
-    from soundnet_cli.distillation.finetune import finetune, steps_for
+    from soundnet_cli.training.finetune import finetune, steps_for
 
     bar = file_progress(enabled=not json_output)
     with bar:
@@ -176,7 +175,6 @@ def _train(
             config,
             resume=resume,
             on_step=on_step,
-            announce=None if json_output else _common.info,
             on_decode=on_decode,
         )
     return result.as_dict()

@@ -142,7 +142,6 @@ def _run(
             random_init=random_init,
             device=device,
             world=world,
-            announce=_common.info,
             on_progress=progress,
             on_failure=failure,
         )

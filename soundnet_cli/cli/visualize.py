@@ -136,8 +136,8 @@ def units_command(
 
     from soundnet_cli.atomic import atomic_path
     from soundnet_cli.cli._model import load_model
+    from soundnet_cli.datasets.labels import read_label_map
     from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.evaluation.labels import read_label_map
     from soundnet_cli.media.files import find_audio
     from soundnet_cli.visualize.report import write_units_page
     from soundnet_cli.visualize.units import visualize_units
@@ -243,7 +243,7 @@ def tsne_command(
 
     * `soundnet visualize tsne feats/ --layer conv7 --seed 1 -o tsne-conv7.png`
     """
-    from soundnet_cli.evaluation.labels import read_label_map
+    from soundnet_cli.datasets.labels import read_label_map
     from soundnet_cli.visualize.figures import (
         assign_labels,
         load_feature_folder,

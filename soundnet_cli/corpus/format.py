@@ -20,6 +20,7 @@ at ``frame_times[k]`` seconds into its video and labels audio samples
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -97,9 +98,11 @@ class CorpusManifest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CorpusManifest:
+        if not isinstance(data, Mapping):
+            raise CorpusError(f"not a soundnet corpus manifest (a JSON {type(data).__name__})")
         if data.get("format") != FORMAT:
             raise CorpusError(f"not a soundnet corpus manifest (format {data.get('format')!r})")
-        return cls(
+        manifest = cls(
             sample_rate=int(data["sample_rate"]),
             clip_seconds=float(data["clip_seconds"]),
             frame_interval=float(data["frame_interval"]),
@@ -110,6 +113,22 @@ class CorpusManifest:
                 HeadInfo(h["name"], h["teacher"], tuple(h["categories"])) for h in data["heads"]
             ),
         )
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Refuse settings no corpus can have (a hand-edited manifest), naming the first."""
+        for name in ("sample_rate", "clip_seconds", "frame_interval"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise CorpusError(f"not a usable corpus manifest ({name} is {value})")
+        if not self.heads:
+            raise CorpusError("not a usable corpus manifest (it lists no heads)")
+        for head in self.heads:
+            if not head.categories:
+                raise CorpusError(
+                    f"not a usable corpus manifest (head {head.name} has no categories)"
+                )
 
     def settings_differ(self, other: CorpusManifest) -> list[str]:
         """Names of the settings where ``other`` differs (provenance aside)."""
@@ -150,7 +169,9 @@ def read_manifest(root: Path) -> CorpusManifest:
         raise CorpusError(f"{root}: not a corpus (no {MANIFEST}); make one with `soundnet prepare`")
     try:
         return CorpusManifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as exc:
+    except CorpusError as exc:
+        raise CorpusError(f"{path}: {exc}") from exc
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorpusError(f"{path}: damaged manifest ({exc})") from exc
 
 
@@ -365,8 +386,21 @@ class Corpus:
                 raise CorpusError(
                     f"{shard_dir / name / INDEX}: damaged clip entry ({type(exc).__name__}: {exc})"
                 ) from exc
+            self._check_clips(name, refs)
             self._check_extents(name, refs)
             self.clips.extend(refs)
+
+    def _check_clips(self, shard: str, refs: Sequence[ClipRef]) -> None:
+        """Every clip has at least one frame and the audio of its frames."""
+        where = self.root / SHARDS / shard / INDEX
+        for ref in refs:
+            expected = frame_boundary(ref.frames, self.manifest)
+            if ref.frames < 1 or ref.samples != expected:
+                raise CorpusError(
+                    f"{where}: clip {ref.clip} of {ref.video} has {ref.frames} frames and "
+                    f"{ref.samples} samples (expected at least 1 frame and its samples); the "
+                    "corpus is damaged (prepare it again)"
+                )
 
     def _check_extents(self, shard: str, refs: Sequence[ClipRef]) -> None:
         """Every clip's samples and frames lie inside its shard's arrays (else `corpus info`
@@ -378,6 +412,7 @@ class Corpus:
                 lengths[f"{head.name}.npy"] = len(self._array(shard, f"{head.name}.npy"))
         except (OSError, ValueError) as exc:
             raise CorpusError(f"{where.parent}: damaged shard arrays ({exc})") from exc
+        self._check_arrays(shard)
         for ref in refs:
             spans = [(AUDIO, ref.audio_offset, ref.samples)] + [
                 (f"{h.name}.npy", ref.frame_offset, ref.frames) for h in self.manifest.heads
@@ -389,6 +424,24 @@ class Corpus:
                         f"of {array}, which holds {lengths[array]}; the corpus is damaged "
                         "(prepare it again)"
                     )
+
+    def _check_arrays(self, shard: str) -> None:
+        """Audio is int16 samples, each head float posteriors of its manifest's categories."""
+        folder = self.root / SHARDS / shard
+        audio = self._array(shard, AUDIO)
+        if audio.dtype != np.int16 or audio.ndim != 1:
+            raise CorpusError(
+                f"{folder / AUDIO}: {audio.dtype} audio of shape {audio.shape}, expected int16 "
+                "samples (one dimension); the corpus is damaged (prepare it again)"
+            )
+        for head in self.manifest.heads:
+            array = self._array(shard, f"{head.name}.npy")
+            if array.dtype.kind != "f" or array.ndim != 2 or array.shape[1] != head.size:
+                raise CorpusError(
+                    f"{folder / head.name}.npy: {array.dtype} posteriors of shape {array.shape}, "
+                    f"expected (frames, {head.size}) for the {head.size} categories of head "
+                    f"{head.name}; the corpus is damaged (prepare it again)"
+                )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -407,6 +460,12 @@ class Corpus:
             ]
             for h in self.manifest.heads
         }
+        for name, values in posteriors.items():  # checked per clip: a whole corpus is large
+            if not np.isfinite(values).all():
+                raise CorpusError(
+                    f"{self.root}: head {name} of clip {ref.clip} of {ref.video} holds NaN or "
+                    "infinite posteriors; the corpus is damaged (prepare it again)"
+                )
         return Sample(ref, audio, posteriors)
 
     def __iter__(self) -> Iterator[Sample]:

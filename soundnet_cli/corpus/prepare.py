@@ -8,6 +8,7 @@ takes every WORLD_SIZE-th video of the sorted list and writes its own shards.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -37,7 +38,13 @@ if TYPE_CHECKING:
     from soundnet_cli.runtime import World
     from soundnet_cli.teachers.base import Teacher
 
+log = logging.getLogger(__name__)
+
 FRAME_AT = ("centre", "start")
+
+
+class NoVideos(UsageProblem):
+    """The paths given to prepare hold no video file."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +282,13 @@ def prepare_corpus(
         for item, posteriors in zip(
             batch, label(teachers, batch, settings.batch_size), strict=True
         ):
+            broken = [name for name, p in posteriors.items() if not np.isfinite(p).all()]
+            if broken:  # a broken teacher (weights, precision): never stored
+                path = Path(item.record.path)
+                fail(path, f"{path}: the teacher gave NaN or infinite values for head {broken[0]}")
+                if on_progress:
+                    on_progress(progress)
+                continue
             pieces = split_clips(item, posteriors, manifest)
             writer.add_video(item.record, pieces)
             clips += len(pieces)
@@ -359,7 +373,6 @@ def prepare_videos(
     random_init: bool = False,
     device: str = "auto",
     world: World | None = None,
-    announce: Callable[[str], None] | None = None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> PrepareReport:
@@ -373,7 +386,7 @@ def prepare_videos(
     world = world or world_from_env()
     files = find_videos(list(paths))
     if not files:
-        raise UsageProblem("no video files found in the given paths")
+        raise NoVideos("no video files found in the given paths")
     target = device_for(device, world)
     teachers = get_teachers(
         list(teacher_names), weights=dict(weights or {}), random_init=random_init

@@ -10,9 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.evaluation.features import compute_features, model_key
-from soundnet_cli.evaluation.labels import (
+from soundnet_cli.datasets.labels import (
     GROUP_COLUMNS,
     LABEL_COLUMNS,
     PATH_COLUMNS,
@@ -20,6 +18,8 @@ from soundnet_cli.evaluation.labels import (
     pick_column,
     read_table,
 )
+from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.evaluation.features import compute_features, model_key
 from soundnet_cli.evaluation.protocol import check_layers, fit_probe
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ProbeFile, build_probe, load_probe, save_probe, window_steps

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from soundnet_cli.datasets import Clip, Dataset, Split
 from soundnet_cli.errors import LayerError, SoundnetError
-from soundnet_cli.evaluation.datasets import Clip, Dataset, Split
 from soundnet_cli.evaluation.features import FeatureCache, compute_features, model_key
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ClipProbe, build_probe, choose_c, window_steps

@@ -5,17 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from soundnet_cli.errors import AudioError, SoundnetError, reason
 from soundnet_cli.media.files import AUDIO_EXTENSIONS as AUDIO_EXTENSIONS  # re-exported
+from soundnet_cli.media.files import is_video
+from soundnet_cli.media.pcm import MIX_CHOICES as MIX_CHOICES  # re-exported, as the two below
+from soundnet_cli.media.pcm import SAMPLE_RATE as SAMPLE_RATE
+from soundnet_cli.media.pcm import SCALE as SCALE
+from soundnet_cli.media.pcm import Mix as Mix
 
-SAMPLE_RATE = 22050
-SCALE = 256.0  # float audio in [-1, 1] times 256, as the authors' release; no mean subtraction
-Mix = Literal["first", "mean"]
-MIX_CHOICES: tuple[str, ...] = ("first", "mean")
 RESAMPLER = "soxr-hq"  # names the resampling in feature caches (features depend on it)
 RESAMPLE_QUALITY = "HQ"  # libsoxr "HQ": 20-bit precision, a steep low-pass below Nyquist
 
@@ -71,7 +72,7 @@ def open_audio(path: str | os.PathLike[str]) -> Any:
     """The one place that decides how a file is opened for its audio: a video (by extension,
     see :mod:`soundnet_cli.media.files`) by its first audio stream through PyAV, anything else
     with libsndfile. Both give ``samplerate``, ``channels``, ``frames``, ``read`` and ``seek``."""
-    from soundnet_cli.media.video import Soundtrack, is_video
+    from soundnet_cli.media.video import Soundtrack
 
     if is_video(path):
         return Soundtrack(path)

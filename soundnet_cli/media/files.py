@@ -50,6 +50,11 @@ VIDEO_EXTENSIONS = (
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS
 
 
+def is_video(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is read as a video (by its extension, as the file walker chooses)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
 class FoundFile(NamedTuple):
     """One route to one file.
 

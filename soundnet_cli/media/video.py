@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from soundnet_cli.errors import VideoError, reason
-from soundnet_cli.media.audio import SAMPLE_RATE, SCALE, Mix
 from soundnet_cli.media.files import VIDEO_EXTENSIONS as VIDEO_EXTENSIONS  # re-exported
-
-INT16_SCALE = 32768.0
+from soundnet_cli.media.files import is_video as is_video  # re-exported
+from soundnet_cli.media.pcm import INT16_SCALE, SAMPLE_RATE, Mix
+from soundnet_cli.media.pcm import int16_to_model as int16_to_model  # re-exported
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,6 @@ def read_audio(
 def _mono(planes: np.ndarray, mix: Mix) -> np.ndarray:
     planes = planes.reshape(-1, planes.shape[-1])
     return planes[0].astype(np.float32) if mix == "first" else planes.mean(axis=0, dtype=np.float32)
-
-
-def int16_to_model(samples: np.ndarray) -> np.ndarray:
-    """int16 PCM -> the model's float32 scale ([-256, 256], as audio.load_audio)."""
-    return samples.astype(np.float32) * (SCALE / INT16_SCALE)
 
 
 def read_frames(
@@ -299,8 +294,3 @@ def _as_float(frame: Any, channels: int) -> np.ndarray:
     if kind.kind == "i":
         return (array.astype(np.float64) / float(2 ** (8 * kind.itemsize - 1))).astype(np.float32)
     return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def is_video(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is read as a video (by its extension, as the file walker chooses)."""
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS

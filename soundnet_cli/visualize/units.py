@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from soundnet_cli.datasets.labels import LabelMap
 from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.evaluation.labels import LabelMap
 from soundnet_cli.media.audio import SCALE, Mix, Waveform, load_audio
 
 MAX_EXCERPT_SECONDS = 5.0

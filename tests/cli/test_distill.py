@@ -112,7 +112,7 @@ def test_videos_to_student_in_one_command(run, tmp_path):
 @pytest.fixture(scope="module")
 def soundnet8_student(tmp_path_factory) -> Path:
     """A real SoundNet-8 distilled for two steps on a tiny corpus, exported natively."""
-    from soundnet_cli.distillation import DistillConfig, distill
+    from soundnet_cli.training.distillation import DistillConfig, distill
 
     root = tmp_path_factory.mktemp("s8")
     corpus = tone_corpus(root / "corpus", videos=3)

@@ -22,7 +22,7 @@ def test_real_clips_to_a_distilled_student(tmp_path):
     assert report["prepared"] == len(picked) and not report["failed"]
 
     from soundnet_cli.corpus.format import Corpus
-    from soundnet_cli.distillation import DistillConfig, distill, read_metrics
+    from soundnet_cli.training.distillation import DistillConfig, distill, read_metrics
 
     corpus = Corpus(tmp_path / "corpus")
     for sample in corpus:  # the teacher saw the class colour: its top-1 is the clip's class

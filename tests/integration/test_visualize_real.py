@@ -135,7 +135,7 @@ def test_tsne_of_extracted_features(official_home, tmp_path):
 
 def test_curves_of_a_real_distillation(tmp_path):
     from benchmarks.distill_esc10 import build_videos, prepare
-    from soundnet_cli.distillation import DistillConfig, distill
+    from soundnet_cli.training.distillation import DistillConfig, distill
 
     rows = [r for r in esc_rows("esc10") if r["esc10"].strip().lower() == "true"]
     classes = sorted({r["category"] for r in rows})

@@ -108,7 +108,7 @@ def test_hook_register_probes(plugin_module):
 def test_hook_register_datasets(plugin_module, tmp_path):
     source = """
         import soundnet_cli
-        from soundnet_cli.evaluation.datasets import Clip, Dataset, Protocol
+        from soundnet_cli.datasets import Clip, Dataset, Protocol
 
         class Folders(Dataset):
             name = "folders"

@@ -193,3 +193,95 @@ def test_summary_counts_argmax_categories(tmp_path):
 def test_frame_boundaries_round_fractional_intervals():
     m = manifest(sample_rate=22050, frame_interval=0.3, clip_seconds=0.9)
     assert [frame_boundary(k, m) for k in range(4)] == [0, 6615, 13230, 19845]
+
+
+# -- a tampered corpus is one line where it is read (issue 25) -----------------------------------
+@pytest.fixture
+def one_video(tmp_path):
+    m = manifest()
+    write_manifest(tmp_path, m)
+    write_videos(tmp_path, m, 0, [("/v/a.mp4", [4, 4])])
+    return tmp_path
+
+
+def shard_of(root):
+    return next((root / "shards").iterdir())
+
+
+def edit_index(root, change):
+    path = shard_of(root) / "index.json"
+    index = json.loads(path.read_text())
+    change(index)
+    path.write_text(json.dumps(index))
+
+
+def one_line(exc_info) -> str:
+    message = str(exc_info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_clip_with_no_frames_is_refused(one_video):
+    edit_index(one_video, lambda index: index["clips"][0].update(frames=0))
+    with pytest.raises(CorpusError) as caught:
+        Corpus(one_video)
+    assert "has 0 frames" in one_line(caught) and "damaged" in one_line(caught)
+
+
+def test_a_clip_whose_samples_do_not_match_its_frames_is_refused(one_video):
+    edit_index(one_video, lambda index: index["clips"][1].update(samples=10))
+    with pytest.raises(CorpusError, match="has 4 frames and 10 samples"):
+        Corpus(one_video)
+
+
+def test_a_head_with_the_wrong_category_count_is_refused(one_video):
+    path = shard_of(one_video) / "scenes.npy"
+    frames = len(np.load(path))
+    np.save(path, np.full((frames, 3), 1 / 3, np.float16))  # the manifest says 2 scenes
+    with pytest.raises(CorpusError) as caught:
+        Corpus(one_video)
+    assert "expected (frames, 2)" in one_line(caught) and "scenes" in one_line(caught)
+
+
+@pytest.mark.parametrize("payload", [[], "text", 3, None])
+def test_a_manifest_that_is_not_an_object_is_refused(tmp_path, payload):
+    (tmp_path / "manifest.json").write_text(json.dumps(payload))
+    with pytest.raises(CorpusError) as caught:
+        Corpus(tmp_path)
+    assert "not a soundnet corpus manifest" in one_line(caught)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"frame_interval": 0}, "frame_interval is 0"),
+        ({"sample_rate": -1}, "sample_rate is -1"),
+        ({"heads": []}, "no heads"),
+    ],
+)
+def test_a_manifest_with_impossible_settings_is_refused(one_video, change, message):
+    path = one_video / "manifest.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | change))
+    with pytest.raises(CorpusError, match=message):
+        Corpus(one_video)
+
+
+def test_float_audio_is_refused(one_video):
+    path = shard_of(one_video) / "audio.npy"
+    np.save(path, np.load(path).astype(np.float32))
+    with pytest.raises(CorpusError) as caught:
+        Corpus(one_video)
+    assert "float32 audio" in one_line(caught) and "expected int16" in one_line(caught)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_posteriors_are_refused_where_they_are_read(one_video, bad):
+    path = shard_of(one_video) / "objects.npy"
+    values = np.load(path)
+    values[5, 1] = bad  # frame 1 of the second clip
+    np.save(path, values)
+    corpus = Corpus(one_video)
+    assert np.isfinite(corpus[0].posteriors["objects"]).all()
+    with pytest.raises(CorpusError) as caught:
+        corpus[1]
+    assert "head objects of clip 1 of /v/a.mp4 holds NaN or infinite" in one_line(caught)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from soundnet_cli.evaluation.datasets import DCASE2013, ESC10, ESC50, DatasetError
+from soundnet_cli.datasets import DCASE2013, ESC10, ESC50, DatasetError
 from soundnet_cli.plugins import get_plugins
 
 from ..conftest import tone, write_wav

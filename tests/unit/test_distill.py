@@ -14,16 +14,17 @@ import pytest
 import torch
 
 from soundnet_cli.corpus.format import Corpus
-from soundnet_cli.distillation import (
+from soundnet_cli.errors import UsageProblem
+from soundnet_cli.training.distillation import (
     DistillConfig,
     distill,
     distill_loss,
     read_metrics,
     read_toml,
 )
-from soundnet_cli.distillation.data import CropDataset, StepSampler, crop_plan, split_videos
-from soundnet_cli.distillation.train import step_frames
-from soundnet_cli.errors import UsageProblem
+from soundnet_cli.training.distillation.data import CropDataset, crop_plan, split_videos
+from soundnet_cli.training.distillation.train import step_frames
+from soundnet_cli.training.sampler import StepSampler
 
 from ..conftest import REPO
 from ..distill_helpers import register_tiny_student, tone_corpus
@@ -218,7 +219,7 @@ DDP_SCRIPT = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from soundnet_cli.distillation import DistillConfig, distill
+from soundnet_cli.training.distillation import DistillConfig, distill
 from tests.distill_helpers import register_tiny_student
 register_tiny_student()
 config = DistillConfig(steps=4, **{fast!r})

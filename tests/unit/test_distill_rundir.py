@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from soundnet_cli.cli.main import build_app
-from soundnet_cli.distillation import DistillConfig, distill
-from soundnet_cli.distillation.rundir import read_metrics
 from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.training.distillation import DistillConfig, distill
+from soundnet_cli.training.rundir import read_metrics
 
 from ..distill_helpers import register_tiny_student, tone_corpus
 from .test_distill import FAST

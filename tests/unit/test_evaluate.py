@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from soundnet_cli.datasets import ESC50
 from soundnet_cli.errors import LayerError
 from soundnet_cli.evaluation import features as features_module
-from soundnet_cli.evaluation.datasets import ESC50
 from soundnet_cli.evaluation.protocol import evaluate
 from soundnet_cli.weights.checkpoints import load_checkpoint
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from soundnet_cli.datasets.labels import LabelMap, read_label_map
 from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.evaluation.labels import LabelMap, read_label_map
 from soundnet_cli.visualize.figures import (
     assign_labels,
     confusion_matrix_png,

@@ -1,4 +1,4 @@
-"""soundnet_cli.distillation.finetune on a tiny labelled set (tones against noise): the network,
+"""soundnet_cli.training.finetune on a tiny labelled set (tones against noise): the network,
 the run folder the distillation loop keeps, exact resume, and the exported classifier."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from soundnet_cli.distillation.finetune import (
+from soundnet_cli.errors import UsageProblem
+from soundnet_cli.training.finetune import (
     FinetuneConfig,
-    build_model,
     finetune,
     labels_task,
     resume_settings,
 )
-from soundnet_cli.distillation.rundir import read_metrics
-from soundnet_cli.errors import UsageProblem
+from soundnet_cli.training.finetune.model import build_model
+from soundnet_cli.training.rundir import read_metrics
 
 from ..conftest import write_wav
 
@@ -190,7 +190,7 @@ DDP_SCRIPT = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from soundnet_cli.distillation.finetune import FinetuneConfig, finetune, labels_task
+from soundnet_cli.training.finetune import FinetuneConfig, finetune, labels_task
 task = labels_task(Path({folder!r}), Path({labels!r}), "1")
 result = finetune(task, Path(sys.argv[1]), FinetuneConfig(epochs=2, **{fast!r}))
 if result.model is not None:

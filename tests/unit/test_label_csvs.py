@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from soundnet_cli.datasets import ESC50, DatasetError
+from soundnet_cli.datasets.labels import read_label_map
 from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.evaluation.datasets import ESC50, DatasetError
-from soundnet_cli.evaluation.labels import read_label_map
 from soundnet_cli.evaluation.probing import read_labels
 
 from ..conftest import tone, write_wav
@@ -101,3 +101,33 @@ def test_esc50_conflicting_labels_and_escaping_names_are_refused(tmp_path):
     meta.write_text("\n".join([header, first.replace(name, "../" + name, 1), *rest]) + "\n")
     with pytest.raises(SoundnetError, match="line 2: .* is outside the audio folder"):
         ESC50().clips(root)
+
+
+def test_an_identical_duplicated_row_counts_once(audio, tmp_path):
+    labels = write(tmp_path / "l.csv", "path,label\na.wav,dog\nb.wav,rain\na.wav,dog\n")
+    clips = read_labels(labels, audio)
+    assert [(c.path.name, c.label) for c in clips] == [("a.wav", "dog"), ("b.wav", "rain")]
+    assert read_label_map(labels).rows == [("a.wav", "dog"), ("b.wav", "rain")]
+
+
+def test_a_conflicting_duplicate_is_still_refused(audio, tmp_path):
+    labels = write(tmp_path / "l.csv", "path,label\na.wav,dog\nb.wav,rain\na.wav,rain\n")
+    with pytest.raises(UsageProblem, match=r"line 4: a\.wav is labelled 'rain'"):
+        read_labels(labels, audio)
+
+
+def test_a_header_naming_a_column_twice_is_one_clear_line(audio, tmp_path):
+    labels = write(tmp_path / "l.csv", "path,label,label\na.wav,dog,dog\nb.wav,rain,rain\n")
+    for read in (lambda: read_labels(labels, audio), lambda: read_label_map(labels)):
+        with pytest.raises(UsageProblem) as caught:
+            read()
+        message = str(caught.value)
+        assert "names the column 'label' more than once" in message and "\n" not in message
+        assert "at least two labels" not in message
+
+
+def test_finetune_labels_count_a_repeated_row_once(audio, tmp_path):
+    from soundnet_cli.training.finetune import labels_task
+
+    labels = write(tmp_path / "l.csv", "path,label\na.wav,dog\nb.wav,rain\nb.wav,rain\n")
+    assert len(labels_task(audio, labels).train) == 2

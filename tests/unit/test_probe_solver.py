@@ -7,8 +7,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
+from soundnet_cli.datasets import ESC50
 from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.evaluation.datasets import ESC50
 from soundnet_cli.evaluation.protocol import evaluate
 from soundnet_cli.probes import ClipProbe, LinearSVMProbe, LogRegProbe, build_probe, cut_windows
 from soundnet_cli.probes import solver as solver_module

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soundnet_cli.distillation.rundir import CONFIG, METRICS, metrics_rows
 from soundnet_cli.errors import UsageProblem
+from soundnet_cli.training.rundir import CONFIG, METRICS, metrics_rows
 from soundnet_cli.visualize.figures._base import _pyplot, no_data, save_png
 
 # What the panels show, by the kind of run (told apart by the run folder's config.json).

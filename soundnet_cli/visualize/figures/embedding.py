@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from soundnet_cli.datasets.labels import LabelMap
 from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.evaluation.labels import LabelMap
 from soundnet_cli.extraction.folder import list_feature_files, read_feature_file
 from soundnet_cli.visualize.figures._base import _pyplot, save_png
 

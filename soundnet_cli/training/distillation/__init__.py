@@ -1,25 +1,25 @@
 """Distillation: a sound student learns the vision teachers' posteriors from a prepared corpus.
 
-``config`` (settings), ``data`` (crops and the step sampler), ``loop`` (the training loop, shared
-with fine-tuning), ``ddp`` (torchrun), ``rundir`` (the run folder: config, metrics, checkpoints)
-and ``train`` (:func:`distill`, its steps).
+``config`` (settings), ``data`` (crops of corpus clips) and ``train`` (:func:`distill`, its
+steps); the loop, run folder and DDP are :mod:`soundnet_cli.training`'s.
 """
 
-from soundnet_cli.distillation.config import (
+from soundnet_cli.training.distillation.config import (
     DistillConfig,
     new_config,
     read_toml,
     resumed_config,
 )
-from soundnet_cli.distillation.rundir import StepMetrics, read_metrics
-from soundnet_cli.distillation.train import (
+from soundnet_cli.training.distillation.train import (
     DistillResult,
     distill,
     distill_loss,
+    distill_source,
     prepare_source,
     read_run,
     resume_settings,
 )
+from soundnet_cli.training.rundir import StepMetrics, read_metrics
 
 __all__ = [
     "DistillConfig",
@@ -27,6 +27,7 @@ __all__ = [
     "StepMetrics",
     "distill",
     "distill_loss",
+    "distill_source",
     "new_config",
     "prepare_source",
     "read_metrics",

@@ -1,7 +1,8 @@
 """Distillation: train a sound student to predict the vision teachers' posteriors (PAPER.md,
 "Training"). One library function, :func:`distill`, runs on CPU, one GPU, or under ``torchrun``
 (DDP, each rank its slice of every global batch, rank 0 logging and checkpointing); it is a few
-readable steps: set up the run, build the data, run the shared loop (:mod:`.loop`), export.
+readable steps: set up the run, build the data, run the shared loop
+(:mod:`soundnet_cli.training.loop`), export.
 
 Loss: for every head and student time step, KL(teacher || student) with the student's
 log-softmax, averaged over batch, time steps and heads, times ``kl_scale`` (250, as the
@@ -10,16 +11,19 @@ release); ``loss="l2"`` is the ablation's squared error between the probabilitie
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from soundnet_cli.distillation.config import DistillConfig, resumed_config
-from soundnet_cli.distillation.ddp import barrier, data_parallel
-from soundnet_cli.distillation.loop import Schedule, run_loop
-from soundnet_cli.distillation.rundir import (
+from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.runtime import World, device_for, join_process_group, leave_process_group
+from soundnet_cli.training.ddp import barrier, data_parallel
+from soundnet_cli.training.distillation.config import DistillConfig, resumed_config
+from soundnet_cli.training.loop import Schedule, run_loop
+from soundnet_cli.training.rundir import (
     LAST,
     StepMetrics,
     claim_run_dir,
@@ -28,11 +32,13 @@ from soundnet_cli.distillation.rundir import (
     trim_metrics,
     write_config,
 )
-from soundnet_cli.errors import SoundnetError, UsageProblem
-from soundnet_cli.runtime import World, device_for, join_process_group, leave_process_group
 
 if TYPE_CHECKING:
     import torch
+
+    from soundnet_cli.students.contract import Student
+
+log = logging.getLogger(__name__)
 
 STUDENT = "student.safetensors"
 
@@ -68,7 +74,7 @@ def distill_loss(
 
 
 def step_frames(
-    student: Any, head_layer: str, crop_samples: int, frames: int, interval: float
+    student: Student, head_layer: str, crop_samples: int, frames: int, interval: float
 ) -> list[int]:
     """For each student output step, the target frame it learns: one to one when the counts
     match (20-s crops: 4 and 4, as the release), else the frame under the step's centre."""
@@ -79,7 +85,9 @@ def step_frames(
         )
     if steps == frames:
         return list(range(frames))
-    centres = student.feature(head_layer).step_centres(steps, student.sample_rate)
+    from soundnet_cli.students.contract import feature_of
+
+    centres = feature_of(student, head_layer).step_centres(steps, student.sample_rate)
     return [min(frames - 1, max(0, int(c // interval))) for c in centres]
 
 
@@ -92,6 +100,7 @@ class DistillResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     agreement: dict[str, float] | None = None
     chance: dict[str, float] | None = None
+    corpus: Path | None = None
 
 
 def select_heads(manifest: Any, teachers: tuple[str, ...]) -> list[Any]:
@@ -142,22 +151,16 @@ class _Setup:
 
 
 def _set_up(
-    corpus_path: Path,
-    run_dir: Path,
-    config: DistillConfig,
-    resume: bool,
-    world: World,
-    overwrite: bool = False,
+    corpus_path: Path, run_dir: Path, config: DistillConfig, resume: bool, world: World
 ) -> _Setup:
     """Read the corpus, build the student and optimiser, and restore a checkpoint to resume."""
     import torch
 
     from soundnet_cli.corpus.format import Corpus
-    from soundnet_cli.distillation.data import crop_plan, split_videos
     from soundnet_cli.plugins import get_plugins
     from soundnet_cli.students import HeadSpec
+    from soundnet_cli.training.distillation.data import crop_plan, split_videos
 
-    config.check()
     corpus = Corpus(corpus_path)
     heads = select_heads(corpus.manifest, config.teachers)
     plan = crop_plan(corpus, config.crop_seconds)
@@ -184,8 +187,6 @@ def _set_up(
         if not checkpoint.is_file():
             raise SoundnetError(f"{run_dir}: no checkpoint to resume from ({LAST})")
         start = load_training_state(checkpoint, student, optimizer)
-    else:
-        claim_run_dir(run_dir, STUDENT, overwrite=overwrite, remove=world.main)
     return _Setup(
         corpus, heads, plan, train_idx, held_idx, world, device, student, aligned, optimizer, start
     )
@@ -195,7 +196,8 @@ def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
     """The crop dataset and an endless iterator of this rank's batches from the start step."""
     import torch
 
-    from soundnet_cli.distillation.data import CropDataset, StepSampler
+    from soundnet_cli.training.distillation.data import CropDataset
+    from soundnet_cli.training.sampler import StepSampler
 
     names = [h.name for h in setup.heads]
     dataset = CropDataset(setup.corpus.root, names, setup.plan)
@@ -247,16 +249,63 @@ def distill(
 
     A new run refuses a ``run_dir`` where an earlier run left metrics, a checkpoint or an
     exported student, unless ``overwrite`` (which deletes them first)."""
+    if not resume:
+        claim_run(run_dir, overwrite=overwrite)
+    return _train(Path(corpus_path), Path(run_dir), config, resume=resume, on_step=on_step)
+
+
+def claim_run(run_dir: Path, *, overwrite: bool) -> None:
+    """Claim ``run_dir`` for a new run (the one place that does): refused where a run left
+    results unless ``overwrite``, which (on the main rank) deletes them."""
+    from soundnet_cli.runtime import world_from_env
+
+    claim_run_dir(Path(run_dir), STUDENT, overwrite=overwrite, remove=world_from_env().main)
+
+
+def distill_source(
+    source: Path,
+    run_dir: Path,
+    config: DistillConfig,
+    *,
+    overwrite: bool = False,
+    weights: Mapping[str, str] | None = None,
+    random_init: bool = False,
+    on_failure: Callable[[str, str], None] | None = None,
+    on_step: Callable[[StepMetrics], None] | None = None,
+) -> DistillResult:
+    """A new run from ``source``, a corpus or a folder of videos: claim ``run_dir`` (before
+    any preparing), prepare the videos into RUN_DIR/corpus if need be, then train."""
+    run_dir = Path(run_dir)
+    claim_run(run_dir, overwrite=overwrite)
+    corpus = prepare_source(
+        Path(source),
+        run_dir,
+        config,
+        weights=weights,
+        random_init=random_init,
+        on_failure=on_failure,
+    )
+    return _train(corpus, run_dir, config, resume=False, on_step=on_step)
+
+
+def _train(
+    corpus_path: Path,
+    run_dir: Path,
+    config: DistillConfig,
+    *,
+    resume: bool,
+    on_step: Callable[[StepMetrics], None] | None,
+) -> DistillResult:
+    """Train in the run folder already claimed (or resumed)."""
     import torch
 
     from soundnet_cli.runtime import world_from_env
 
-    run_dir = Path(run_dir)
     world = world_from_env()
     created = join_process_group(device_for(config.device, world), world)
 
     def run_in_group() -> DistillResult:  # its locals, DDP included, go before the group
-        setup = _set_up(corpus_path, run_dir, config, resume, world, overwrite)
+        setup = _set_up(corpus_path, run_dir, config, resume, world)
         if world.main:
             write_config(
                 run_dir, {"corpus": str(Path(corpus_path).resolve()), "config": config.as_dict()}
@@ -308,7 +357,9 @@ def distill(
             evaluate=evaluate if setup.held_idx else None,
             on_step=on_step,
         )
-        result = DistillResult(run_dir, None, loop.steps, loop.losses, loop.scores)
+        result = DistillResult(
+            run_dir, None, loop.steps, loop.losses, loop.scores, corpus=corpus_path
+        )
         if world.main:
             result.student = _export(setup, run_dir, corpus_path, config)
             if setup.held_idx:
@@ -363,21 +414,19 @@ def prepare_source(
     *,
     weights: Mapping[str, str] | None = None,
     random_init: bool = False,
-    announce: Callable[[str], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> Path:
     """The corpus to train on: ``source`` itself when it is one, else a corpus prepared from
     the videos under ``source`` into RUN_DIR/corpus with the config's teachers."""
     from soundnet_cli.corpus.format import is_corpus
-    from soundnet_cli.corpus.prepare import PrepareSettings, prepare_videos
+    from soundnet_cli.corpus.prepare import NoVideos, PrepareSettings, prepare_videos
 
     if is_corpus(source):
         return source
     if not config.teachers:
         raise UsageProblem(f"{source} is not a corpus; to prepare one, name the --teacher(s)")
     corpus = run_dir / "corpus"
-    if announce:
-        announce(f"preparing the videos in {source} into {corpus}")
+    log.info("preparing the videos in %s into %s", source, corpus)
     try:
         prepare_videos(
             [source],
@@ -387,11 +436,8 @@ def prepare_source(
             weights=weights,
             random_init=random_init,
             device=config.device,
-            announce=announce,
             on_failure=on_failure,
         )
-    except UsageProblem as exc:
-        if "no video files" in str(exc):
-            raise UsageProblem(f"{source} is neither a corpus nor a folder with videos") from exc
-        raise
+    except NoVideos as exc:
+        raise UsageProblem(f"{source} is neither a corpus nor a folder with videos") from exc
     return corpus

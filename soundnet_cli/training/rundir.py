@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,11 @@ def load_training_state(path: Path, model: nn.Module, optimizer: Any) -> int:
         raise SoundnetError(f"{path}: cannot resume from this checkpoint (the file is empty)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's own advice (weights_only=False) is unsafe
+        raise SoundnetError(
+            f"{path}: not a soundnet training checkpoint (it is not tensors and plain values; "
+            "nothing in it was loaded or run)"
+        ) from exc
     except Exception as exc:
         raise SoundnetError(
             f"{path}: cannot resume from this checkpoint ({reason(exc, 'first')})"

@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from soundnet_cli.errors import UsageProblem
+from soundnet_cli.training.settings import (
+    check_positive,
+    refuse_changed_settings,
+    updated_settings,
+)
 
 LOSSES = ("kl", "l2")
 # Settings a resumed run may change: they do not alter what the run computes.
@@ -38,7 +43,11 @@ class DistillConfig:
     device: str = "auto"
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        self.check()  # every config is valid from its construction: no caller checks again
+
     def check(self) -> None:
+        """Refuse settings no run can use, in one line naming the setting."""
         if self.loss not in LOSSES:
             raise UsageProblem(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_every"):
@@ -46,8 +55,16 @@ class DistillConfig:
                 raise UsageProblem(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.held_out < 1:
             raise UsageProblem("--held-out must be in [0, 1)")
-        if self.lr <= 0 or self.workers < 0:
-            raise UsageProblem("--lr must be positive and --workers >= 0")
+        if self.workers < 0:
+            raise UsageProblem("--workers must be at least 0")
+        check_positive("lr", self.lr)
+        check_positive("kl_scale", self.kl_scale)
+        check_positive("crop_seconds", self.crop_seconds)
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            check_positive(name, value, zero=True)
+            if value >= 1:
+                raise UsageProblem(f"--{name} must be below 1, not {value:g}")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -62,19 +79,6 @@ class DistillConfig:
         data = updated_settings((base or cls()).as_dict(), values, {f.name for f in fields(cls)})
         data["teachers"] = tuple(data["teachers"] or ())
         return cls(**data)
-
-
-def updated_settings(
-    data: dict[str, Any], values: Mapping[str, Any], known: set[str]
-) -> dict[str, Any]:
-    """``data`` with ``values`` applied (keys as in the dataclass, or with dashes); an unknown
-    key is a usage error listing the known ones. Shared by distill's and finetune's settings."""
-    for key, value in values.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise UsageProblem(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
-        data[name] = value
-    return data
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -94,28 +98,15 @@ def read_toml(path: Path) -> dict[str, Any]:
 def new_config(
     given: Mapping[str, Any], teachers: tuple[str, ...] = (), config_file: Path | None = None
 ) -> DistillConfig:
-    """A new run's settings: defaults, then the TOML file, then the options given."""
+    """A new run's settings: defaults, then the TOML file, then the options given (``teachers``
+    too: none given keeps the file's)."""
     base = DistillConfig.from_mapping(read_toml(config_file)) if config_file else None
-    config = DistillConfig.from_mapping(dict(given) | {"teachers": tuple(teachers)}, base)
-    config.check()
-    return config
-
-
-def refuse_changed_settings(given: Mapping[str, Any], resumable: frozenset[str]) -> None:
-    """A resumed run (distillation or fine-tuning) keeps its recorded settings: refuse any given
-    setting outside ``resumable``, naming the options that may change."""
-    changed = set(given) - resumable
-    if changed:
-        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(resumable))
-        raise UsageProblem(
-            f"a resumed run keeps its settings; only {allowed} may change "
-            f"(got {', '.join(sorted(changed))})"
-        )
+    values = dict(given) | ({"teachers": tuple(teachers)} if teachers else {})
+    return DistillConfig.from_mapping(values, base)
 
 
 def resumed_config(recorded: DistillConfig, given: Mapping[str, Any]) -> DistillConfig:
-    """A resumed run keeps its recorded settings; only :data:`RESUMABLE` ones may change."""
+    """A resumed run keeps its recorded settings; only :data:`RESUMABLE` ones may change
+    (a config is checked once, when it is made)."""
     refuse_changed_settings(given, RESUMABLE)
-    config = DistillConfig.from_mapping(given, recorded)
-    config.check()
-    return config
+    return DistillConfig.from_mapping(given, recorded)

@@ -1,10 +1,10 @@
-"""Labels CSVs: one reader for every CSV the evaluation reads (labels for `soundnet probe`, the
-ESC-50 meta file, labels for figures), and the label map figures use.
+"""Labels CSVs: one reader for every labelled CSV (labels for `soundnet probe` and `soundnet
+finetune`, the ESC-50 meta file, labels for figures), and the label map figures use.
 
-Rules (docs/formats.md): UTF-8, with or without the BOM spreadsheets write; a header row; a row
-with missing fields, an empty label, or one file listed under two labels is refused, naming
-the line. Labels for probes and datasets name files inside the audio folder: relative paths
-without ``..``.
+Rules (docs/formats.md): UTF-8, with or without the BOM spreadsheets write; a header row that
+names each column once; a row with missing fields, an empty label, or one file listed under two
+labels is refused, naming the line; a row repeated exactly counts once. Labels for probes and
+datasets name files inside the audio folder: relative paths without ``..``.
 
 Figures look files up loosely, because a features folder drops the audio extension and a labels
 file may hold paths relative to another folder: by the relative path, then without its
@@ -41,15 +41,23 @@ class Row:
 def read_table(
     path: Path, *, error: type[SoundnetError] = UsageProblem
 ) -> tuple[list[str], list[Row]]:
-    """The header and rows of the CSV at ``path``; problems raise ``error`` naming the line."""
+    """The header and rows of the CSV at ``path`` (a row repeated exactly is kept once);
+    problems raise ``error`` naming the line."""
     if not path.is_file():
         raise error(f"{path}: no such file")
     rows: list[Row] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
     line = 1
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: drops a BOM
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
+            twice = sorted({name for name in header if name and header.count(name) > 1})
+            if twice:
+                raise error(
+                    f"{path}: the header names the column {twice[0]!r} more than once; "
+                    "name each column once"
+                )
             for fields in reader:
                 line = reader.line_num
                 missing = [k for k, v in fields.items() if k is not None and v is None]
@@ -59,7 +67,10 @@ def read_table(
                         f"fields; missing {', '.join(missing)}"
                     )
                 fields.pop(None, None)  # type: ignore[arg-type,unused-ignore]  # extra fields: ignored
-                rows.append(Row(line, fields))
+                key = tuple(sorted(fields.items()))
+                if key not in seen:  # the same row twice is the same clip, not two
+                    seen.add(key)
+                    rows.append(Row(line, fields))
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except csv.Error as exc:
