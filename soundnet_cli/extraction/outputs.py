@@ -457,16 +457,27 @@ def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, lis
         layer = layers[0]
     chosen = dict(found.get(layer, {}))
     for key, path in archives.items():
-        if key not in chosen:
-            with np.load(path, allow_pickle=False) as data:
-                if layer in data.files:
-                    chosen[key] = path
+        if key not in chosen and _npz_may_hold(path, layer):
+            chosen[key] = path
     if not chosen:
         raise UsageProblem(f"{folder}: no features for layer {layer!r} (run `soundnet extract`)")
     rows = FeatureManifest(folder).rows()
     sources = {key: str(row.get("path", key)) for key, row in rows.items()}
     files = [FeatureFile(key, layer, chosen[key], sources.get(key, key)) for key in sorted(chosen)]
     return layer, files
+
+
+def _npz_may_hold(path: Path, layer: str) -> bool:
+    """Whether an archive lists ``layer`` (its names only, nothing inflated); one that cannot
+    be read is listed too, so the reader reports it as a failed file instead of the listing
+    stopping on it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return f"{layer}.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return True
 
 
 def read_feature_file(item: FeatureFile) -> np.ndarray:
