@@ -55,6 +55,13 @@ def evaluate_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute features even if cached."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    max_memory: str = typer.Option(
+        None,
+        "--max-memory",
+        help="Memory each probe fit may use, such as 4G or 512M (default: half the machine's "
+        "memory). A layer whose fit is planned beyond it is refused before any feature is "
+        "computed.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Reproduce the paper's evaluations: a linear probe on frozen features.
@@ -86,9 +93,11 @@ def evaluate_command(
     from soundnet_cli.evaluation.protocol import evaluate
     from soundnet_cli.models import default_layer
     from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.probes.budget import parse_size
     from soundnet_cli.runtime import resolve_device
     from soundnet_cli.visualize.figures import confusion_matrix_png
 
+    budget = parse_size(max_memory) if max_memory is not None else None
     C = _parse_c(c_value)
     _check_solver(solver)
     check_precision(precision)
@@ -121,6 +130,7 @@ def evaluate_command(
             device=resolve_device(device),
             precision=precision,
             solver=solver,
+            max_memory=budget,
             announce=_common.warn,
             progress=progress,
         )

@@ -13,6 +13,11 @@ from soundnet_cli.cli import _common
 from soundnet_cli.cli._model import PRECISION_HELP
 from soundnet_cli.cli._progress import file_progress
 
+MAX_MEMORY_HELP = (
+    "Memory the probe fit may use, such as 4G or 512M (default: half the machine's memory). "
+    "A fit planned beyond it is refused before any work, saying which windows would fit."
+)
+
 probe_app = typer.Typer(
     help="Train a probe classifier on features of labeled sounds, and apply it.",
     no_args_is_help=True,
@@ -56,6 +61,7 @@ def fit_command(
     mix: str = typer.Option("first", "--mix", help="first or mean channel."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    max_memory: str = typer.Option(None, "--max-memory", help=MAX_MEMORY_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Train a probe on labeled audio: windows of one layer, the paper's protocol.
@@ -70,6 +76,9 @@ def fit_command(
     * `soundnet probe fit sounds/ --labels labels.csv --C auto --layer conv6 --out p.npz`
 
     * `soundnet probe fit sounds/ --labels labels.csv --solver liblinear --out ref.npz`
+
+    * `soundnet probe fit sounds/ --labels labels.csv --layer conv2 --window 0.1 --max-memory 4G
+      --out p.npz`
     """
     import torch
 
@@ -78,8 +87,10 @@ def fit_command(
     from soundnet_cli.evaluation import probing
     from soundnet_cli.models import default_layer
     from soundnet_cli.probes import save_probe
+    from soundnet_cli.probes.budget import parse_size
     from soundnet_cli.runtime import resolve_device
 
+    budget = parse_size(max_memory) if max_memory is not None else None
     _common.check_mix(mix)
     check_precision(precision)
     C = _parse_c(c_value)
@@ -103,6 +114,7 @@ def fit_command(
             source=probing.model_source(checkpoint, student),
             precision=precision,
             solver=solver,
+            max_memory=budget,
             announce=_common.warn,
             on_clip=lambda: bar.advance(task),
         )
