@@ -23,6 +23,7 @@ from soundnet_cli.evaluation.labels import (
 from soundnet_cli.evaluation.protocol import check_layers, fit_probe, plan_layer_fit
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ProbeFile, build_probe, load_probe, save_probe, window_steps
+from soundnet_cli.probes.windows import check_finite
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def fit(
         device=device,
         on_clip=on_clip,
     )
+    check_finite([f[layer] for f in features], [str(c.path) for c in clips])
     stride = next(i.stride for i in model.feature_info if i.name == layer)
     steps = window_steps(stride, window_seconds, model.sample_rate)
     clip_probe, chosen = fit_probe(
@@ -193,7 +195,9 @@ def predict(
         device=device,
         on_clip=on_clip,
     )
-    decisions = probe_file.probe.decision_function([f[features_meta["layer"]] for f in features])
+    layer_features = [f[features_meta["layer"]] for f in features]
+    check_finite(layer_features, [str(p) for p in paths])
+    decisions = probe_file.probe.decision_function(layer_features)
     classes = probe_file.probe.classes_
     return [
         ClipPrediction(

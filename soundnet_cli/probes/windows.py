@@ -88,6 +88,7 @@ class ClipProbe:
     def fit(self, clips: Sequence[np.ndarray], labels: Sequence[str]) -> ClipProbe:
         if len(clips) != len(labels):
             raise SoundnetError(f"{len(clips)} clips but {len(labels)} labels")
+        check_finite(clips)
         if clips:
             shapes = [np.shape(c) for c in clips]
             channels = shapes[0][-1] if len(shapes[0]) == 2 else 1
@@ -103,6 +104,7 @@ class ClipProbe:
 
     def decision_function(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """(clips, classes): each clip's decision values averaged over its windows."""
+        check_finite(clips)
         if hasattr(self.estimator, "clip_decision"):
             return np.stack([self.estimator.clip_decision(f, self.steps) for f in clips])
         return np.stack(
@@ -116,6 +118,19 @@ class ClipProbe:
     def fit_report(self) -> Any:
         """How the solver ended (``converged``, ``iterations``, ...), or None if unknown."""
         return getattr(self.estimator, "fit_report_", None)
+
+
+def check_finite(clips: Sequence[np.ndarray], names: Sequence[str] | None = None) -> None:
+    """Refuse clips whose features hold NaN or infinite values (a probe would fit or score
+    ``nan``), naming the first few (by ``names``, else by position)."""
+    bad = [i for i, clip in enumerate(clips) if not np.isfinite(np.asarray(clip)).all()]
+    if bad:
+        label = [str(names[i]) if names is not None else f"clip {i}" for i in bad[:3]]
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise SoundnetError(
+            f"the features of {', '.join(label)}{more} contain NaN or infinite values; "
+            "check the model (its weights) and these inputs"
+        )
 
 
 def solver_kind(estimator: Any) -> str:
