@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from soundnet_cli.errors import SoundnetError
-from soundnet_cli.probes import ClipProbe, LinearSVMProbe, load_probe, save_probe
-from soundnet_cli.probes import storage
+from soundnet_cli.probes import ClipProbe, LinearSVMProbe, load_probe, save_probe, storage
 from soundnet_cli.probes.storage import ProbeFileError
 
 
