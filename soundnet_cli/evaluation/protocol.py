@@ -16,6 +16,7 @@ from soundnet_cli.evaluation.datasets import Clip, Dataset, Split
 from soundnet_cli.evaluation.features import FeatureCache, compute_features, model_key
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ClipProbe, build_probe, choose_c, window_steps
+from soundnet_cli.probes.windows import check_finite
 
 
 @dataclass
@@ -235,6 +236,8 @@ def evaluate(
         device=device,
         on_clip=tick,
     )
+    for layer in layers:  # name the clips, before any probe would fit or score nan
+        check_finite([f[layer] for f in features], [str(c.path) for c in clips])
     featurised = time.perf_counter()
     report = EvaluationReport(
         dataset=dataset.name,

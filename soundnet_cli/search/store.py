@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem, reason
 from soundnet_cli.search.vectors import (
     BLOCK_ROWS,
     IvfIndex,
@@ -46,7 +46,7 @@ FORMAT_VERSION = 1
 EXACT_LIMIT = 100_000  # below this many files a scan is fast enough and exact
 METHODS = ("auto", "exact", "approximate")
 RETRAIN_GROWTH = 4  # retrain the cells once the index holds 4x the rows they were trained on
-VECTORS, ENTRIES = "vectors.npy", "entries.jsonl"
+VECTORS, ENTRIES, IVF = "vectors.npy", "entries.jsonl", "ivf.faiss"
 HASH_BLOCK = 16 * 2**20
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,20 @@ class StoredIndex:
             )
         self._check_checksum(VECTORS)
 
+    def _load_ivf(self, settings: IvfSettings) -> IvfIndex:
+        """The approximate index, checked against its recorded sha256 before faiss reads it."""
+        if not (self.folder / IVF).is_file():
+            raise self.damaged(IVF, "missing")
+        self._check_checksum(IVF)
+        try:
+            ivf = IvfIndex.load(self.folder / IVF, settings)
+        except RuntimeError as exc:  # faiss reports a malformed file as a RuntimeError
+            raise self.damaged(IVF, reason(exc, "first")) from exc
+        if ivf.count != self.description.count:
+            raise self.damaged(IVF, f"{ivf.count} vectors, the description says "
+                               f"{self.description.count}")  # fmt: skip
+        return ivf
+
     def _check_checksum(self, name: str) -> None:
         expected = self.description.checksums.get(name)
         if expected and file_digest(self.folder / name) != expected:
@@ -235,7 +249,7 @@ class StoredIndex:
             scores, rows = exact_search(self.vectors, queries, k)
         else:
             if self._ivf is None:
-                self._ivf = IvfIndex.load(self.folder / "ivf.faiss", self.description.ivf)
+                self._ivf = self._load_ivf(self.description.ivf)
             scores, rows = self._ivf.search(queries, k)
         if not np.isfinite(scores).all():  # an index written before checksums were kept
             raise self.damaged(VECTORS, "it holds NaN or infinite values")
@@ -383,7 +397,8 @@ def update_index(
                 appended = old is not None and len(kept) == old.description.count
                 ivf = _approximate(folder, old, vectors, appended, len(kept))
                 summary.recall_at_10 = ivf.recall_at_10
-            checksums = {name: file_digest(folder / name) for name in (VECTORS, ENTRIES)}
+            names = (VECTORS, ENTRIES, IVF) if ivf is not None else (VECTORS, ENTRIES)
+            checksums = {name: file_digest(folder / name) for name in names}
             description = Description(
                 layer, pool, channels, count, kind, model, generation, time.time(), ivf, checksums
             )
@@ -520,9 +535,14 @@ def _approximate(
         and settings is not None
         and len(vectors) <= RETRAIN_GROWTH * settings.trained_rows
     )
+    ivf: IvfIndex | None = None
     if reusable:
         assert old is not None and settings is not None
-        ivf = IvfIndex.load(old.folder / "ivf.faiss", settings)
+        try:
+            ivf = old._load_ivf(settings)
+        except DamagedIndex as exc:
+            log.warning("%s; training it anew", str(exc).split("; rebuild it")[0])
+    if ivf is not None:
         if appended_only:
             ivf.add(vectors[kept:], first_id=kept)
         else:
@@ -532,7 +552,7 @@ def _approximate(
         ivf = IvfIndex.train(vectors)
         ivf.add(vectors, first_id=0)
     settings = ivf.calibrate(vectors)
-    ivf.save(folder / "ivf.faiss")
+    ivf.save(folder / IVF)
     return settings
 
 

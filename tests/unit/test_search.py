@@ -199,3 +199,22 @@ def test_unknown_key_and_bad_method_are_usage_errors(tmp_path: Path) -> None:
         index.row_of("nope")
     with pytest.raises(UsageProblem, match="--method"):
         folder.update(method="fast")
+
+
+def test_a_damaged_approximate_index_is_refused_then_trained_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = Folder(tmp_path, clustered(300))
+    folder.update(method="approximate")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    ivf = index.folder / "ivf.faiss"
+    ivf.write_bytes(ivf.read_bytes()[:-64])
+    query = np.asarray(index.vectors[0])[None, :]
+    with pytest.raises(store.DamagedIndex, match=r"ivf\.faiss: the search index is damaged"):
+        index.search(query, 3)
+    folder.stamps["clip0001"] = 2  # one file changed: the update reuses the cells if it can
+    summary = folder.update(method="approximate")
+    assert summary.count == 300
+    assert any("ivf.faiss" in r.getMessage() for r in caplog.records)
+    assert query_self(tmp_path, "clip0005")[0] == "clip0005"
