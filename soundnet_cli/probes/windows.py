@@ -106,10 +106,21 @@ class ClipProbe:
         """(clips, classes): each clip's decision values averaged over its windows."""
         check_finite(clips)
         if hasattr(self.estimator, "clip_decision"):
-            return np.stack([self.estimator.clip_decision(f, self.steps) for f in clips])
-        return np.stack(
-            [self.estimator.decision_function(cut_windows(f, self.steps)).mean(0) for f in clips]
-        )
+            scores = np.stack([self.estimator.clip_decision(f, self.steps) for f in clips])
+        else:
+            scores = np.stack(
+                [
+                    self.estimator.decision_function(cut_windows(f, self.steps)).mean(0)
+                    for f in clips
+                ]
+            )
+        bad = np.flatnonzero(~np.isfinite(scores).all(axis=1))
+        if len(bad):
+            raise SoundnetError(
+                f"the probe's scores of clip {int(bad[0])} are not finite (features too large "
+                "for its weights); check the model and the input"
+            )
+        return scores
 
     def predict(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         return self.classes_[np.argmax(self.decision_function(clips), axis=1)]

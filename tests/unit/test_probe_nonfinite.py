@@ -97,3 +97,20 @@ def test_a_member_whose_header_lies_about_its_size_is_refused(tmp_path: Path):
         archive.writestr("a_coef.npy", head.getvalue() + bytes(64))
     with pytest.raises(ProbeFileError, match="not the bytes it holds"):
         load_probe(liar)
+
+
+def test_scores_that_are_not_finite_are_an_error_not_inf():
+    """A plugin estimator whose scores overflow: an error, never inf or nan in the output."""
+
+    class Overflowing:
+        classes_ = np.array(["a", "b"])
+
+        def fit(self, X, y):
+            return self
+
+        def decision_function(self, X):
+            return np.full((len(X), 2), np.inf)
+
+    probe = ClipProbe(Overflowing(), 3).fit(clips(), LABELS)
+    with pytest.raises(SoundnetError, match="scores of clip 0 are not finite"):
+        probe.decision_function(clips())
