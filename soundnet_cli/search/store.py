@@ -48,6 +48,10 @@ METHODS = ("auto", "exact", "approximate")
 RETRAIN_GROWTH = 4  # retrain the cells once the index holds 4x the rows they were trained on
 VECTORS, ENTRIES, IVF = "vectors.npy", "entries.jsonl", "ivf.faiss"
 HASH_BLOCK = 16 * 2**20
+# Files up to this size are checked against their sha256 on every open (about 0.1 s); larger
+# ones (a million vectors is 1 GB) only when an update opens them, so that a query stays fast:
+# their dtype, shape, size and finite scores are still checked on every open.
+CHECKSUM_ON_OPEN = 256 * 2**20
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class Description:
     generation: str
     built_at: float
     ivf: IvfSettings | None = None
-    # sha256 of vectors.npy and entries.jsonl (absent in indexes written before they were kept)
+    # sha256 of vectors.npy, entries.jsonl and ivf.faiss (absent in older indexes)
     checksums: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,12 +127,14 @@ class StoredIndex:
     """An index opened for queries: entries, memory-mapped vectors, the approximate index.
 
     Opening verifies the stored files against the description (entries' count and fields,
-    the vectors' dtype, shape and size, and both files' sha256 when recorded), so a damaged
-    index is refused, naming the file and how to rebuild it, before it answers anything.
+    the vectors' dtype, shape and size, and the files' sha256 when recorded: see
+    ``CHECKSUM_ON_OPEN``), so a damaged index is refused, naming the file and how to rebuild
+    it, before it answers anything.
     """
 
-    def __init__(self, root: Path, description: Description) -> None:
+    def __init__(self, root: Path, description: Description, *, thorough: bool = False) -> None:
         self.root, self.description = root, description
+        self.thorough = thorough  # every checksum, whatever the files' size (updates)
         self.folder = root / SEARCH_DIR / description.generation
         self.entries = self._verified_entries()
         self._check_vectors_file()
@@ -188,7 +194,7 @@ class StoredIndex:
             )
         self._check_checksum(VECTORS)
 
-    def _load_ivf(self, settings: IvfSettings) -> IvfIndex:
+    def load_ivf(self, settings: IvfSettings) -> IvfIndex:
         """The approximate index, checked against its recorded sha256 before faiss reads it."""
         if not (self.folder / IVF).is_file():
             raise self.damaged(IVF, "missing")
@@ -198,17 +204,22 @@ class StoredIndex:
         except RuntimeError as exc:  # faiss reports a malformed file as a RuntimeError
             raise self.damaged(IVF, reason(exc, "first")) from exc
         if ivf.count != self.description.count:
-            raise self.damaged(IVF, f"{ivf.count} vectors, the description says "
-                               f"{self.description.count}")  # fmt: skip
+            why = f"{ivf.count} vectors, the description says {self.description.count}"
+            raise self.damaged(IVF, why)
         return ivf
 
     def _check_checksum(self, name: str) -> None:
         expected = self.description.checksums.get(name)
-        if expected and file_digest(self.folder / name) != expected:
+        path = self.folder / name
+        if not expected or (path.stat().st_size > CHECKSUM_ON_OPEN and not self.thorough):
+            return
+        if file_digest(path) != expected:
             raise self.damaged(name, "its sha256 is not the one recorded when it was written")
 
     @classmethod
-    def open(cls, root: Path, layer: str, pool: str) -> StoredIndex | None:
+    def open(
+        cls, root: Path, layer: str, pool: str, *, thorough: bool = False
+    ) -> StoredIndex | None:
         path = _description_path(root, index_name(layer, pool))
         if not path.is_file():
             return None
@@ -220,7 +231,7 @@ class StoredIndex:
                 f"{path}: not a search index description ({exc}); rebuild it with "
                 f"`soundnet search index {root} --layer {layer} --pool {pool} --rebuild`"
             ) from exc
-        return cls(root, description)
+        return cls(root, description, thorough=thorough)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -249,7 +260,7 @@ class StoredIndex:
             scores, rows = exact_search(self.vectors, queries, k)
         else:
             if self._ivf is None:
-                self._ivf = self._load_ivf(self.description.ivf)
+                self._ivf = self.load_ivf(self.description.ivf)
             scores, rows = self._ivf.search(queries, k)
         if not np.isfinite(scores).all():  # an index written before checksums were kept
             raise self.damaged(VECTORS, "it holds NaN or infinite values")
@@ -415,7 +426,7 @@ def update_index(
 def _open_or_rebuild(root: Path, layer: str, pool: str) -> StoredIndex | None:
     """The index to update, or None (build anew) when it is damaged: updating is rebuilding."""
     try:
-        return StoredIndex.open(root, layer, pool)
+        return StoredIndex.open(root, layer, pool, thorough=True)
     except DamagedIndex as exc:
         log.warning("%s; building it anew", str(exc).split("; rebuild it")[0])
         return None
@@ -539,7 +550,7 @@ def _approximate(
     if reusable:
         assert old is not None and settings is not None
         try:
-            ivf = old._load_ivf(settings)
+            ivf = old.load_ivf(settings)
         except DamagedIndex as exc:
             log.warning("%s; training it anew", str(exc).split("; rebuild it")[0])
     if ivf is not None:

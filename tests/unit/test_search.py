@@ -218,3 +218,25 @@ def test_a_damaged_approximate_index_is_refused_then_trained_anew(
     assert summary.count == 300
     assert any("ivf.faiss" in r.getMessage() for r in caplog.records)
     assert query_self(tmp_path, "clip0005")[0] == "clip0005"
+
+
+def test_an_edited_vector_is_caught_by_its_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same dtype, shape and size, finite values: only the sha256 sees the edit. Queries check
+    it for files up to CHECKSUM_ON_OPEN; updates always do, and rebuild."""
+    folder = Folder(tmp_path, clustered(40))
+    folder.update()
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    vectors = np.load(index.folder / "vectors.npy")
+    vectors[[0, 1]] = vectors[[1, 0]]  # two rows swapped: wrong neighbours, nothing else
+    np.save(index.folder / "vectors.npy", vectors)
+    with pytest.raises(store.DamagedIndex, match=r"vectors\.npy: .*sha256"):
+        StoredIndex.open(tmp_path, "pool5", "mean")
+    monkeypatch.setattr(store, "CHECKSUM_ON_OPEN", 0)  # as if the file were large
+    assert StoredIndex.open(tmp_path, "pool5", "mean") is not None  # a query stays fast
+    with pytest.raises(store.DamagedIndex, match="sha256"):
+        StoredIndex.open(tmp_path, "pool5", "mean", thorough=True)
+    assert folder.update().rebuilt
+    assert query_self(tmp_path, "clip0000")[0] == "clip0000"
