@@ -126,11 +126,14 @@ def test_bad_files_are_listed_as_failed_and_the_run_goes_on(run, features):
     head = header.getvalue()[:128].replace(b"(1, 256)", b"(268435456, 256)")
     (features / "huge.pool5.npy").write_bytes(head[: head.index(b"\n") + 1] + b"\0" * 1024)
     (features / "text.npz").write_text("this is not a zip archive\n")
+    np.save(features / "tone4.pool5.npy", np.ones((500, 256), np.float32))  # not as extracted
     result = run("search", "index", str(features), "--json")
     assert result.exit_code == 1, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["count"] == 5
-    assert sorted(f["key"] for f in summary["failures"]) == ["huge", "text"]
+    assert summary["count"] == 4
+    failures = {f["key"]: f["error"] for f in summary["failures"]}
+    assert sorted(failures) == ["huge", "text", "tone4"]
+    assert "the manifest recorded" in failures["tone4"]
     assert "unexpected" not in result.stderr
 
 
