@@ -318,8 +318,13 @@ def _cache_for(caffemodel: Path, classes: int) -> Path:
     `weights convert-caffe --force`)."""
     digest = file_sha256(caffemodel)
     cache = cache_path()
-    if cache.is_file() and recorded(cache).get("caffemodel_sha256") != digest:
-        cache = keyed_cache_path(digest)
+    if cache.is_file():
+        try:
+            held = recorded(cache).get("caffemodel_sha256")
+        except WeightsError:  # a damaged default is not this file's business
+            held = None
+        if held != digest:
+            cache = keyed_cache_path(digest)
     convert_caffemodel(caffemodel, cache, classes=classes, sha256=digest)
     return cache
 
