@@ -7,8 +7,11 @@ as anyone else's. A plugin that fails to import, or whose hook fails, is recorde
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,6 +24,8 @@ import pluggy
 from soundnet_cli import hookspecs
 from soundnet_cli.errors import SoundnetError
 from soundnet_cli.registry import Registry
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "soundnet"
 DISABLE_ENV = "SOUNDNET_DISABLE_PLUGINS"
@@ -55,6 +60,7 @@ class PluginInfo:
     errors: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
     adds_commands: bool = False
+    warnings: list[str] = field(default_factory=list)  # e.g. what it printed while loading
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +73,7 @@ class PluginInfo:
             "errors": list(self.errors),
             "registered": {k: list(v) for k, v in self.registered.items()},
             "adds_commands": self.adds_commands,
+            "warnings": list(self.warnings),
         }
 
 
@@ -113,7 +120,8 @@ class Plugins:
                 continue
             scratch = typer.Typer()
             try:
-                impl.function(app=scratch)
+                with _quiet(info, "adding commands"):
+                    impl.function(app=scratch)
                 names = command_names(scratch)
                 for name in names:
                     if name in taken:
@@ -171,6 +179,23 @@ def command_names(app: Any) -> list[str]:
     return names
 
 
+@contextlib.contextmanager
+def _quiet(info: PluginInfo, stage: str) -> Any:
+    """Keep what a plugin prints off stdout (where `--json` output goes); say what it printed
+    on stderr (a warning) and in the plugin's ``warnings``."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        text = printed.getvalue().strip()
+        if text:
+            shown = text if len(text) <= 200 else text[:200] + "..."
+            message = f"printed while {stage} (kept off stdout): {shown!r}"
+            info.warnings.append(message)
+            log.warning("plugin %r %s", info.name, message)
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -225,7 +250,9 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
             pm.set_blocked(name)
             return
         try:
-            pm.register(loader(), name=name)
+            with _quiet(info, "loading"):
+                module = loader()
+            pm.register(module, name=name)
         except CONTAINED as exc:  # import errors, sys.exit(), bad hook signatures: skip
             _fail(info, f"failed to load: {_describe(exc)}")
 
@@ -240,9 +267,12 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
         )
 
     for ep in installed_entry_points():
-        if ep.name in infos:  # our own builtins, or a name already taken
+        if BUILTIN_PLUGINS.get(ep.name) == ep.value:  # our own table's entry for a builtin
             continue
         dist, version = _distribution_of(ep)
+        if ep.name in infos:  # a name a builtin (or an earlier plugin) already has
+            _refuse_duplicate(infos, ep, dist, version)
+            continue
         add(ep.name, ep.value, ep.load, False, dist, version)
 
     registries = {kind: Registry(kind) for kind in COMPONENT_HOOKS}
@@ -252,6 +282,29 @@ def load_plugins(disabled: Iterable[str] = ()) -> Plugins:
     for info in loaded.failures():  # a plugin that failed in one hook keeps nothing from others
         loaded.forget(info)
     return loaded
+
+
+def _refuse_duplicate(
+    infos: dict[str, PluginInfo],
+    ep: metadata.EntryPoint,
+    dist: str | None,
+    version: str | None,
+) -> None:
+    """List an entry point whose name is taken as blocked, with the reason, and warn: it is
+    never loaded, and it must not disappear silently either."""
+    owner = infos[ep.name]
+    taken_by = "a builtin plugin of soundnet-cli" if owner.builtin else f"{owner.module}"
+    reason = (
+        f"entry point {ep.name!r} ({ep.value}) is not loaded: the name is taken by {taken_by}; "
+        "the plugin must use another entry-point name"
+    )
+    key, n = f"{ep.name} ({dist or ep.value})", 2
+    while key in infos:
+        key, n = f"{ep.name} ({dist or ep.value}, {n})", n + 1
+    infos[key] = PluginInfo(
+        ep.name, ep.value, dist, version, False, status="blocked", errors=[reason]
+    )
+    log.warning("plugin %s", reason)
 
 
 def _collect(
@@ -275,7 +328,8 @@ def _collect(
             _pending.append((name, factory, description))
 
         try:
-            impl.function(register=register)
+            with _quiet(info, f"running {hook_name}"):
+                impl.function(register=register)
             staged = Registry(registry.kind)  # validates names and duplicates within the plugin
             for name, factory, description in pending:
                 registry.ensure_free(name, impl.plugin_name)

@@ -228,3 +228,20 @@ def finite(
         return value
 
     return check
+
+
+def _check_size(value: str | None) -> int | None:
+    if value is None:
+        return None
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.probes.budget import parse_size
+
+    try:
+        return parse_size(value)
+    except UsageProblem as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--max-memory ")) from None
+
+
+def max_memory(help: str) -> Any:
+    """``--max-memory``: a size such as 4G or 512M, parsed to bytes (None: the default)."""
+    return typer.Option(None, "--max-memory", help=help, callback=_check_size)

@@ -12,6 +12,11 @@ from rich.text import Text
 from soundnet_cli.cli import _common, _options
 from soundnet_cli.cli._progress import file_progress
 
+MAX_MEMORY_HELP = (
+    "Memory the probe fit may use, such as 4G or 512M (default: half the machine's memory). "
+    "A fit planned beyond it is refused before any work, saying which windows would fit."
+)
+
 probe_app = typer.Typer(
     help="Train a probe classifier on features of labeled sounds, and apply it.",
     no_args_is_help=True,
@@ -53,6 +58,7 @@ def fit_command(
     mix: str = _options.mix(help="first or mean channel."),
     device: str = _options.device(),
     precision: str = _options.precision(),
+    max_memory: int = _options.max_memory(MAX_MEMORY_HELP),
     json_output: bool = _options.json_flag(),
 ) -> None:
     """Train a probe on labeled audio: windows of one layer, the paper's protocol.
@@ -67,6 +73,9 @@ def fit_command(
     * `soundnet probe fit sounds/ --labels labels.csv --C auto --layer conv6 --out p.npz`
 
     * `soundnet probe fit sounds/ --labels labels.csv --solver liblinear --out ref.npz`
+
+    * `soundnet probe fit sounds/ --labels labels.csv --layer conv2 --window 0.1 --max-memory 4G
+      --out p.npz`
     """
     import torch
 
@@ -96,6 +105,7 @@ def fit_command(
             source=probing.model_source(checkpoint, student),
             precision=precision,
             solver=solver,
+            max_memory=max_memory,
             on_clip=lambda: bar.advance(task),
         )
     fit = meta.get("solver")

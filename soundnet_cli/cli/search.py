@@ -34,7 +34,9 @@ def index_command(
         "approximate.",
     ),
     rebuild: bool = typer.Option(
-        False, "--rebuild", help="Read every file again instead of only new or changed ones."
+        False,
+        "--rebuild",
+        help="Read every file again instead of only new or changed ones (repairs a damaged index).",
     ),
     json_output: bool = _options.json_flag(),
 ) -> None:

@@ -20,9 +20,10 @@ from soundnet_cli.datasets.labels import (
 )
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.evaluation.features import compute_features, model_key
-from soundnet_cli.evaluation.protocol import check_layers, fit_probe
+from soundnet_cli.evaluation.protocol import check_layers, fit_probe, plan_layer_fit
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ProbeFile, build_probe, load_probe, save_probe, window_steps
+from soundnet_cli.probes.windows import check_finite
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def fit(
     source: dict[str, Any] | None = None,
     precision: str = "fp32",
     solver: str | None = None,
+    max_memory: int | None = None,
     on_clip: Callable[[], None] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a clip probe on ``clips``; returns it with the metadata a probe file stores.
@@ -85,7 +87,9 @@ def fit(
     ``precision`` bf16/fp16 computes the features in half precision where the device supports
     it (it logs a note when it falls back to fp32). ``solver`` (``torch``, the default, or
     ``liblinear``) fits the builtin linear probes, on ``device``; the metadata's ``solver``
-    entry says whether it converged."""
+    entry says whether it converged. The fit is planned before any feature is computed, and
+    refused in one line saying what would fit when it would take more than ``max_memory``
+    bytes (default: half the physical memory)."""
     from soundnet_cli.plugins import get_plugins
 
     check_layers(model, [layer])
@@ -93,6 +97,12 @@ def fit(
 
     model = for_inference(model, [layer], precision=precision)
     entry = get_plugins().probes.get(probe)
+
+    def make(c: float) -> Any:
+        return build_probe(entry.factory, c, solver=solver, device=device)
+
+    classes = len({c.label for c in clips})
+    plan_layer_fit(model, layer, make, window_seconds, len(clips), classes, repeat_to, max_memory)
     features = compute_features(
         model,
         [c.path for c in clips],
@@ -102,15 +112,19 @@ def fit(
         device=device,
         on_clip=on_clip,
     )
+    check_finite([f[layer] for f in features], [str(c.path) for c in clips])
     stride = next(i.stride for i in model.feature_info if i.name == layer)
     steps = window_steps(stride, window_seconds, model.sample_rate)
     clip_probe, chosen = fit_probe(
-        lambda c: build_probe(entry.factory, c, solver=solver, device=device),
+        make,
         [f[layer] for f in features],
         [c.label for c in clips],
         [c.group for c in clips],
         steps,
         C,
+        max_memory=max_memory,
+        step_seconds=stride / model.sample_rate,
+        layer=layer,
     )
     meta = {
         "probe": probe,
@@ -179,7 +193,9 @@ def predict(
         device=device,
         on_clip=on_clip,
     )
-    decisions = probe_file.probe.decision_function([f[features_meta["layer"]] for f in features])
+    layer_features = [f[features_meta["layer"]] for f in features]
+    check_finite(layer_features, [str(p) for p in paths])
+    decisions = probe_file.probe.decision_function(layer_features)
     classes = probe_file.probe.classes_
     return [
         ClipPrediction(

@@ -16,6 +16,7 @@ from soundnet_cli.errors import LayerError, SoundnetError
 from soundnet_cli.evaluation.features import FeatureCache, compute_features, model_key
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ClipProbe, build_probe, choose_c, window_steps
+from soundnet_cli.probes.windows import check_finite
 
 
 @dataclass
@@ -117,11 +118,46 @@ def fit_probe(
     groups: Sequence[str],
     steps: int,
     C: float | str,
+    *,
+    max_memory: int | None = None,
+    step_seconds: float | None = None,
+    layer: str | None = None,
 ) -> tuple[ClipProbe, float]:
     """A ClipProbe trained on ``features``; ``C="auto"`` picks C by inner cross-validation.
-    ``make(C)`` builds the window-level estimator (see :func:`soundnet_cli.probes.build_probe`)."""
-    chosen = choose_c(make, features, labels, groups, steps)[0] if C == "auto" else float(C)
-    return ClipProbe(make(chosen), steps).fit(features, labels), chosen
+    ``make(C)`` builds the window-level estimator (see :func:`soundnet_cli.probes.build_probe`).
+    A fit planned beyond ``max_memory`` bytes (default: half the physical memory) is refused
+    before it starts (:mod:`soundnet_cli.probes.budget`)."""
+    probe = ClipProbe(make(1.0), steps, max_memory=max_memory, step_seconds=step_seconds)
+    channels = features[0].shape[-1] if len(features) and np.ndim(features[0]) == 2 else 1
+    probe.check_memory([len(f) for f in features], channels, len(set(labels)), layer=layer)
+    chosen = (
+        choose_c(make, features, labels, groups, steps, max_memory=max_memory)[0]
+        if C == "auto"
+        else float(C)
+    )
+    probe = ClipProbe(make(chosen), steps, max_memory=max_memory, step_seconds=step_seconds)
+    return probe.fit(features, labels), chosen
+
+
+def plan_layer_fit(
+    model: Any,
+    layer: str,
+    make: Callable[[float], Any],
+    window_seconds: float,
+    clips: int,
+    classes: int,
+    repeat_to: float | None,
+    max_memory: int | None,
+) -> None:
+    """Refuse, before any feature is computed, a probe fit on ``layer`` that cannot fit the
+    memory budget even for clips as short as ``repeat_to`` (each clip is at least that long)."""
+    info = next(i for i in model.feature_info if i.name == layer)
+    steps = window_steps(info.stride, window_seconds, model.sample_rate)
+    shortest = int(repeat_to * model.sample_rate // info.stride) if repeat_to else steps
+    probe = ClipProbe(
+        make(1.0), steps, max_memory=max_memory, step_seconds=info.stride / model.sample_rate
+    )
+    probe.check_memory([max(shortest, steps)] * clips, info.channels, classes, layer=layer)
 
 
 def evaluate(
@@ -137,6 +173,7 @@ def evaluate(
     mix: Mix = "first",
     precision: str = "fp32",
     solver: str | None = None,
+    max_memory: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> EvaluationReport:
     """Run ``dataset``'s protocol on the clips under ``root`` for each of ``layers``.
@@ -144,7 +181,9 @@ def evaluate(
     ``precision`` bf16/fp16 runs the model in half precision where the device supports it
     (it logs a note when it falls back to fp32). ``progress(stage, done, total)`` is called
     as clips are featurised and probes trained. ``solver`` (``torch``, the default, or
-    ``liblinear``, the reference) fits the builtin linear probes, on ``device``.
+    ``liblinear``, the reference) fits the builtin linear probes, on ``device``. Every layer's
+    probe fit is planned before any feature is computed and refused when it would take more
+    than ``max_memory`` bytes (default: half the physical memory).
     """
     from soundnet_cli.media.audio import RESAMPLER
     from soundnet_cli.models import for_inference, running_precision
@@ -162,6 +201,23 @@ def evaluate(
     if running_precision(model) != "fp32":
         tag += f"-{running_precision(model)}"
     cache = FeatureCache(FeatureCache.default_root(key, tag)) if use_cache else None
+
+    def make(c: float) -> Any:
+        return build_probe(make_entry.factory, c, solver=solver, device=device)
+
+    largest = max((len(split.train) for split in splits), default=0)
+    classes = len({c.label for c in clips})
+    for layer in layers:
+        plan_layer_fit(
+            model,
+            layer,
+            make,
+            protocol.window_seconds,
+            largest,
+            classes,
+            protocol.repeat_to,
+            max_memory,
+        )
     done = [0]
 
     def tick() -> None:
@@ -179,6 +235,8 @@ def evaluate(
         device=device,
         on_clip=tick,
     )
+    for layer in layers:  # name the clips, before any probe would fit or score nan
+        check_finite([f[layer] for f in features], [str(c.path) for c in clips])
     featurised = time.perf_counter()
     report = EvaluationReport(
         dataset=dataset.name,
@@ -196,12 +254,11 @@ def evaluate(
         solver=solver or "torch",
     )
 
-    def make(c: float) -> Any:
-        return build_probe(make_entry.factory, c, solver=solver, device=device)
-
     jobs = [(split, layer) for split in splits for layer in layers]
     for n, (split, layer) in enumerate(jobs):
-        report.results.append(_run_split(clips, features, split, layer, model, dataset, make, C))
+        report.results.append(
+            _run_split(clips, features, split, layer, model, dataset, make, C, max_memory)
+        )
         if progress:
             progress("probes", n + 1, len(jobs))
     report.seconds = {"features": featurised - started, "probes": time.perf_counter() - featurised}
@@ -217,6 +274,7 @@ def _run_split(
     dataset: Dataset,
     make: Callable[[float], Any],
     C: float | str,
+    max_memory: int | None = None,
 ) -> SplitResult:
     if not split.train or not split.test:
         raise SoundnetError(f"{split.name}: empty training or test set")
@@ -230,6 +288,9 @@ def _run_split(
         [clips[i].group for i in split.train],
         steps,
         C,
+        max_memory=max_memory,
+        step_seconds=stride / model.sample_rate,
+        layer=layer,
     )
     predicted = probe.predict([features[i][layer] for i in split.test])
     truth = [clips[i].label for i in split.test]

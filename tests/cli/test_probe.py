@@ -155,3 +155,29 @@ def test_labels_problems(run, labeled, named_checkpoint, tmp_path):
         str(named_checkpoint),
     )
     assert result.exit_code == 1 and "nope.wav not found" in result.stderr
+
+
+def test_a_fit_beyond_the_memory_budget_is_refused_before_any_feature(
+    run, labeled, named_checkpoint, tmp_path, monkeypatch
+):
+    """conv2 with 1-s windows is 22,049 weights: over a small --max-memory it is refused in
+    one line saying which windows fit, before a single clip is decoded."""
+    from soundnet_cli.evaluation import probing
+
+    def never(*args, **kwargs):
+        raise AssertionError("features were computed")
+
+    monkeypatch.setattr(probing, "compute_features", never)
+    root, labels = labeled
+    out = tmp_path / "p.npz"
+    args = ("probe", "fit", str(root), "--labels", str(labels), "--out", str(out))
+    result = run(*args, "--checkpoint", str(named_checkpoint), "--layer", "conv2",
+                 "--max-memory", "256M")  # fmt: skip
+    assert result.exit_code == 1, result.stdout
+    message = " ".join(result.stderr.split())
+    assert message.startswith("Error: a torch probe fit on conv2 with 689-step windows")
+    assert "22,049 weights" in message and "256.0 MB budget (--max-memory)" in message
+    assert "windows of at most" in message and "unexpected" not in message
+    assert len(result.stderr.strip().splitlines()) <= 3 and not out.exists()
+    bad = run(*args, "--checkpoint", str(named_checkpoint), "--max-memory", "lots")
+    assert bad.exit_code == 2 and "--max-memory" in bad.stderr

@@ -42,6 +42,8 @@ def test_reference_solver_is_recorded(run, tree, named_checkpoint, tmp_path):
     assert payload["solver"] == "liblinear"
     assert {s["fit"]["solver"] for s in payload["splits"]} == {"liblinear"}
     assert all(s["converged"] for s in payload["splits"])
+    assert "NaN" not in result.stdout  # liblinear gives no gradient ratio: null, not NaN
+    assert {s["fit"]["gradient_ratio"] for s in payload["splits"]} == {None}
 
 
 def test_default_solver_converges_and_says_so(run, tree, named_checkpoint, tmp_path):

@@ -113,3 +113,114 @@ def test_unreadable_features_file_is_reported(run, features):
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     assert summary["count"] == 4 and [f["key"] for f in summary["failures"]] == ["tone4"]
+
+
+def test_bad_files_are_listed_as_failed_and_the_run_goes_on(run, features):
+    """A 1 KB .npy declaring (2**28, 256) and a text file named .npz: failed, not fatal."""
+    import io
+
+    import numpy as np
+
+    header = io.BytesIO()
+    np.lib.format.write_array(header, np.zeros((1, 256), np.float32))
+    head = header.getvalue()[:128].replace(b"(1, 256)", b"(268435456, 256)")
+    (features / "huge.pool5.npy").write_bytes(head[: head.index(b"\n") + 1] + b"\0" * 1024)
+    (features / "text.npz").write_text("this is not a zip archive\n")
+    np.save(features / "tone4.pool5.npy", np.ones((500, 256), np.float32))  # not as extracted
+    result = run("search", "index", str(features), "--json")
+    assert result.exit_code == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["count"] == 4
+    failures = {f["key"]: f["error"] for f in summary["failures"]}
+    assert sorted(failures) == ["huge", "text", "tone4"]
+    assert "the manifest recorded" in failures["tone4"]
+    assert "unexpected" not in result.stderr
+
+
+def test_a_compressed_bomb_is_pooled_in_bounded_memory_or_refused(run, features, monkeypatch):
+    """An .npz member that inflates far beyond its file is read a block at a time, and one
+    that disagrees with the manifest's shape is refused before it is inflated."""
+    import tracemalloc
+    import zipfile
+
+    import numpy as np
+
+    from soundnet_cli.search import folder as search_folder
+
+    monkeypatch.setattr(search_folder, "POOL_BLOCK_BYTES", 64 * 1024)
+    bomb = features / "bomb.npz"
+    with (
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("pool5.npy", "w", force_zip64=True) as member,
+    ):
+        np.lib.format.write_array_header_1_0(
+            member, {"descr": "<f4", "fortran_order": False, "shape": (16384, 1024)}
+        )
+        zeros = bytes(1024 * 1024)
+        for _ in range(64):  # 64 MiB of zeros, a few hundred KB on disk
+            member.write(zeros)
+    assert bomb.stat().st_size < 2_000_000
+    tracemalloc.start()
+    vector = search_folder.pool_file(bomb, "pool5", "mean")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert vector.shape == (1024,) and peak < 8 * 2**20  # not the 64 MiB it inflates to
+    with __import__("pytest").raises(Exception, match="manifest recorded"):
+        search_folder.pool_file(bomb, "pool5", "mean", shape=[3, 1024])
+
+
+def _index_folder(features):
+    from soundnet_cli.search.store import SEARCH_DIR
+
+    description = json.loads((features / SEARCH_DIR / "pool5-mean.json").read_text())
+    return features / SEARCH_DIR / description["generation"]
+
+
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        ("truncate", "vectors.npy"),
+        ("float64", "vectors.npy"),
+        ("short", "vectors.npy"),
+        ("nan", "vectors.npy"),
+        ("json", "entries.jsonl"),
+        ("key", "entries.jsonl"),
+    ],
+)
+def test_a_damaged_index_is_refused_naming_the_file_and_rebuilt(
+    run, features, damage, file, caplog
+):
+    import numpy as np
+
+    assert run("search", "index", str(features)).exit_code == 0
+    folder = _index_folder(features)
+    vectors = folder / "vectors.npy"
+    entries = folder / "entries.jsonl"
+    if damage == "truncate":
+        vectors.write_bytes(vectors.read_bytes()[:-100])
+    elif damage == "float64":
+        np.save(vectors, np.load(vectors).astype(np.float64))
+    elif damage == "short":
+        np.save(vectors, np.load(vectors)[:, :100])
+    elif damage == "nan":
+        data = np.load(vectors)
+        data[1] = np.nan
+        np.save(vectors, data)
+    elif damage == "json":
+        entries.write_text(entries.read_text()[:-20] + "\n{broken\n")
+    else:
+        lines = entries.read_text().splitlines()
+        lines[0] = json.dumps({"name": "x"})
+        entries.write_text("\n".join(lines) + "\n")
+    result = run("search", "query", str(features), "--key", "tone1", "--json")
+    assert result.exit_code == 1, result.stdout
+    message = flat(result.stderr)
+    assert file in message and "damaged" in message and "--rebuild" in message
+    assert "unexpected" not in message and "nan" not in result.stdout
+    again = run("search", "index", str(features), "--json")  # updating rebuilds it
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["rebuilt"] is True
+    assert any("damaged" in r.getMessage() and file in r.getMessage() for r in caplog.records)
+    hits = json.loads(run("search", "query", str(features), "--key", "tone1", "--json").stdout)
+    assert hits["results"][0]["key"] == "tone1"
+    assert hits["results"][0]["score"] == pytest.approx(1.0, abs=1e-6)

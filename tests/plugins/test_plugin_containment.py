@@ -1,6 +1,7 @@
 """A plugin cannot take over the CLI: sys.exit() at import, builtin command names, partial
 registrations of a failed plugin (issue 12, item 11)."""
 
+import json
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -120,3 +121,44 @@ def register_probes(register):
     loaded = plugins.load_plugins()
     assert loaded.infos["mixed"].status == "failed"
     assert "mixed-student" not in loaded.students
+
+
+CHATTY_PLUGIN = """
+import soundnet_cli
+
+print("hello from a chatty plugin")
+
+@soundnet_cli.hookimpl
+def register_students(register):
+    print("registering!")
+    register("chatty-student", lambda **kw: None, description="fake")
+"""
+
+
+def test_a_plugin_that_prints_does_not_corrupt_json_stdout(fake_plugin, caplog):
+    fake_plugin("chatty", CHATTY_PLUGIN)
+    result = CliRunner().invoke(build_app(), ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    listing = {p["name"]: p for p in json.loads(result.stdout)}  # stdout is JSON alone
+    assert listing["chatty"]["status"] == "loaded"
+    warnings = " ".join(listing["chatty"]["warnings"])
+    assert "hello from a chatty plugin" in warnings and "registering!" in warnings
+    assert any("hello from a chatty plugin" in r.getMessage() for r in caplog.records)
+
+
+def test_an_entry_point_named_like_a_builtin_is_listed_as_blocked_with_a_reason(
+    fake_plugin, caplog
+):
+    fake_plugin("builtin-students", CHATTY_PLUGIN.replace("print(", "str("))
+    loaded = plugins.load_plugins()
+    assert loaded.infos["builtin-students"].builtin  # ours is untouched
+    assert "chatty-student" not in loaded.students and "soundnet8" in loaded.students
+    [blocked] = [i for i in loaded.infos.values() if i.name == "builtin-students" and not i.builtin]
+    assert blocked.status == "blocked" and "name is taken" in blocked.errors[0]
+    assert any("builtin-students" in r.getMessage() and "taken" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    result = CliRunner().invoke(build_app(), ["plugins", "--json"])
+    rows = [p for p in json.loads(result.stdout) if p["name"] == "builtin-students"]
+    assert sorted(p["status"] for p in rows) == ["blocked", "loaded"]
+    table = CliRunner().invoke(build_app(), ["plugins"])
+    assert "blocked" in table.stdout and "taken" in " ".join(table.stdout.split())

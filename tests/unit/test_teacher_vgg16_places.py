@@ -15,6 +15,7 @@ from soundnet_cli.errors import SoundnetError, WeightsError
 from soundnet_cli.teachers import get_teacher
 from soundnet_cli.teachers import torchvision_teachers as tvt
 from soundnet_cli.teachers.base import FrameTransform
+from soundnet_cli.teachers.caffe_vgg16 import keyed_cache_path
 from soundnet_cli.teachers.weights import WeightSource, teachers_dir
 from soundnet_cli.weights.caffemodel import file_sha256
 
@@ -102,13 +103,29 @@ def test_converted_once_then_read_from_the_cache(tmp_path, blobs, names):
     assert cache.stat().st_mtime_ns == stamp
 
 
-def test_another_caffemodel_does_not_replace_the_cache(tmp_path, blobs, names):
-    get_teacher("vgg16-places", weights=vgg16_caffemodel(tmp_path / "a.caffemodel", blobs))
+def test_another_caffemodel_just_works_and_does_not_replace_the_cache(tmp_path, blobs, names):
+    """A second caffemodel given explicitly is converted into a cache entry keyed by its
+    sha256 and used; the default cache keeps the first (issue 25: it used to need --force)."""
+    first = vgg16_caffemodel(tmp_path / "a.caffemodel", blobs)
+    get_teacher("vgg16-places", weights=first)
+    cache = teachers_dir() / CACHE
+    stamp = cache.stat().st_mtime_ns
     other = vgg16_caffemodel(tmp_path / "b.caffemodel", vgg16_blobs(seed=8))
-    with pytest.raises(WeightsError) as info:
-        get_teacher("vgg16-places", weights=other)
-    message = str(info.value)
-    assert "\n" not in message and "--force" in message and "convert-caffe" in message
+    teacher = get_teacher("vgg16-places", weights=other)
+    assert teacher.provenance["caffemodel_sha256"] == file_sha256(other)
+    keyed = keyed_cache_path(file_sha256(other))
+    assert keyed.is_file() and keyed.parent == cache.parent
+    assert cache.stat().st_mtime_ns == stamp  # the default is untouched
+    assert get_teacher("vgg16-places").provenance["caffemodel_sha256"] == file_sha256(first)
+    keyed_stamp = keyed.stat().st_mtime_ns
+    again = get_teacher("vgg16-places", weights=other)  # converted once
+    assert keyed.stat().st_mtime_ns == keyed_stamp
+    for key, value in teacher.network.state_dict().items():
+        assert torch.equal(value, again.network.state_dict()[key])
+    assert not torch.equal(
+        teacher.network.state_dict()["features.0.weight"],
+        get_teacher("vgg16-places").network.state_dict()["features.0.weight"],
+    )
 
 
 @pytest.mark.parametrize("case", ["truncated", "wrong size", "not a caffemodel"])

@@ -78,8 +78,14 @@ class NpzWriter(Writer):
         return (rel[: -len(".npz")], None) if rel.endswith(".npz") else None
 
     def holds(self, path: Path, layer: str) -> bool:
-        with np.load(path, allow_pickle=False) as data:
-            return layer in data.files
+        """Whether the archive lists ``layer`` (its names only, nothing inflated); one that
+        cannot be read is listed too, so the reader reports it as a failed file instead of the
+        listing stopping on it."""
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return f"{layer}.npy" in archive.namelist()
+        except (OSError, zipfile.BadZipFile, ValueError):
+            return True
 
     def read(self, path: Path, layer: str, key: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as data:
