@@ -230,7 +230,13 @@ def finite(
     return check
 
 
-def _check_size(value: str | None) -> int | None:
+def _check_size(value: str | None) -> str | None:
+    size_value(value)
+    return value
+
+
+def size_value(value: str | None) -> int | None:
+    """Bytes from a checked ``--max-memory`` value (None: the library's default)."""
     if value is None:
         return None
     from soundnet_cli.errors import UsageProblem
@@ -243,5 +249,5 @@ def _check_size(value: str | None) -> int | None:
 
 
 def max_memory(help: str) -> Any:
-    """``--max-memory``: a size such as 4G or 512M, parsed to bytes (None: the default)."""
+    """``--max-memory``: a size such as 4G or 512M (checked while parsing)."""
     return typer.Option(None, "--max-memory", help=help, callback=_check_size)

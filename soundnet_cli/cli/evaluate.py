@@ -50,7 +50,7 @@ def evaluate_command(
     device: str = _options.device(),
     precision: str = _options.precision(),
     json_output: bool = _options.json_flag("Print the report as JSON."),
-    max_memory: int = _options.max_memory(
+    max_memory: str = _options.max_memory(
         "Memory each probe fit may use, such as 4G or 512M (default: half the machine's "
         "memory). A layer whose fit is planned beyond it is refused before any feature is "
         "computed."
@@ -118,7 +118,7 @@ def evaluate_command(
             device=resolve_device(device),
             precision=precision,
             solver=solver,
-            max_memory=max_memory,
+            max_memory=_options.size_value(max_memory),
             progress=progress,
         )
     _warn_unconverged(report)

@@ -58,7 +58,7 @@ def fit_command(
     mix: str = _options.mix(help="first or mean channel."),
     device: str = _options.device(),
     precision: str = _options.precision(),
-    max_memory: int = _options.max_memory(MAX_MEMORY_HELP),
+    max_memory: str = _options.max_memory(MAX_MEMORY_HELP),
     json_output: bool = _options.json_flag(),
 ) -> None:
     """Train a probe on labeled audio: windows of one layer, the paper's protocol.
@@ -105,7 +105,7 @@ def fit_command(
             source=probing.model_source(checkpoint, student),
             precision=precision,
             solver=solver,
-            max_memory=max_memory,
+            max_memory=_options.size_value(max_memory),
             on_clip=lambda: bar.advance(task),
         )
     fit = meta.get("solver")

@@ -24,10 +24,10 @@ from soundnet_cli.extraction.folder import (
     FeatureFile,
     FeatureManifest,
     list_feature_files,
-    npy_problem,
-    npz_problem,
     read_feature_file,
 )
+from soundnet_cli.extraction.writers.npy import npy_problem
+from soundnet_cli.extraction.writers.npz import npz_problem
 from soundnet_cli.search.store import (
     EXACT_LIMIT,
     Entry,

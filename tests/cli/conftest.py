@@ -14,6 +14,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatc
     checkout.
     """
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    # Usage errors are drawn in a box as wide as the terminal: wide enough here that a message
+    # naming a temporary path is never wrapped (its length depends on pytest's folder count).
+    monkeypatch.setenv("COLUMNS", "1000")
     runner = CliRunner()
 
     def invoke(*args: str):

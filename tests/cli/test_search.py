@@ -127,6 +127,11 @@ def test_bad_files_are_listed_as_failed_and_the_run_goes_on(run, features):
     (features / "huge.pool5.npy").write_bytes(head[: head.index(b"\n") + 1] + b"\0" * 1024)
     (features / "text.npz").write_text("this is not a zip archive\n")
     np.save(features / "tone4.pool5.npy", np.ones((500, 256), np.float32))  # not as extracted
+    # A folder that records no format (an older one) is read in every format, .npz included;
+    # one that records npy ignores stray archives.
+    settings = json.loads((features / "features.json").read_text())
+    settings.pop("format")
+    (features / "features.json").write_text(json.dumps(settings))
     result = run("search", "index", str(features), "--json")
     assert result.exit_code == 1, result.stderr
     summary = json.loads(result.stdout)

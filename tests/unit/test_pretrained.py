@@ -99,7 +99,7 @@ def test_import_unofficial_npy_is_cached_under_its_hash(tmp_path):
 def test_import_npy_without_names_explains(tmp_path):
     npy = tmp_path / "sound8.npy"
     npy.write_bytes(npy_bytes(fake_params()))
-    with pytest.raises(WeightsError, match="--names"):
+    with pytest.raises(WeightsError, match="as the names file"):
         pretrained.import_weights(npy)
 
 
