@@ -19,9 +19,9 @@ from soundnet_cli.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from soundnet_cli.students import HeadSpec
+    from soundnet_cli.students.contract import Student
 
 FORMAT = "soundnet-cli/1"
 
@@ -210,7 +210,7 @@ def load_checkpoint(
     path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
-) -> nn.Module:
+) -> Student:
     """Build the checkpoint's architecture (from the registry) and load its weights.
 
     The metadata is checked against the tensors before anything is allocated: the model is
