@@ -79,7 +79,9 @@ def step_frames(
         )
     if steps == frames:
         return list(range(frames))
-    centres = student.feature(head_layer).step_centres(steps, student.sample_rate)
+    from soundnet_cli.students.contract import feature_of
+
+    centres = feature_of(student, head_layer).step_centres(steps, student.sample_rate)
     return [min(frames - 1, max(0, int(c // interval))) for c in centres]
 
 

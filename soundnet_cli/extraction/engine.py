@@ -75,7 +75,7 @@ from soundnet_cli.media.audio import (
 )
 from soundnet_cli.media.streaming import StreamingAudio
 from soundnet_cli.runtime import available_cpus, world_from_env
-from soundnet_cli.students.contract import check_taps
+from soundnet_cli.students.contract import check_taps, feature_of
 
 if TYPE_CHECKING:
     import torch
@@ -240,7 +240,7 @@ class _Extractor:
         self.chunk_samples = int(chunk_seconds * model.sample_rate)
         self.progress, self.summary, self.manifest, self.rank = progress, summary, manifest, rank
         self.device = model.device
-        self.infos = {name: model.feature(name) for name in layers}
+        self.infos = {name: feature_of(model, name) for name in layers}
         self.timing = {  # of every manifest row
             name: {
                 "first_time": round(float(step_times(info, 1, model.sample_rate)[0]), 9),
@@ -622,7 +622,7 @@ def extract(
     if model is None:
         model = _default_model()
     for name in layers:
-        model.feature(name)  # LayerError (a usage error) for unknown layers
+        feature_of(model, name)  # LayerError (a usage error) for unknown layers
     if rank is None or world_size is None:
         world = world_from_env()
         rank, world_size = world.rank, world.size
@@ -642,10 +642,10 @@ def extract(
         sample_rate=int(model.sample_rate),
         layers={
             name: {
-                "channels": model.feature(name).channels,
-                "stride": model.feature(name).stride,
-                "receptive_field": model.feature(name).receptive_field,
-                "offset": model.feature(name).offset,
+                "channels": feature_of(model, name).channels,
+                "stride": feature_of(model, name).stride,
+                "receptive_field": feature_of(model, name).receptive_field,
+                "offset": feature_of(model, name).offset,
             }
             for name in layers
         },

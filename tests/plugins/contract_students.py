@@ -75,6 +75,7 @@ class ProtocolStudent(nn.Module):
             self.head.weight.zero_()
             self.head.weight[-1, 2, 0] = 0.05
             self.head.bias.zero_()
+            self.head.bias[-1] = -5.0  # loud above a peak of 100 (of 256)
 
     @property
     def device(self) -> torch.device:
