@@ -194,11 +194,13 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
             f"{path}: not a soundnet-cli checkpoint (format {meta.get('format')!r}, "
             f"expected {FORMAT!r})"
         )
+    from soundnet_cli.weights.sound8 import corrected_heads
+
     try:
         info = CheckpointInfo(
             path,
             meta["architecture"],
-            _decode_heads(meta["heads"]),
+            corrected_heads(_decode_heads(meta["heads"])),
             int(meta["sample_rate"]),
             json.loads(meta.get("provenance", "{}")),
         )
