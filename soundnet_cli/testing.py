@@ -377,7 +377,7 @@ def check_teacher(
             "(students' heads are named after it)",
         )
         _require(
-            all(isinstance(c, str) and c for c in categories),
+            all(isinstance(c, str) and c for c in categories or ()),
             f"{who}: head {head.name!r} has a category name that is not a non-empty string",
         )
     _require(callable(getattr(teacher, "transform", None)), f"{who}: needs a frame transform")
