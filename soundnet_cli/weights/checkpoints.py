@@ -151,15 +151,22 @@ def save_state(
 
 
 def save_checkpoint(
-    model: Any, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None
+    model: Student, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None
 ) -> Path:
-    """Save a student (it must have ``architecture``, ``head_specs`` and ``sample_rate``)."""
-    try:
-        architecture = model.architecture
-        heads = tuple(model.head_specs)
-        rate = int(model.sample_rate)
-    except AttributeError as exc:
-        raise CheckpointError(f"cannot save this model: {exc}") from exc
+    """Save a student: an ``nn.Module`` keeping ``HeadedStudent`` (``head_specs`` are what a
+    checkpoint rebuilds it with)."""
+    from torch import nn
+
+    from soundnet_cli.students.contract import HeadedStudent
+
+    if not isinstance(model, nn.Module) or not isinstance(model, HeadedStudent):
+        raise CheckpointError(
+            f"cannot save {type(model).__name__}: a checkpoint holds an nn.Module student with "
+            "head_specs (the HeadedStudent protocol)"
+        )
+    architecture = model.architecture
+    heads = tuple(model.head_specs)
+    rate = int(model.sample_rate)
     return save_state(
         model.state_dict(),
         path,
