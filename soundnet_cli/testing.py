@@ -179,7 +179,9 @@ def check_student(
     row of a batch the same result as alone, and leaves its input alone; an unknown layer raises
     ``LayerError`` listing the valid ones; too short an input raises ``AudioError``;
     ``min_samples`` is the shortest input with one step and each ``stride`` more samples give
-    one more step.
+    one more step. A student with ``head_specs`` must keep ``HeadedStudent`` (``head_layer``;
+    called on a waveform, log-probabilities per head shaped (batch, categories, steps)), which
+    ``predict`` uses.
     """
     import torch
 
@@ -264,6 +266,45 @@ def check_student(
         )
     _check_bad_inputs(model, who, [info.name for info in infos], wanted)
     _check_geometry(model, who, [by_name[layer] for layer in wanted], samples)
+    if getattr(model, "head_specs", None):
+        _check_heads(model, who, by_name)
+
+
+def _check_heads(model: Any, who: str, by_name: dict[str, FeatureInfo]) -> None:
+    """A student with ``head_specs`` keeps ``HeadedStudent``: what predict uses."""
+    import torch
+
+    from soundnet_cli.students.contract import HeadedStudent
+
+    _require(
+        isinstance(model, HeadedStudent),
+        f"{who}: a student with head_specs needs head_layer and to be callable "
+        "(the HeadedStudent protocol predict uses)",
+    )
+    layer = model.head_layer
+    _require(layer in by_name, f"{who}: head_layer {layer!r} is not in feature_info")
+    samples = max(int(CHECK_SECONDS * SAMPLE_RATE), int(model.min_samples(layer)) * 5 // 4)
+    wave = make_wave(samples / SAMPLE_RATE, batch=2, seed=2)
+    with torch.inference_mode():
+        outputs = model(wave)
+    names = [h.name for h in model.head_specs]
+    _require(
+        isinstance(outputs, dict) and list(outputs) == names,
+        f"{who}: calling it must return {{head: log-probabilities}} for heads {names}",
+    )
+    steps = model.output_length(layer, wave.shape[-1])
+    for head in model.head_specs:
+        out = outputs[head.name]
+        _require(
+            tuple(out.shape) == (wave.shape[0], head.size, steps),
+            f"{who}: head {head.name!r} gave {tuple(out.shape)}; expected "
+            f"{(wave.shape[0], head.size, steps)} (batch, categories, {layer} steps)",
+        )
+        total = out.exp().sum(dim=1)
+        _require(
+            bool(torch.allclose(total, torch.ones_like(total), atol=1e-3)),
+            f"{who}: head {head.name!r} does not give log-probabilities over its categories",
+        )
 
 
 def _check_bad_inputs(model: Any, who: str, valid: list[str], wanted: list[str]) -> None:

@@ -228,3 +228,22 @@ def test_with_plugin_loads_an_uninstalled_module(tmp_path, monkeypatch):
         assert loaded.infos["uninstalled"].registered == {"student": ["uninstalled-student"]}
         assert "uninstalled-student" in plugins.get_plugins().students
     assert "uninstalled-student" not in plugins.get_plugins().students
+
+
+def test_a_student_with_heads_must_keep_what_predict_uses():
+    from soundnet_cli.students import HeadSpec
+
+    class Headless(Broken):
+        head_specs = (HeadSpec("objects", 2, ("a", "b")),)  # but no head_layer, not callable
+
+    with pytest.raises(AssertionError, match="HeadedStudent protocol predict uses"):
+        testing.check_student(Headless(), architecture="broken")
+
+    class WrongHeads(Headless):
+        head_layer = "frames"
+
+        def forward(self, wave):
+            return {"objects": torch.zeros(2, 3, 1)}
+
+    with pytest.raises(AssertionError, match="head 'objects' gave"):
+        testing.check_student(WrongHeads(), architecture="broken")
