@@ -57,8 +57,10 @@ def register_students(register: Register) -> None:
 
 @hookspec
 def register_teachers(register: Register) -> None:
-    """Register vision teachers: ``factory(**kwargs)`` returns a teacher module that declares its
-    heads and frame transform and returns class probabilities per head for a batch of frames."""
+    """Register vision teachers: ``factory(weights=None, random_init=False, **kwargs)`` returns a
+    :class:`soundnet_cli.teachers.base.Teacher` (heads with category names, a frame transform,
+    probabilities per head for a batch of frames); ``random_init=True`` builds it without any
+    weights (``soundnet_cli.testing.check_registered_teacher`` does)."""
 
 
 @hookspec
