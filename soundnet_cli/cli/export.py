@@ -33,7 +33,7 @@ def export_command(
         None, "--checkpoint", help="A student checkpoint (.safetensors) instead of SoundNet-8."
     ),
     student: str = typer.Option(
-        None, "--student", help="A registered student (its published weights, else untrained)."
+        None, "--student", help="A registered student by name (untrained unless soundnet8)."
     ),
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Run the written file and compare it with PyTorch."

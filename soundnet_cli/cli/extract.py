@@ -31,7 +31,7 @@ def extract_command(
         None, "--checkpoint", help="A student checkpoint (.safetensors) instead of SoundNet-8."
     ),
     student: str = typer.Option(
-        None, "--student", help="A registered student (its published weights, else untrained)."
+        None, "--student", help="A registered student by name (untrained unless soundnet8)."
     ),
     fmt: str = typer.Option(
         "npy", "--format", help="npy: one file per layer; npz: one file per input, with times."
