@@ -11,6 +11,7 @@ The core owns validation (names, duplicates); see docs/plugins.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
@@ -24,25 +25,42 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 class Register(Protocol):
-    """The callback handed to ``register_*`` hooks."""
+    """The callback handed to ``register_*`` hooks.
 
-    def __call__(self, name: str, factory: Any, *, description: str = "") -> None: ...
+    ``pretrained`` (students) maps tags to published weights, the first being the default:
+    each a native ``.safetensors`` checkpoint path, or a function returning one (it may download
+    and cache the file; it runs only when the weights are asked for). ``load_student(name,
+    pretrained=True)`` and ``--student NAME`` load the default tag, ``pretrained="TAG"`` another.
+    """
+
+    def __call__(
+        self,
+        name: str,
+        factory: Any,
+        *,
+        description: str = "",
+        pretrained: Mapping[str, Any] | None = None,
+    ) -> None: ...
 
 
 @hookspec
 def register_students(register: Register) -> None:
     """Register student networks.
 
-    ``factory(**kwargs)`` returns a ``torch.nn.Module`` with ``feature_info`` (a list of
-    :class:`soundnet_cli.students.FeatureInfo`) and ``forward_features(wave, layers)``; students
-    with output heads accept ``heads=[HeadSpec(...)]``.
+    ``factory(**kwargs)`` returns a ``torch.nn.Module`` keeping the
+    :class:`soundnet_cli.students.Student` protocol (``feature_info``, ``forward_features`` and
+    the rest; ``soundnet_cli.testing.check_student`` checks it); students with output heads
+    accept ``heads=[HeadSpec(...)]``. ``register(name, factory, description=...,
+    pretrained={"v1": path})`` publishes weights (see :class:`Register`).
     """
 
 
 @hookspec
 def register_teachers(register: Register) -> None:
-    """Register vision teachers: ``factory(**kwargs)`` returns a teacher module that declares its
-    heads and frame transform and returns class probabilities per head for a batch of frames."""
+    """Register vision teachers: ``factory(weights=None, random_init=False, **kwargs)`` returns a
+    :class:`soundnet_cli.teachers.base.Teacher` (heads with category names, a frame transform,
+    probabilities per head for a batch of frames); ``random_init=True`` builds it without any
+    weights (``soundnet_cli.testing.check_registered_teacher`` does)."""
 
 
 @hookspec

@@ -2,37 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.errors import WeightsError
 from soundnet_cli.plugins import get_plugins
+from soundnet_cli.registry import Entry
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from soundnet_cli.students import HeadSpec
+    from soundnet_cli.students.contract import Student
 
-# Pretrained tags are separate from architectures: a tag names weights for one architecture.
-PRETRAINED_TAGS = {"soundnet8": "official"}
+log = logging.getLogger(__name__)
 
 
 def load_student(
     name_or_checkpoint: str | os.PathLike[str] = "soundnet8",
     *,
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     heads: Sequence[HeadSpec] | None = None,
     device: str | torch.device = "cpu",
-    announce: Callable[[str], None] | None = None,
-) -> nn.Module:
+) -> Student:
     """A student in eval mode.
 
-    ``load_student("soundnet8", pretrained=True)`` gives the authors' model (fetched once and
-    cached); ``load_student("run/student.safetensors")`` loads a checkpoint; any other registered
-    name builds that architecture freshly initialised, with ``heads`` if given.
+    ``load_student("run/student.safetensors")`` loads a checkpoint; ``load_student(NAME,
+    pretrained=True)`` loads the weights NAME's plugin published under its default tag (for
+    ``soundnet8``, ``"official"``: the authors' model, fetched once and cached), and
+    ``pretrained="TAG"`` another tag; any other registered name builds that architecture
+    freshly initialised, with ``heads`` if given.
     """
     from soundnet_cli.weights.checkpoints import load_checkpoint
 
@@ -41,24 +43,47 @@ def load_student(
         return load_checkpoint(text, device=device)
     registry = get_plugins().students
     entry = registry.get(text)
-    if pretrained:
-        if text not in PRETRAINED_TAGS:
-            raise WeightsError(
-                f"no pretrained weights are published for {text!r}; "
-                f"pretrained students: {', '.join(PRETRAINED_TAGS)}"
-            )
-        from soundnet_cli.weights.official import ensure_official
-
-        return load_checkpoint(ensure_official(), device=device)
+    if pretrained is not False:
+        return _load_pretrained(
+            entry, text, None if pretrained is True else str(pretrained), device
+        )
     kwargs: dict[str, Any] = {"heads": tuple(heads)} if heads is not None else {}
-    return entry.factory(**kwargs).to(device).eval()
+    model: Student = entry.factory(**kwargs).to(device).eval()
+    return model
+
+
+def _load_pretrained(
+    entry: Entry, name: str, tag: str | None, device: str | torch.device
+) -> Student:
+    """The checkpoint ``entry`` publishes under ``tag`` (its default tag when None), loaded."""
+    from soundnet_cli.weights.checkpoints import load_checkpoint, read_info
+
+    if not entry.pretrained:
+        published = [e.name for e in get_plugins().students if e.pretrained]
+        raise WeightsError(
+            f"no pretrained weights are published for {name!r}; "
+            f"pretrained students: {', '.join(published) or 'none'}"
+        )
+    path = entry.weights_path(tag)
+    info = read_info(path)
+    if info.architecture != name:
+        raise WeightsError(
+            f"{path}: the pretrained weights of {name!r} hold a {info.architecture!r} model"
+        )
+    log.debug("loading %s pretrained %r from %s", name, tag or entry.default_tag, path)
+    return load_checkpoint(path, device=device)
+
+
+def pretrained_tags(name: str) -> list[str]:
+    """The pretrained tags the student ``name`` publishes (the default first)."""
+    return list(get_plugins().students.get(name).pretrained)
 
 
 def list_students() -> list[str]:
     return get_plugins().students.names()
 
 
-def default_layer(model: Any) -> str:
+def default_layer(model: Student) -> str:
     """The layer to use when none is given: the model's ``default_layer``, else ``pool5`` (the
     paper's best for SoundNet-8) when it has one, else its last feature tap."""
     chosen = getattr(model, "default_layer", None)
@@ -69,15 +94,15 @@ def default_layer(model: Any) -> str:
 
 
 def for_inference(
-    model: Any,
+    model: Student,
     layers: Sequence[str],
     *,
     precision: str = "fp32",
     compile: bool = False,
-    announce: Callable[[str], None] | None = None,
-) -> Any:
+) -> Student:
     """``model``'s fast inference twin for ``layers`` (``students.inference.optimise``) in
-    ``precision``, its half-precision check remembered per weights and device."""
+    ``precision``, its half-precision check remembered per weights and device; ``model`` itself
+    where the rewrite would not equal its own forward (notes are logged)."""
     from soundnet_cli.students.inference import optimise
     from soundnet_cli.weights.identity import precision_cache
 
@@ -87,12 +112,11 @@ def for_inference(
         layers=layers,
         precision=precision,
         compile=compile,
-        announce=announce,
         cache=cache,
     )
 
 
-def running_precision(model: Any) -> str:
+def running_precision(model: Student) -> str:
     """``fp32``, ``bf16`` or ``fp16``: what ``model`` (as :func:`for_inference` left it) runs in."""
     import torch
 

@@ -316,32 +316,32 @@ def _collect(
         info = infos[impl.plugin_name]
         if info.status != "loaded":
             continue
-        pending: list[tuple[str, Any, str]] = []
+        pending: list[tuple[str, Any, dict[str, Any]]] = []
 
         def register(
             name: str,
             factory: Any,
             *,
-            description: str = "",
-            _pending: list[tuple[str, Any, str]] = pending,
+            _pending: list[tuple[str, Any, dict[str, Any]]] = pending,
+            **options: Any,
         ) -> None:
-            _pending.append((name, factory, description))
+            _pending.append((name, factory, options))  # description=, pretrained=
 
         try:
             with _quiet(info, f"running {hook_name}"):
                 impl.function(register=register)
             staged = Registry(registry.kind)  # validates names and duplicates within the plugin
-            for name, factory, description in pending:
+            for name, factory, options in pending:
                 registry.ensure_free(name, impl.plugin_name)
-                staged.add(name, factory, description=description, plugin=impl.plugin_name)
+                staged.add(name, factory, plugin=impl.plugin_name, **options)
         except SoundnetError as exc:
             _fail(info, str(exc))
             continue
         except CONTAINED as exc:
             _fail(info, f"{hook_name} failed: {_describe(exc)}")
             continue
-        for name, factory, description in pending:
-            registry.add(name, factory, description=description, plugin=impl.plugin_name)
+        for name, factory, options in pending:
+            registry.add(name, factory, plugin=impl.plugin_name, **options)
         info.registered.setdefault(registry.kind, []).extend(name for name, _, _ in pending)
 
 

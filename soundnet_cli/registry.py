@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
 
-from soundnet_cli.errors import DuplicateNameError, SoundnetError, UnknownNameError
+from soundnet_cli.errors import (
+    DuplicateNameError,
+    SoundnetError,
+    UnknownNameError,
+    UsageProblem,
+)
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*$")
 # A family: a kebab-case prefix ending in ":" (``timm:``) that stands for every ``timm:<variant>``.
 FAMILY_PATTERN = re.compile(r"^[a-z0-9]+(?:[-.][a-z0-9]+)*:$")
+# Pretrained weights a component publishes under a tag: a native checkpoint file, or a function
+# (no arguments) returning its path, e.g. one that downloads and caches the file first.
+PretrainedSource = Union[str, os.PathLike, Callable[[], Union[str, os.PathLike]]]  # noqa: UP007
 
 
 @dataclass(frozen=True)
@@ -23,10 +33,31 @@ class Entry:
     factory: Callable[..., Any]
     description: str
     plugin: str
+    # tag -> weights, in the order registered (the first is the default tag)
+    pretrained: Mapping[str, PretrainedSource] = field(default_factory=dict)
 
     @property
     def is_family(self) -> bool:
         return self.name.endswith(":")
+
+    @property
+    def default_tag(self) -> str | None:
+        """The first pretrained tag registered, or None when no weights are published."""
+        return next(iter(self.pretrained), None)
+
+    def weights_path(self, tag: str | None = None) -> Path:
+        """The checkpoint file of pretrained ``tag`` (default: :attr:`default_tag`); a source
+        that is a function runs now (it may download). UsageProblem for an unknown tag."""
+        if not self.pretrained:
+            raise UsageProblem(f"{self.name!r} publishes no pretrained weights")
+        chosen = tag if tag is not None else next(iter(self.pretrained))
+        if chosen not in self.pretrained:
+            raise UsageProblem(
+                f"{self.name!r} has no pretrained weights tagged {chosen!r}; "
+                f"its tags: {', '.join(self.pretrained)}"
+            )
+        source = self.pretrained[chosen]
+        return Path(os.fspath(source() if callable(source) else source))
 
 
 class Registry:
@@ -40,7 +71,15 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, factory: Callable[..., Any], *, description: str, plugin: str) -> None:
+    def add(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        description: str = "",
+        plugin: str,
+        pretrained: Mapping[str, PretrainedSource] | None = None,
+    ) -> None:
         if not isinstance(name, str) or not (
             NAME_PATTERN.match(name) or FAMILY_PATTERN.match(name)
         ):
@@ -52,8 +91,13 @@ class Registry:
             raise SoundnetError(
                 f"plugin {plugin!r}: the factory for {self.kind} {name!r} is not callable"
             )
+        if not isinstance(description, str):
+            raise SoundnetError(
+                f"plugin {plugin!r}: the description of {self.kind} {name!r} must be a string"
+            )
+        tags = _check_pretrained(self.kind, name, plugin, pretrained)
         self.ensure_free(name, plugin)
-        self._entries[name] = Entry(name, factory, description, plugin)
+        self._entries[name] = Entry(name, factory, description, plugin, tags)
 
     def ensure_free(self, name: str, plugin: str) -> None:
         """Raise DuplicateNameError, naming both plugins, if ``name`` is taken."""
@@ -101,3 +145,26 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _check_pretrained(
+    kind: str, name: str, plugin: str, pretrained: Mapping[str, PretrainedSource] | None
+) -> dict[str, PretrainedSource]:
+    """``pretrained`` as a plain dict, after checking its tags (kebab-case) and sources (a path
+    or a function returning one); SoundnetError naming the plugin otherwise."""
+    if pretrained is None:
+        return {}
+    where = f"plugin {plugin!r}, {kind} {name!r}"
+    if not isinstance(pretrained, Mapping):
+        raise SoundnetError(f"{where}: pretrained must map tags to weights, e.g. {{'v1': path}}")
+    for tag, source in pretrained.items():
+        if not isinstance(tag, str) or not NAME_PATTERN.match(tag):
+            raise SoundnetError(
+                f"{where}: pretrained tag {tag!r} must be lower-case kebab-case, like 'v1'"
+            )
+        if not (isinstance(source, (str, os.PathLike)) or callable(source)):
+            raise SoundnetError(
+                f"{where}: pretrained {tag!r} must be a checkpoint path or a function "
+                f"returning one, not {type(source).__name__}"
+            )
+    return dict(pretrained)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "check_probe",
     "check_registered_student",
+    "check_registered_teacher",
     "check_student",
     "check_teacher",
     "make_wave",
@@ -178,7 +179,9 @@ def check_student(
     row of a batch the same result as alone, and leaves its input alone; an unknown layer raises
     ``LayerError`` listing the valid ones; too short an input raises ``AudioError``;
     ``min_samples`` is the shortest input with one step and each ``stride`` more samples give
-    one more step.
+    one more step. A student with ``head_specs`` must keep ``HeadedStudent`` (``head_layer``;
+    called on a waveform, log-probabilities per head shaped (batch, categories, steps)), which
+    ``predict`` uses.
     """
     import torch
 
@@ -263,6 +266,45 @@ def check_student(
         )
     _check_bad_inputs(model, who, [info.name for info in infos], wanted)
     _check_geometry(model, who, [by_name[layer] for layer in wanted], samples)
+    if getattr(model, "head_specs", None):
+        _check_heads(model, who, by_name)
+
+
+def _check_heads(model: Any, who: str, by_name: dict[str, FeatureInfo]) -> None:
+    """A student with ``head_specs`` keeps ``HeadedStudent``: what predict uses."""
+    import torch
+
+    from soundnet_cli.students.contract import HeadedStudent
+
+    _require(
+        isinstance(model, HeadedStudent),
+        f"{who}: a student with head_specs needs head_layer and to be callable "
+        "(the HeadedStudent protocol predict uses)",
+    )
+    layer = model.head_layer
+    _require(layer in by_name, f"{who}: head_layer {layer!r} is not in feature_info")
+    samples = max(int(CHECK_SECONDS * SAMPLE_RATE), int(model.min_samples(layer)) * 5 // 4)
+    wave = make_wave(samples / SAMPLE_RATE, batch=2, seed=2)
+    with torch.inference_mode():
+        outputs = model(wave)
+    names = [h.name for h in model.head_specs]
+    _require(
+        isinstance(outputs, dict) and list(outputs) == names,
+        f"{who}: calling it must return {{head: log-probabilities}} for heads {names}",
+    )
+    steps = model.output_length(layer, wave.shape[-1])
+    for head in model.head_specs:
+        out = outputs[head.name]
+        _require(
+            tuple(out.shape) == (wave.shape[0], head.size, steps),
+            f"{who}: head {head.name!r} gave {tuple(out.shape)}; expected "
+            f"{(wave.shape[0], head.size, steps)} (batch, categories, {layer} steps)",
+        )
+        total = out.exp().sum(dim=1)
+        _require(
+            bool(torch.allclose(total, torch.ones_like(total), atol=1e-3)),
+            f"{who}: head {head.name!r} does not give log-probabilities over its categories",
+        )
 
 
 def _check_bad_inputs(model: Any, who: str, valid: list[str], wanted: list[str]) -> None:
@@ -334,11 +376,34 @@ def check_registered_student(name: str, **factory_kwargs: Any) -> None:
 
 
 # -- teachers ----------------------------------------------------------------------------------
-def check_teacher(teacher: Any, *, frames: int = 2, height: int = 72, width: int = 96) -> None:
-    """Check a built teacher: ``heads`` (each with ``name`` and ``categories``), a frame
-    ``transform``, and ``label(frames)`` giving probabilities per head, (N, categories), each
-    row summing to 1, for uint8 RGB frames (N, H, W, 3)."""
+def check_teacher(
+    teacher: Any, *, name: str | None = None, frames: int = 2, height: int = 72, width: int = 96
+) -> None:
+    """Check a built teacher against what ``soundnet prepare`` uses of it.
+
+    Checked: it is a :class:`soundnet_cli.teachers.Teacher` (an ``nn.Module``; ``get_teacher``
+    refuses anything else) named ``name`` when given; ``heads`` each have a name a student head
+    can take (lower-case letters, digits, ``-`` and ``_``) and category names; ``transform``
+    turns uint8 RGB frames (N, H, W, 3) into float pixels (N, 3, h, w); ``label(frames)`` gives
+    probabilities per head, (N, categories), each row summing to 1, and ``label_pixels`` of the
+    transformed frames the same; ``device`` is a ``torch.device``; ``describe()`` (what a
+    corpus manifest records) is JSON with its name and heads.
+    """
+    import json
+
+    import torch
+
+    from soundnet_cli.students.contract import HEAD_NAME
+    from soundnet_cli.teachers.base import Teacher
+
     who = f"teacher {getattr(teacher, 'name', type(teacher).__name__)!r}"
+    _require(
+        isinstance(teacher, Teacher),
+        f"{who}: must be a soundnet_cli.teachers.Teacher (wrap the network in one)",
+    )
+    _require(isinstance(teacher.name, str) and teacher.name != "", f"{who}: needs a name")
+    if name is not None:
+        _require(teacher.name == name, f"{who}: its name is not the registered {name!r}")
     heads = list(getattr(teacher, "heads", ()) or ())
     _require(len(heads) > 0, f"{who}: declares no heads")
     for head in heads:
@@ -347,15 +412,35 @@ def check_teacher(teacher: Any, *, frames: int = 2, height: int = 72, width: int
             isinstance(getattr(head, "name", None), str) and bool(categories),
             f"{who}: every head needs a name and category names, got {head!r}",
         )
+        _require(
+            bool(HEAD_NAME.match(head.name)),
+            f"{who}: head {head.name!r} must be lower-case letters, digits, - or _ "
+            "(students' heads are named after it)",
+        )
+        _require(
+            all(isinstance(c, str) and c for c in categories or ()),
+            f"{who}: head {head.name!r} has a category name that is not a non-empty string",
+        )
     _require(callable(getattr(teacher, "transform", None)), f"{who}: needs a frame transform")
+    _require(isinstance(teacher.device, torch.device), f"{who}: `device` must be a torch.device")
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
-    probabilities = teacher.label(pixels)
+    images = rng.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
+    pixels = teacher.transform(images)
+    _require(
+        isinstance(pixels, torch.Tensor)
+        and pixels.is_floating_point()
+        and pixels.dim() == 4
+        and tuple(pixels.shape[:2]) == (frames, 3),
+        f"{who}: transform gave {getattr(pixels, 'shape', type(pixels))} for {frames} frames; "
+        "expected float pixels (N, 3, height, width)",
+    )
+    probabilities = teacher.label(images)
     _require(
         set(probabilities) == {h.name for h in heads},
         f"{who}: label() returned heads {sorted(probabilities)}, declared "
         f"{[h.name for h in heads]}",
     )
+    again = teacher.label_pixels(pixels)
     for head in heads:
         p = np.asarray(probabilities[head.name], dtype=np.float64)
         _require(
@@ -369,6 +454,35 @@ def check_teacher(teacher: Any, *, frames: int = 2, height: int = 72, width: int
             ),
             f"{who}: head {head.name!r} does not give probabilities (non-negative, rows sum to 1)",
         )
+        _require(
+            np.allclose(np.asarray(again[head.name], dtype=np.float64), p, atol=1e-4),
+            f"{who}: label_pixels(transform(frames)) differs from label(frames)",
+        )
+    described = teacher.describe()
+    try:
+        json.dumps(described)
+    except (TypeError, ValueError) as exc:
+        raise AssertionError(f"{who}: describe() is not JSON ({exc})") from exc
+    _require(
+        described.get("name") == teacher.name
+        and [h.get("name") for h in described.get("heads", [])] == [h.name for h in heads],
+        f"{who}: describe() does not name the teacher and its heads",
+    )
+
+
+def check_registered_teacher(name: str, **factory_kwargs: Any) -> None:
+    """Build the registered teacher ``name`` as ``soundnet prepare`` does, without weights
+    (``random_init=True``, nothing downloaded, unless ``factory_kwargs`` say otherwise), and
+    check it. A family (``timm:``) is checked through the variant in ``name``
+    (``timm:test_resnet``)."""
+    from soundnet_cli.errors import SoundnetError
+
+    kwargs = {"weights": None, "random_init": True, **factory_kwargs}
+    try:
+        teacher = _plugins.get_plugins().teachers.create(name, **kwargs)
+    except SoundnetError as exc:
+        raise AssertionError(f"teacher {name!r}: cannot be built without weights ({exc})") from exc
+    check_teacher(teacher.eval(), name=name)
 
 
 # -- probes ------------------------------------------------------------------------------------

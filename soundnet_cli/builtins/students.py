@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from soundnet_cli.hookspecs import Register, hookimpl
@@ -19,6 +20,13 @@ def _soundnet5(**kwargs: Any) -> Any:
     return soundnet5(**kwargs)
 
 
+def _official() -> Path:
+    """The authors' SoundNet-8 checkpoint, fetched and verified on first use."""
+    from soundnet_cli.weights.official import ensure_official
+
+    return ensure_official()
+
+
 def _classifier(variant: str = "", **kwargs: Any) -> Any:
     from soundnet_cli.students.classifier import classifier_student
 
@@ -31,6 +39,7 @@ def register_students(register: Register) -> None:
         "soundnet8",
         _soundnet8,
         description="SoundNet-8 (the paper's main student; official weights available)",
+        pretrained={"official": _official},
     )
     register("soundnet5", _soundnet5, description="SoundNet-5 (the paper's Table 2)")
     register(

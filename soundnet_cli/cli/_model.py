@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from soundnet_cli.cli import _common
-
 if TYPE_CHECKING:
-    from torch import nn
+    from soundnet_cli.students.contract import Student
 
 
-def load_model(checkpoint: Path | None, student: str | None, device: str) -> nn.Module:
-    """The model a command asked for, on ``device``; fetches the official weights if needed."""
+def load_model(checkpoint: Path | None, student: str | None, device: str) -> Student:
+    """The model a command asked for, on ``device``: a checkpoint, a registered student with
+    the weights its plugin publishes (its default pretrained tag; untrained when it publishes
+    none), or the official SoundNet-8 (fetched if needed)."""
     from soundnet_cli.errors import UsageProblem
-    from soundnet_cli.models import load_student
+    from soundnet_cli.models import load_student, pretrained_tags
     from soundnet_cli.runtime import resolve_device
 
     target = resolve_device(device)
@@ -22,6 +22,6 @@ def load_model(checkpoint: Path | None, student: str | None, device: str) -> nn.
         raise UsageProblem("give --checkpoint or --student, not both")
     if checkpoint is not None:
         return load_student(checkpoint, device=target)
-    if student is not None and student != "soundnet8":
-        return load_student(student, device=target)
-    return load_student("soundnet8", pretrained=True, device=target, announce=_common.info)
+    name = student if student is not None else "soundnet8"
+    published = bool(pretrained_tags(name))
+    return load_student(name, pretrained=published, device=target)

@@ -47,7 +47,7 @@ def filters_command(
     from soundnet_cli.evaluation.features import model_key
     from soundnet_cli.visualize.figures import filters_png, first_layer_filters, peak_frequencies
 
-    model: Any = load_model(checkpoint, student, "cpu")
+    model = load_model(checkpoint, student, "cpu")
     filters = first_layer_filters(model)
     name = model_key(model)
     path = filters_png(
@@ -148,7 +148,7 @@ def units_command(
         raise UsageProblem("no audio files found in the given paths")
     folders = [p for p in paths if p.is_dir()]
     label_map = read_label_map(labels, folders[0] if folders else None) if labels else None
-    model: Any = load_model(checkpoint, student, device)
+    model = load_model(checkpoint, student, device)
     names = [info.name for info in model.feature_info]
     layer = layer or ("conv7" if "conv7" in names else names[-1])
 

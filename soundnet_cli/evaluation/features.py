@@ -8,15 +8,18 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from soundnet_cli.atomic import atomic_path
 from soundnet_cli.media.audio import Mix, Waveform, load_audio, tile
 
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
-def model_key(model: Any) -> str:
+
+def model_key(model: Student) -> str:
     """A name for the weights a model holds (``weights.identity.model_key``: the checkpoint's
     tensor-data hash, remembered by path, size and mtime; or the architecture at seed 0)."""
     from soundnet_cli.weights.identity import model_key as key_of
@@ -67,7 +70,7 @@ class FeatureCache:
 
 
 def clip_features(
-    model: Any, wave: np.ndarray, layers: Sequence[str], device: str = "cpu"
+    model: Student, wave: np.ndarray, layers: Sequence[str], device: str = "cpu"
 ) -> dict[str, np.ndarray]:
     """Run the model once for all ``layers``; each becomes float32 (time, channels)."""
     import torch
@@ -83,7 +86,7 @@ def clip_features(
 
 
 def compute_features(
-    model: Any,
+    model: Student,
     paths: Sequence[Path],
     layers: Sequence[str],
     *,

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from soundnet_cli.evaluation.protocol import check_layers, fit_probe, plan_layer
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ProbeFile, build_probe, load_probe, save_probe, window_steps
 from soundnet_cli.probes.windows import check_finite
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def model_source(checkpoint: Path | None, student: str | None) -> dict[str, Any]
 
 def fit(
     clips: Sequence[LabeledClip],
-    model: Any,
+    model: Student,
     *,
     layer: str = "pool5",
     probe: str = "linear-svm",
@@ -170,7 +173,7 @@ class ClipPrediction:
 
 def predict(
     probe_file: ProbeFile,
-    model: Any,
+    model: Student,
     paths: Sequence[Path],
     *,
     device: str = "cpu",

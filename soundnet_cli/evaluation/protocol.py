@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from soundnet_cli.evaluation.features import FeatureCache, compute_features, mod
 from soundnet_cli.media.audio import Mix
 from soundnet_cli.probes import ClipProbe, build_probe, choose_c, window_steps
 from soundnet_cli.probes.windows import check_finite
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
 
 @dataclass
@@ -101,7 +104,7 @@ class EvaluationReport:
         }
 
 
-def check_layers(model: Any, layers: Sequence[str]) -> None:
+def check_layers(model: Student, layers: Sequence[str]) -> None:
     valid = [info.name for info in model.feature_info]
     for layer in layers:
         if layer not in valid:
@@ -163,7 +166,7 @@ def plan_layer_fit(
 def evaluate(
     dataset: Dataset,
     root: Path,
-    model: Any,
+    model: Student,
     layers: Sequence[str],
     *,
     probe: str = "linear-svm",
@@ -270,7 +273,7 @@ def _run_split(
     features: Sequence[dict[str, np.ndarray]],
     split: Split,
     layer: str,
-    model: Any,
+    model: Student,
     dataset: Dataset,
     make: Callable[[float], Any],
     C: float | str,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,10 @@ from soundnet_cli.errors import UsageProblem
 from soundnet_cli.export.module import ExportError, ExportModule, ExportPlan, plan_export
 from soundnet_cli.export.verify import read_metadata, verify
 from soundnet_cli.export.writers import write_onnx, write_torchscript
+from soundnet_cli.students.contract import describe
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ def _example(plan: ExportPlan) -> torch.Tensor:
 
 
 def export_model(
-    model: Any,
+    model: Student,
     out: str | os.PathLike[str],
     *,
     fmt: str | None = None,
@@ -118,6 +122,10 @@ def export_model(
     """
     fmt = format_for(out, fmt)
     started = time.perf_counter()
+    if not isinstance(model, torch.nn.Module):
+        raise UsageProblem(
+            f"{describe(model)} is not a torch.nn.Module; only modules can be exported"
+        )
     if any(p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).cpu()
     model = model.eval()

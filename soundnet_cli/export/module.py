@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,10 @@ from torch import nn
 
 from soundnet_cli.errors import LayerError, SoundnetError, UsageProblem
 from soundnet_cli.media.audio import SCALE
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.base import ConvStudent
+    from soundnet_cli.students.contract import Student
 
 
 class ExportError(SoundnetError):
@@ -87,15 +91,15 @@ class ExportPlan:
         }
 
 
-def _is_conv_student(model: Any) -> bool:
-    """A layer-table student (SoundNet-8/5, fine-tuned classifiers): exported block by block.
-    Any other student is exported through its own ``forward_features``."""
+def _conv_student(model: Student) -> ConvStudent | None:
+    """A layer-table student (SoundNet-8/5, fine-tuned classifiers), exported block by block;
+    None for any other student, which is exported through its own ``forward_features``."""
     from soundnet_cli.students.base import ConvStudent
 
-    return isinstance(model, ConvStudent)
+    return model if isinstance(model, ConvStudent) else None
 
 
-def plan_export(model: Any, layers: Sequence[str] = (), heads: bool = False) -> ExportPlan:
+def plan_export(model: Student, layers: Sequence[str] = (), heads: bool = False) -> ExportPlan:
     """Check the requested outputs against ``model`` and describe them.
 
     ``layers`` are feature taps (duplicates dropped, order kept); ``heads`` adds one output per
@@ -118,12 +122,13 @@ def plan_export(model: Any, layers: Sequence[str] = (), heads: bool = False) -> 
         )
     needs_heads = heads
     if heads:
-        specs = getattr(model, "head_specs", None)
-        if not specs or not _is_conv_student(model):
+        conv = _conv_student(model)
+        specs = conv.head_specs if conv is not None else None
+        if not specs or conv is None:
             raise UsageProblem(
                 f"{model.architecture} has no output heads to export", parameter="heads"
             )
-        info = taps[model.head_spec.name]
+        info = taps[conv.head_layer]
         for head in specs:
             if head.name in wanted:
                 raise UsageProblem(
@@ -143,7 +148,7 @@ def plan_export(model: Any, layers: Sequence[str] = (), heads: bool = False) -> 
     order = list(taps)
     last = max((order.index(name) for name in wanted), default=-1)
     if needs_heads:
-        last = order.index(model.head_spec.name)
+        last = order.index(info.name)
     min_samples = int(model.min_samples(order[last]))
     checkpoint = getattr(model, "checkpoint_info", None)
     provenance = {"checkpoint": str(checkpoint.path)} if checkpoint is not None else {}
@@ -155,29 +160,30 @@ def plan_export(model: Any, layers: Sequence[str] = (), heads: bool = False) -> 
 class ExportModule(nn.Module):
     """``forward(waveform) -> tuple`` of the plan's outputs, in the plan's order."""
 
-    def __init__(self, model: Any, plan: ExportPlan) -> None:
+    def __init__(self, model: Student, plan: ExportPlan) -> None:
         super().__init__()
         self.plan = plan
         self.names = plan.names
-        self.direct = _is_conv_student(model)
-        if not self.direct:
+        conv = _conv_student(model)
+        self.direct = conv is not None
+        if conv is None:
             self.student = model
         self.layers = [o.name for o in plan.outputs if o.kind == "layer"]
         self.head_names = [o.name for o in plan.outputs if o.kind == "head"]
-        if self.direct:
-            order = [info.name for info in model.feature_info]
-            head_layer = model.head_spec.name
+        if conv is not None:
+            order = [info.name for info in conv.feature_info]
+            head_layer = conv.head_layer
             # the body blocks up to the deepest requested tap (all of them when heads are asked)
             stop = (
                 len(order) - 1
                 if self.head_names or head_layer in self.layers
                 else max(order.index(name) for name in self.layers)
             )
-            self.block_names = [name for name in model.blocks if order.index(name) <= stop]
-            self.body = nn.ModuleList(model.blocks[name] for name in self.block_names)
+            self.block_names = [name for name in conv.blocks if order.index(name) <= stop]
+            self.body = nn.ModuleList(conv.blocks[name] for name in self.block_names)
             self.head_layer = head_layer
             self.run_heads = stop == len(order) - 1
-            self.head_convs = nn.ModuleList(model.heads.values()) if self.run_heads else None
+            self.head_convs = nn.ModuleList(conv.heads.values()) if self.run_heads else None
         self.eval()
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -210,12 +216,15 @@ class NamedOutputs(nn.Module):
         return dict(zip(self.names, self.inner(waveform), strict=True))
 
 
-def reference_outputs(model: Any, plan: ExportPlan, waveform: torch.Tensor) -> list[torch.Tensor]:
+def reference_outputs(
+    model: Student, plan: ExportPlan, waveform: torch.Tensor
+) -> list[torch.Tensor]:
     """The plan's outputs computed by the model itself in PyTorch, for verification."""
     scaled = waveform * SCALE
     layers = [o.name for o in plan.outputs if o.kind == "layer"]
     with torch.inference_mode():
         taps = dict(model.forward_features(scaled, layers)) if layers else {}
-        if any(o.kind == "head" for o in plan.outputs):
-            taps.update({name: lp.exp() for name, lp in model(scaled).items()})
+        conv = _conv_student(model)
+        if conv is not None and any(o.kind == "head" for o in plan.outputs):
+            taps.update({name: lp.exp() for name, lp in conv(scaled).items()})
     return [taps[name].float() for name in plan.names]

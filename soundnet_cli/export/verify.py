@@ -6,13 +6,16 @@ import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from soundnet_cli.export.module import ExportError, ExportPlan, reference_outputs
 from soundnet_cli.export.writers import METADATA_KEY, ONNX_EXTRA
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 
@@ -76,7 +79,7 @@ def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(ours - reference).max()) / (scale if scale > 0 else 1.0)
 
 
-def verify(model: Any, plan: ExportPlan, path: Path, fmt: str) -> dict[str, float]:
+def verify(model: Student, plan: ExportPlan, path: Path, fmt: str) -> dict[str, float]:
     """The largest relative error of each output over the test signals, against PyTorch."""
     run = RUNNERS[fmt](path, plan.names)
     errors = dict.fromkeys(plan.names, 0.0)

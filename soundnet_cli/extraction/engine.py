@@ -123,7 +123,7 @@ def _check_length(model: LayerGeometry, layers: Sequence[str], samples: int, wha
 def _default_model() -> Student:
     from soundnet_cli.models import load_student
 
-    return load_student("soundnet8", pretrained=True)  # type: ignore[return-value]
+    return load_student("soundnet8", pretrained=True)
 
 
 # -- the run -----------------------------------------------------------------------------------

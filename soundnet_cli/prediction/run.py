@@ -17,6 +17,7 @@ from soundnet_cli.prediction.tables import (
     delimited,
     table_rows,
 )
+from soundnet_cli.students.contract import HeadedStudent, Student
 from soundnet_cli.students.predict import Prediction, predict_waveform
 
 DEFAULT_TOP_K = 5
@@ -43,7 +44,7 @@ def default_top_k(fmt: str) -> int:
 
 def predict_files(
     files: Sequence[str | os.PathLike[str]],
-    model: Any,
+    model: Student,
     *,
     top_k: int = DEFAULT_TOP_K,
     mix: str = "first",
@@ -58,10 +59,10 @@ def predict_files(
     """
     from soundnet_cli.media.audio import load_audio
 
-    if getattr(model, "head_spec", None) is not None:
+    if isinstance(model, HeadedStudent):
         from soundnet_cli.models import for_inference
 
-        model = for_inference(model, [model.head_spec.name], precision=precision)
+        model = for_inference(model, [model.head_layer], precision=precision)
     run = PredictRun()
     for name in files:
         path = Path(name)

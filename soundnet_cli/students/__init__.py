@@ -1,5 +1,6 @@
 """Student networks: 1-D convolutional nets on the raw waveform, and the contract every student
-keeps (:class:`Student`; plugins subclass :class:`StudentBase`)."""
+keeps (:class:`Student`, in ``students/contract.py`` with its types; :class:`StudentBase` is an
+optional base class)."""
 
 from soundnet_cli.media.audio import SAMPLE_RATE, SCALE
 from soundnet_cli.students.base import (
@@ -11,6 +12,7 @@ from soundnet_cli.students.base import (
     PoolLayer,
 )
 from soundnet_cli.students.contract import (
+    HeadedStudent,
     Student,
     StudentBase,
     check_taps,
@@ -28,6 +30,7 @@ __all__ = [
     "FeatureInfo",
     "HeadLayer",
     "HeadSpec",
+    "HeadedStudent",
     "PoolLayer",
     "Student",
     "StudentBase",

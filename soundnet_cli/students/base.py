@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,48 +11,11 @@ from torch import nn
 
 from soundnet_cli.errors import SoundnetError
 from soundnet_cli.media.audio import SAMPLE_RATE
-from soundnet_cli.students.contract import StudentBase, feature_of
+
+# FeatureInfo and HeadSpec are contract types; imported here too so `students.base` keeps them.
+from soundnet_cli.students.contract import FeatureInfo, HeadSpec, StudentBase, feature_of
 
 BN_EPS = 1e-5
-HEAD_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One output head (one per teacher head): a name and its categories."""
-
-    name: str
-    size: int
-    categories: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if not HEAD_NAME.match(self.name):
-            raise SoundnetError(
-                f"head name {self.name!r} must be lower-case letters, digits, - or _"
-            )
-        if self.size < 1:
-            raise SoundnetError(f"head {self.name!r} needs at least one category")
-        if self.categories is not None and len(self.categories) != self.size:
-            raise SoundnetError(
-                f"head {self.name!r}: {len(self.categories)} category names for {self.size} outputs"
-            )
-
-
-@dataclass(frozen=True)
-class FeatureInfo:
-    """A feature tap. ``stride`` and ``receptive_field`` are in input samples; ``offset`` is the
-    input sample (negative inside the zero padding) where step 0's receptive field begins."""
-
-    name: str
-    channels: int
-    stride: int
-    receptive_field: int
-    offset: int
-
-    def step_centres(self, steps: int, sample_rate: int = SAMPLE_RATE) -> list[float]:
-        """Centre of each time step's receptive field, in seconds."""
-        half = (self.receptive_field - 1) / 2
-        return [(self.offset + i * self.stride + half) / sample_rate for i in range(steps)]
 
 
 @dataclass(frozen=True)
@@ -182,6 +144,11 @@ class ConvStudent(StudentBase):
             )
         )
         return rows
+
+    @property
+    def head_layer(self) -> str:
+        """The tap the heads' time steps align with (``conv8`` for SoundNet-8)."""
+        return self.head_spec.name
 
     def _describe_taps(self) -> list[FeatureInfo]:
         infos = []

@@ -1,16 +1,21 @@
 """The student contract: what every command uses of a student, and the checks they share.
 
 A student is a ``torch.nn.Module`` with the members of :class:`Student`. Builtins and plugins
-usually subclass :class:`StudentBase`, which supplies ``device``, ``layer_names``, ``feature``
-and the argument checks of ``forward_features`` (:meth:`StudentBase.forward_inputs`), so that
+may subclass :class:`StudentBase`, which supplies ``device``, ``layer_names`` and the
+argument checks of ``forward_features`` (:meth:`StudentBase.forward_inputs`), so that
 every student words its errors the same way. ``soundnet_cli.testing.check_student`` checks
 every member; a student that passes it runs through extract, predict, evaluate and HEAR.
+Commands use nothing else: a layer's entry is :func:`feature_of` (not a method), and a student
+with output heads keeps :class:`HeadedStudent` too. The contract's types (:class:`FeatureInfo`,
+:class:`HeadSpec`) live here; ``students.base`` builds on them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -18,8 +23,45 @@ from torch import nn
 from soundnet_cli.errors import AudioError, LayerError, SoundnetError
 from soundnet_cli.media.audio import SAMPLE_RATE
 
-if TYPE_CHECKING:
-    from soundnet_cli.students.base import FeatureInfo
+HEAD_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One output head (one per teacher head): a name and its categories."""
+
+    name: str
+    size: int
+    categories: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not HEAD_NAME.match(self.name):
+            raise SoundnetError(
+                f"head name {self.name!r} must be lower-case letters, digits, - or _"
+            )
+        if self.size < 1:
+            raise SoundnetError(f"head {self.name!r} needs at least one category")
+        if self.categories is not None and len(self.categories) != self.size:
+            raise SoundnetError(
+                f"head {self.name!r}: {len(self.categories)} category names for {self.size} outputs"
+            )
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """A feature tap. ``stride`` and ``receptive_field`` are in input samples; ``offset`` is the
+    input sample (negative inside the zero padding) where step 0's receptive field begins."""
+
+    name: str
+    channels: int
+    stride: int
+    receptive_field: int
+    offset: int
+
+    def step_centres(self, steps: int, sample_rate: int = SAMPLE_RATE) -> list[float]:
+        """Centre of each time step's receptive field, in seconds."""
+        half = (self.receptive_field - 1) / 2
+        return [(self.offset + i * self.stride + half) / sample_rate for i in range(steps)]
 
 
 class LayerGeometry(Protocol):
@@ -62,6 +104,35 @@ class Student(LayerGeometry, Protocol):
     def forward_features(
         self, wave: torch.Tensor, layers: Sequence[str]
     ) -> dict[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class HeadedStudent(Student, Protocol):
+    """A student with output heads: what ``predict`` (and the units report's predictions) use.
+
+    ``head_specs`` lists the heads (name, size, category names); ``head_layer`` is the
+    ``feature_info`` tap the heads' time steps align with; calling the student on a waveform
+    returns ``{head: log-probabilities (batch, categories, time)}``.
+    """
+
+    @property
+    def head_specs(self) -> Sequence[HeadSpec]: ...
+
+    @property
+    def head_layer(self) -> str: ...
+
+    def __call__(self, wave: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+
+def has_named_heads(student: object) -> bool:
+    """Whether ``student`` keeps :class:`HeadedStudent` with a category name for every output."""
+    heads = getattr(student, "head_specs", None)
+    return (
+        bool(heads)
+        and isinstance(getattr(student, "head_layer", None), str)
+        and callable(student)
+        and all(getattr(h, "categories", None) for h in heads or ())
+    )
 
 
 def describe(student: object) -> str:
@@ -165,6 +236,7 @@ class StudentBase(nn.Module):
         return [info.name for info in self.feature_info]
 
     def feature(self, name: str) -> FeatureInfo:
+        """``feature_of(self, name)``; commands call :func:`feature_of`, which every student has."""
         return feature_of(self, name)
 
     def forward_inputs(

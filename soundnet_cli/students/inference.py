@@ -10,6 +10,9 @@ geometry as the student it was built from, computed faster:
   convolution over the input's ``stride`` phases (polyphase), which oneDNN runs much faster;
 - the output heads run as one convolution (their weights concatenated);
 - everything runs under ``torch.inference_mode``; ``compile=True`` adds ``torch.compile``;
+- only a plain :class:`ConvStudent` is rewritten: a subclass with its own ``forward_features``
+  (or another method the twin replaces, or other blocks) keeps its own forward, so that every
+  command computes what ``load_student(...).forward_features`` computes;
 - ``precision="bf16"`` or ``"fp16"`` runs in half precision where the device has native
   kernels for it (CUDA; CPUs with AVX512-BF16/AMX, or AVX512-FP16/AMX-FP16), after a check on
   real-looking clips (:func:`probe_clips`) that every clip's features at the requested layers
@@ -22,6 +25,7 @@ geometry as the student it was built from, computed faster:
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,7 +37,15 @@ from torch import nn
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.media.audio import SAMPLE_RATE, SCALE
 from soundnet_cli.students.base import ConvBlock, ConvLayer, ConvStudent, FeatureInfo
-from soundnet_cli.students.contract import StudentBase, as_batch, describe, forward_inputs
+from soundnet_cli.students.contract import (
+    Student,
+    StudentBase,
+    as_batch,
+    describe,
+    forward_inputs,
+)
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -239,6 +251,10 @@ class FastStudent(StudentBase):
             param.data = self._fp32[name].to(device=param.device, dtype=wanted)
         self.dtype = dtype
         self.fp32_convs = tuple(keep_fp32) if dtype != torch.float32 else ()
+
+    @property
+    def head_layer(self) -> str:
+        return self.head_spec.name
 
     def conv(self, name: str) -> FusedConv:
         """The fused convolution of layer ``name``."""
@@ -513,29 +529,70 @@ def choose_precision(
     return kept, error, note
 
 
+def rewrite_equals_forward(model: Student) -> str | None:
+    """None when :class:`FastStudent` computes exactly what ``model``'s own code does, else why
+    not. Only a :class:`ConvStudent` built of the plain layers it knows qualifies: a subclass
+    that overrides a method the twin replaces (``forward_features``, ``forward``, the geometry)
+    or holds another kind of block keeps its own forward."""
+    if not isinstance(model, ConvStudent):
+        return "it is not a layer-table conv student"
+    cls = type(model)
+    for method in _REWRITTEN_METHODS:
+        if getattr(cls, method) is not getattr(ConvStudent, method):
+            return f"{cls.__name__} overrides {method}"
+    plain = {ConvBlock: nn.Conv1d, nn.MaxPool1d: None}
+    for name, block in model.blocks.items():
+        if type(block) not in plain:
+            return f"its layer {name!r} is a {type(block).__name__}"
+        if isinstance(block, ConvBlock) and (
+            type(block.conv) is not nn.Conv1d or type(block.bn) is not nn.BatchNorm1d
+        ):
+            return f"its layer {name!r} is not a plain conv + BatchNorm"
+    for name, head in model.heads.items():
+        if type(head) is not nn.Conv1d:
+            return f"its head {name!r} is a {type(head).__name__}"
+    if model._forward_hooks or model._forward_pre_hooks:
+        return "it has forward hooks"
+    return None
+
+
+# What FastStudent computes in place of the original's own code.
+_REWRITTEN_METHODS = (
+    "forward_features",
+    "forward",
+    "forward_inputs",
+    "output_length",
+    "min_samples",
+    "_geometry",
+    "_tap_index_of",
+)
+
+
 def optimise(
-    model: nn.Module,
+    model: Student,
     *,
     layers: Sequence[str] = ("pool5",),
     precision: str = "fp32",
     tolerance: float | None = None,
     compile: bool = False,
-    announce: Callable[[str], None] | None = None,
     cache: ProbeCache | None = None,
-) -> Any:
+) -> Student:
     """The fastest equivalent of ``model`` for ``layers``, on the model's device.
 
-    A model that is not a :class:`ConvStudent` (a plugin's own architecture) is returned as is.
-    Half precision is used only where the device runs it natively and its features at
-    ``layers`` stay within ``tolerance`` of float32 on :func:`probe_clips` (checked once per
-    weights, device and layers when a ``cache`` is given); otherwise float32 is kept and
-    ``announce`` says why.
+    Only a plain :class:`ConvStudent` is rewritten (:func:`rewrite_equals_forward`); any other
+    student (a plugin's own architecture, a subclass with its own ``forward_features``) is
+    returned as is, and the reason is logged. Half precision is used only where the device runs
+    it natively and its features at ``layers`` stay within ``tolerance`` of float32 on
+    :func:`probe_clips` (checked once per weights, device and layers when a ``cache`` is
+    given); otherwise float32 is kept and a warning says why.
     """
     if precision not in PRECISIONS:
         raise UsageProblem(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if not isinstance(model, ConvStudent):
-        if precision != "fp32" and announce is not None:
-            announce(f"{precision}: {describe(model)} has no half-precision path; using fp32")
+    reason = rewrite_equals_forward(model)
+    if reason is not None or not isinstance(model, ConvStudent):
+        log.info("%s runs its own forward (no inference rewrite: %s)", describe(model), reason)
+        if precision != "fp32":
+            log.warning("%s: %s has no half-precision path; using fp32", precision, describe(model))
         return model
     device = model.device
     fast = FastStudent(model).to(device)
@@ -543,12 +600,11 @@ def optimise(
         limit = DEFAULT_TOLERANCE[precision] if tolerance is None else tolerance
         kept, _error, note = choose_precision(fast, precision, layers, limit, cache)
         if kept is None:
-            if announce is not None:
-                announce(f"{precision}: {note}; using fp32")
+            log.warning("%s: %s; using fp32", precision, note)
         else:
             fast.set_dtype(_DTYPES[precision], keep_fp32=kept)
-            if note and announce is not None:
-                announce(f"{precision}: {note}")
+            if note:
+                log.info("%s: %s", precision, note)
     if compile:
         fast._body = torch.compile(fast._run, dynamic=True)
     return fast

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from soundnet_cli.errors import SoundnetError
 from soundnet_cli.media.audio import Waveform, tile
-
-if TYPE_CHECKING:
-    pass
+from soundnet_cli.students.contract import HeadedStudent, Student, feature_of, has_named_heads
 
 TRAINING_SECONDS = 20.0  # clips shorter than the training length are tiled to it
 
@@ -65,16 +63,21 @@ def _top(head: str, probs: np.ndarray, names: list[str], k: int) -> HeadPredicti
     return HeadPrediction(head, [names[i] for i in order], [float(probs[i]) for i in order])
 
 
-def predict_waveform(model: Any, wave: Waveform, *, top_k: int = 5, path: str = "") -> Prediction:
-    """Predict one waveform, tiling it circularly to 20 s if it is shorter (see PAPER "Edges")."""
+def predict_waveform(
+    model: Student, wave: Waveform, *, top_k: int = 5, path: str = ""
+) -> Prediction:
+    """Predict one waveform, tiling it circularly to 20 s if it is shorter (see PAPER "Edges").
+
+    ``model`` must keep :class:`~soundnet_cli.students.contract.HeadedStudent` with category
+    names (SoundnetError otherwise)."""
     import torch
 
-    heads = getattr(model, "head_specs", None)
-    if not heads or any(h.categories is None for h in heads):
+    if not has_named_heads(model) or not isinstance(model, HeadedStudent):
         raise SoundnetError(
             "this model has no named output categories to predict; use a "
             "pretrained model or a distilled checkpoint"
         )
+    heads = list(model.head_specs)
     samples = wave.samples
     target = int(round(TRAINING_SECONDS * wave.sample_rate))
     tiled_to = None
@@ -84,7 +87,7 @@ def predict_waveform(model: Any, wave: Waveform, *, top_k: int = 5, path: str = 
     device = model.device
     with torch.inference_mode():
         log_probs = model(torch.from_numpy(samples).to(device))
-    info = model.feature(model.head_spec.name)
+    info = feature_of(model, model.head_layer)
     per_head = {name: lp[0].exp().cpu().numpy() for name, lp in log_probs.items()}  # (C, T)
     steps = next(iter(per_head.values())).shape[1]
     times = info.step_centres(steps, wave.sample_rate)

@@ -28,6 +28,7 @@ import numpy as np
 from soundnet_cli.datasets.labels import LabelMap
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.media.audio import SCALE, Mix, Waveform, load_audio
+from soundnet_cli.students.contract import HeadedStudent, Student, feature_of, has_named_heads
 
 MAX_EXCERPT_SECONDS = 5.0
 MIN_EXCERPT_SECONDS = 0.5
@@ -40,13 +41,13 @@ class Failure:
 
 
 def wrapped_features(
-    model: Any, samples: np.ndarray, layer: str, device: str = "cpu"
+    model: Student, samples: np.ndarray, layer: str, device: str = "cpu"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(steps, channels) activations of the steps that see only the clip (wrapped circularly),
     and the time of each step in seconds into the clip."""
     from soundnet_cli.evaluation.features import clip_features
 
-    info = model.feature(layer)
+    info = feature_of(model, layer)
     count, pad = len(samples), info.receptive_field
     wrapped = np.take(samples, np.arange(-pad, count + pad), mode="wrap")
     features = clip_features(model, wrapped, [layer], device)[layer]
@@ -196,7 +197,7 @@ def relative_names(paths: Sequence[Path], roots: Sequence[Path]) -> list[str]:
 
 
 def scan_units(
-    model: Any,
+    model: Student,
     paths: Sequence[Path],
     layer: str,
     *,
@@ -207,7 +208,7 @@ def scan_units(
 ) -> ScanResult:
     """One pass over ``paths``: the running top-k of every unit of ``layer``. Clips that fail
     are recorded and skipped."""
-    scan = UnitScan(model.feature(layer).channels, k)
+    scan = UnitScan(feature_of(model, layer).channels, k)
     kept: list[Path] = []
     durations: list[float] = []
     failures: list[Failure] = []
@@ -258,12 +259,14 @@ def flac_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
-def _has_categories(model: Any) -> bool:
-    heads = getattr(model, "head_specs", None) or ()
-    return bool(heads) and all(h.categories for h in heads)
+def _head_names(model: Student) -> list[str]:
+    """The heads the report's predictions name (none for a student without named heads)."""
+    if isinstance(model, HeadedStudent) and has_named_heads(model):
+        return [h.name for h in model.head_specs]
+    return []
 
 
-def _predict_excerpt(model: Any, wave: Waveform) -> dict[str, dict[str, Any]]:
+def _predict_excerpt(model: Student, wave: Waveform) -> dict[str, dict[str, Any]]:
     from soundnet_cli.students.predict import predict_waveform
 
     result = predict_waveform(model, wave, top_k=1)
@@ -274,7 +277,7 @@ def _predict_excerpt(model: Any, wave: Waveform) -> dict[str, dict[str, Any]]:
 
 
 def describe_units(
-    model: Any,
+    model: Student,
     scanned: ScanResult,
     chosen: Sequence[int],
     layer: str,
@@ -291,7 +294,7 @@ def describe_units(
     from soundnet_cli.visualize.figures import spectrogram_png
 
     scan = scanned.scan
-    predict = _has_categories(model)
+    predict = has_named_heads(model)
     selectivity = scan.selectivity()
     mean_peak = scan.total / max(scan.count, 1)
     waves: dict[int, Waveform] = {}
@@ -333,14 +336,14 @@ def describe_units(
     return result
 
 
-def default_excerpt_seconds(model: Any, layer: str) -> float:
+def default_excerpt_seconds(model: Student, layer: str) -> float:
     """The layer's receptive field, kept between 0.5 and 5 s."""
-    field_seconds = model.feature(layer).receptive_field / model.sample_rate
+    field_seconds = feature_of(model, layer).receptive_field / model.sample_rate
     return float(min(max(field_seconds, MIN_EXCERPT_SECONDS), MAX_EXCERPT_SECONDS))
 
 
 def visualize_units(
-    model: Any,
+    model: Student,
     paths: Sequence[Path],
     layer: str,
     *,
@@ -361,7 +364,7 @@ def visualize_units(
 
     if k < 1 or top_units < 1:
         raise UsageProblem("k and the number of top units must be at least 1")
-    info = model.feature(layer)  # LayerError (exit 2) for a bad layer, before any work
+    info = feature_of(model, layer)  # LayerError (exit 2) for a bad layer, before any work
     if units:
         check_units(units, info.channels, layer)
     seconds = excerpt_seconds or default_excerpt_seconds(model, layer)
@@ -379,7 +382,9 @@ def visualize_units(
         k=k,
         excerpt_seconds=seconds,
         clips=len(scanned.paths),
-        heads=[h.name for h in model.head_specs] if _has_categories(model) else [],
+        heads=[h.name for h in model.head_specs]
+        if isinstance(model, HeadedStudent) and has_named_heads(model)
+        else [],
         units=described,
         failures=scanned.failures,
     )

@@ -19,11 +19,18 @@ from soundnet_cli.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from soundnet_cli.students import HeadSpec
+    from soundnet_cli.students.contract import Student
 
 FORMAT = "soundnet-cli/1"
+SAMPLE_RATE = 22050  # every student runs at 22,050 Hz (media.audio.SAMPLE_RATE)
+# Bounds on what a header may describe, checked before anything is built from it: a tampered
+# header listing 200,000 heads otherwise costs 40 s and 1.6 GB before a tensor check refuses it.
+MAX_HEADER_BYTES = 64 << 20
+MAX_HEADS = 64
+MAX_CATEGORIES = 100_000  # category names in one head (ImageNet-21k has 21,841)
+MAX_NAME_CHARS = 256  # a head's or a category's name
 
 
 @dataclass(frozen=True)
@@ -81,16 +88,41 @@ def _encode_heads(heads: tuple[HeadSpec, ...]) -> str:
 
 
 def _decode_heads(raw: str) -> tuple[HeadSpec, ...]:
+    """The heads a header lists, checked against the bounds above before any is built;
+    ValueError naming the first one broken."""
     from soundnet_cli.students import HeadSpec
 
-    return tuple(
-        HeadSpec(
-            h["name"],
-            int(h["size"]),
-            tuple(h["categories"]) if h.get("categories") is not None else None,
-        )
-        for h in json.loads(raw)
-    )
+    listed = json.loads(raw)
+    if not isinstance(listed, list):
+        raise ValueError("'heads' is not a list")
+    if len(listed) > MAX_HEADS:
+        raise ValueError(f"it lists {len(listed)} heads; at most {MAX_HEADS} are allowed")
+    heads = []
+    for head in listed:
+        if not isinstance(head, dict):
+            raise ValueError(f"a head is {type(head).__name__}, not an object")
+        name, categories = head.get("name"), head.get("categories")
+        if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
+            raise ValueError(f"a head name is not a string of at most {MAX_NAME_CHARS} characters")
+        if categories is not None:
+            if not isinstance(categories, list) or len(categories) > MAX_CATEGORIES:
+                count = len(categories) if isinstance(categories, list) else "no list of"
+                raise ValueError(
+                    f"head {name!r} has {count} category names; at most {MAX_CATEGORIES}"
+                )
+            if not all(isinstance(c, str) and len(c) <= MAX_NAME_CHARS for c in categories):
+                raise ValueError(
+                    f"head {name!r}: category names must be strings of at most "
+                    f"{MAX_NAME_CHARS} characters"
+                )
+        heads.append(HeadSpec(name, int(head["size"]), tuple(categories) if categories else None))
+    return tuple(heads)
+
+
+def header_length(path: Path) -> int:
+    """The byte length of a safetensors file's JSON header (its first 8 bytes say)."""
+    with open(path, "rb") as handle:
+        return int.from_bytes(handle.read(8), "little")
 
 
 def save_state(
@@ -119,15 +151,22 @@ def save_state(
 
 
 def save_checkpoint(
-    model: Any, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None
+    model: Student, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None
 ) -> Path:
-    """Save a student (it must have ``architecture``, ``head_specs`` and ``sample_rate``)."""
-    try:
-        architecture = model.architecture
-        heads = tuple(model.head_specs)
-        rate = int(model.sample_rate)
-    except AttributeError as exc:
-        raise CheckpointError(f"cannot save this model: {exc}") from exc
+    """Save a student: an ``nn.Module`` keeping ``HeadedStudent`` (``head_specs`` are what a
+    checkpoint rebuilds it with)."""
+    from torch import nn
+
+    from soundnet_cli.students.contract import HeadedStudent
+
+    if not isinstance(model, nn.Module) or not isinstance(model, HeadedStudent):
+        raise CheckpointError(
+            f"cannot save {type(model).__name__}: a checkpoint holds an nn.Module student with "
+            "head_specs (the HeadedStudent protocol)"
+        )
+    architecture = model.architecture
+    heads = tuple(model.head_specs)
+    rate = int(model.sample_rate)
     return save_state(
         model.state_dict(),
         path,
@@ -145,6 +184,13 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    declared = header_length(path)
+    if declared > min(MAX_HEADER_BYTES, path.stat().st_size):
+        raise CheckpointError(
+            f"{path}: not a safetensors checkpoint (its header declares {declared} bytes; the "
+            f"file holds {path.stat().st_size}, a checkpoint's header at most {MAX_HEADER_BYTES}"
+            ")"
+        )
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
@@ -155,16 +201,24 @@ def read_info(path: str | os.PathLike[str]) -> CheckpointInfo:
             f"{path}: not a soundnet-cli checkpoint (format {meta.get('format')!r}, "
             f"expected {FORMAT!r})"
         )
+    from soundnet_cli.weights.sound8 import corrected_heads
+
     try:
-        return CheckpointInfo(
+        info = CheckpointInfo(
             path,
             meta["architecture"],
-            _decode_heads(meta["heads"]),
+            corrected_heads(_decode_heads(meta["heads"])),
             int(meta["sample_rate"]),
             json.loads(meta.get("provenance", "{}")),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint metadata ({exc})") from exc
+    if info.sample_rate != SAMPLE_RATE:
+        raise CheckpointError(
+            f"{path}: its model runs at {info.sample_rate} Hz; soundnet-cli students run at "
+            f"{SAMPLE_RATE} Hz"
+        )
+    return info
 
 
 def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
@@ -193,29 +247,55 @@ def shape_mismatch(
     return None
 
 
-def _expected_shapes(students: Any, info: CheckpointInfo) -> dict[str, tuple[int, ...]] | None:
-    """The state-dict shapes of the checkpoint's model, built on the meta device (no memory);
-    None for a student that cannot be built there (then loading itself checks)."""
+def _expected_state(students: Any, info: CheckpointInfo) -> dict[str, torch.Tensor] | None:
+    """The state dict of the checkpoint's model built on the meta device (shapes and dtypes,
+    no memory); None for a student that cannot be built there (then loading itself checks)."""
     import torch
 
     try:
         with torch.device("meta"):
             model = students.create(info.architecture, heads=info.heads)
-        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return dict(model.state_dict())
     except Exception:
         return None
+
+
+def weights_problem(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> str | None:
+    """The first tensor of ``state`` that the model cannot take as it is, named: another kind
+    of number than the model's (weights cast to integers), or NaN/infinite values. Floating
+    tensors of another float type are cast to the model's, in place."""
+    import torch
+
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is None:
+            continue
+        if tensor.is_floating_point() != want.is_floating_point() or (
+            not tensor.is_floating_point() and tensor.dtype != want.dtype
+        ):
+            found, needed = str(tensor.dtype).removeprefix("torch."), str(want.dtype)
+            return f"tensor {name!r} holds {found}, the model's {needed.removeprefix('torch.')}"
+        if tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                return f"tensor {name!r} holds NaN or infinite values"
+            if tensor.dtype != want.dtype:
+                state[name] = tensor.to(want.dtype)
+    return None
 
 
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
     device: str | torch.device = "cpu",
-) -> nn.Module:
+) -> Student:
     """Build the checkpoint's architecture (from the registry) and load its weights.
 
     The metadata is checked against the tensors before anything is allocated: the model is
     first built on PyTorch's "meta" device (shapes only), so a small file whose metadata asks
-    for huge heads is refused at once, naming the tensor that does not fit.
+    for huge heads is refused at once, naming the tensor that does not fit. Weights that are
+    not finite, or are integers where the model has floats, are refused naming the tensor.
     """
     from safetensors.torch import load_file
 
@@ -224,22 +304,39 @@ def load_checkpoint(
     info = read_info(path)
     students = get_plugins().students
     students.get(info.architecture)  # an unknown architecture: UnknownNameError, first
-    expected = _expected_shapes(students, info)
+    expected = _expected_state(students, info)
     if expected is not None:
-        problem = shape_mismatch(expected, tensor_shapes(info.path))
+        shapes = {name: tuple(tensor.shape) for name, tensor in expected.items()}
+        problem = shape_mismatch(shapes, tensor_shapes(info.path))
         if problem is not None:
             raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({problem})")
     try:
         state = load_file(str(info.path), device="cpu")
-        model = _without_initialisation(students, info, state)
+        model = None
+        if expected is not None:
+            _refuse_values(path, info, state, expected)
+            model = _without_initialisation(students, info, state)
         if model is None:
             model = students.create(info.architecture, heads=info.heads)
+            _refuse_values(path, info, state, dict(model.state_dict()))
             model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({first})") from exc
     model.checkpoint_info = info
-    return model.to(device).eval()
+    loaded: Student = model.to(device).eval()
+    return loaded
+
+
+def _refuse_values(
+    path: str | os.PathLike[str],
+    info: CheckpointInfo,
+    state: dict[str, torch.Tensor],
+    expected: dict[str, torch.Tensor],
+) -> None:
+    problem = weights_problem(state, expected)
+    if problem is not None:
+        raise CheckpointError(f"{path}: unusable {info.architecture} weights ({problem})")
 
 
 def _without_initialisation(students: Any, info: CheckpointInfo, state: dict[str, Any]) -> Any:

@@ -22,9 +22,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from soundnet_cli.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
 
 _LOCK = threading.Lock()
 _MEMORY: dict[tuple[str, int, int], tuple[str, str]] = {}
@@ -48,7 +51,7 @@ class ModelIdentity:
         return f"{self.architecture}-{self.weights_sha256[:16]}"
 
 
-def identity(model: Any) -> ModelIdentity:
+def identity(model: Student) -> ModelIdentity:
     """The identity of ``model`` (a student, or its inference twin)."""
     info = getattr(model, "checkpoint_info", None)
     if info is None:
@@ -57,7 +60,7 @@ def identity(model: Any) -> ModelIdentity:
     return ModelIdentity(str(info.architecture), Path(info.path), file_digest, weights_digest)
 
 
-def model_key(model: Any) -> str:
+def model_key(model: Student) -> str:
     """A name for the weights a model holds (see :attr:`ModelIdentity.key`)."""
     return identity(model).key
 
@@ -152,7 +155,7 @@ class PrecisionCache:
         _update_json(self.file, self._key(precision, layers), value)
 
 
-def precision_cache(model: Any, device: Any = None) -> PrecisionCache | None:
+def precision_cache(model: Student, device: Any = None) -> PrecisionCache | None:
     """The cache for ``model`` on ``device`` (default: the model's); None for a model that was
     not loaded from a checkpoint (its weights have no name to remember them by)."""
     import torch

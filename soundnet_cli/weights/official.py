@@ -187,7 +187,7 @@ def convert_release(
         architecture="soundnet8",
         heads=tuple(heads),
         sample_rate=SAMPLE_RATE,
-        provenance=provenance,
+        provenance={**provenance, "object_names": sound8.OBJECT_NAMES_SOURCE},
     )
 
 

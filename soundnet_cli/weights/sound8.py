@@ -11,16 +11,27 @@ from __future__ import annotations
 import ast
 import io
 import pickle
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from soundnet_cli.errors import WeightsError
 
+if TYPE_CHECKING:
+    from soundnet_cli.students import HeadSpec
+
 NPY_MAGIC = b"\x93NUMPY"
 CONV_LAYERS = tuple(f"conv{i}" for i in range(1, 8))
 HEAD_KEYS = {"objects": "conv8", "scenes": "conv8_2"}
 NAME_LISTS = {"objects": "categories_imagenet", "scenes": "categories_places"}
+# The object names are torchvision's ImageNet-1k categories, which are in the release's order
+# (checked against all 1,000 entries): the release's own list splits 10 names at apostrophes
+# ("s robe",", "-lantern",") and reads "logger.debuger" at index 742, where ImageNet has
+# "printer". The scene names are the release's (401 Places names, none broken).
+OBJECT_NAMES_SOURCE = 'torchvision ResNet50_Weights.IMAGENET1K_V1.meta["categories"]'
+RELEASE_MARKER = (742, "logger.debuger")  # how the release's broken object list is recognised
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -118,8 +129,33 @@ def to_state_dict(params: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     return state
 
 
+def imagenet_categories() -> list[str]:
+    """The 1,000 ImageNet category names of torchvision (no download: they ship with it)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def is_release_object_list(names: Sequence[str] | None) -> bool:
+    """Whether ``names`` is the release's object list (with its broken entries)."""
+    index, text = RELEASE_MARKER
+    return names is not None and len(names) == 1000 and names[index] == text
+
+
+def corrected_heads(heads: tuple[HeadSpec, ...]) -> tuple[HeadSpec, ...]:
+    """``heads`` with the release's object names replaced by torchvision's (a checkpoint
+    converted before they were corrected); other heads as they are."""
+    if not any(is_release_object_list(h.categories) for h in heads):
+        return heads
+    names = tuple(imagenet_categories())
+    return tuple(
+        replace(h, categories=names) if is_release_object_list(h.categories) else h for h in heads
+    )
+
+
 def read_category_names(source: str) -> dict[str, list[str]]:
-    """Find ``categories_imagenet`` and ``categories_places`` list literals in Python source."""
+    """Find ``categories_imagenet`` and ``categories_places`` list literals in Python source;
+    the release's object names are replaced by torchvision's (see ``OBJECT_NAMES_SOURCE``)."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
@@ -143,4 +179,6 @@ def read_category_names(source: str) -> dict[str, list[str]]:
     missing = [NAME_LISTS[h] for h in NAME_LISTS if h not in found]
     if missing:
         raise WeightsError(f"category names not found: {', '.join(missing)}")
+    if len(found["objects"]) == 1000:
+        found["objects"] = imagenet_categories()
     return found

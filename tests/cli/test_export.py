@@ -53,7 +53,7 @@ def test_bad_options_are_usage_errors(run, named_checkpoint, args, message):
 def test_heads_on_a_model_without_heads_is_a_usage_error(run, tmp_path, monkeypatch):
     from soundnet_cli.export import module
 
-    monkeypatch.setattr(module, "_is_conv_student", lambda model: False)
+    monkeypatch.setattr(module, "_conv_student", lambda model: None)
     result = run("export", "--student", "soundnet5", "--heads", "-o", str(tmp_path / "m.pt"))
     assert result.exit_code == 2
     assert "no output heads to export" in result.stderr

@@ -22,6 +22,22 @@ def test_every_registered_student_keeps_the_contract(name):
     testing.check_registered_student(name)
 
 
+# Families are checked through a small member; builds are weight-free (random_init=True).
+TEACHERS = [n for n in plugins.load_plugins().teachers.names() if not n.endswith(":")]
+TEACHERS += ["timm:test_resnet"]
+
+
+@pytest.mark.third_party_plugins
+@pytest.mark.parametrize("name", TEACHERS)
+def test_every_registered_teacher_keeps_the_contract(name):
+    torch.manual_seed(0)
+    testing.check_registered_teacher(name)
+
+
+def test_builtin_teachers_are_among_the_checked():
+    assert {"vgg16-imagenet", "vgg16-places", "alexnet-places", "resnet50-places"} <= set(TEACHERS)
+
+
 @pytest.mark.third_party_plugins
 def test_every_registered_probe_keeps_the_contract():
     for name in testing.plugins().probes.names():
@@ -162,34 +178,31 @@ def test_probe_checks():
         testing.check_probe(object())
 
 
-class Head:
-    def __init__(self, name, categories):
-        self.name, self.categories = name, categories
+def fake_teacher(normalise: bool = True, head: str = "objects"):
+    """A Teacher over a tiny network; ``normalise=False`` returns logits as if probabilities."""
+    from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead
 
+    class Unnormalised(Teacher):
+        def forward(self, pixels):
+            return {self.heads[0].name: self.network(pixels)}
 
-class FakeTeacher:
-    name = "fake"
-
-    def __init__(self, normalise: bool = True) -> None:
-        self.heads = (Head("objects", ("a", "b", "c")), Head("scenes", ("x", "y")))
-        self.normalise = normalise
-
-    def transform(self, frames):
-        return torch.as_tensor(frames).float().mean(dim=(1, 2))
-
-    def label(self, frames):
-        pixels = self.transform(frames)
-        out = {}
-        for head in self.heads:
-            logits = pixels[:, : len(head.categories)]
-            out[head.name] = (logits.softmax(-1) if self.normalise else logits).numpy()
-        return out
+    network = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 3)
+    )
+    kind = Teacher if normalise else Unnormalised
+    return kind("fake", network, [TeacherHead(head, ("a", "b", "c"))], FrameTransform(32, 32))
 
 
 def test_teacher_checks():
-    testing.check_teacher(FakeTeacher())
+    testing.check_teacher(fake_teacher())
     with pytest.raises(AssertionError, match="does not give probabilities"):
-        testing.check_teacher(FakeTeacher(normalise=False))
+        testing.check_teacher(fake_teacher(normalise=False))
+    with pytest.raises(AssertionError, match="head 'Objects!' must be lower-case"):
+        testing.check_teacher(fake_teacher(head="Objects!"))
+    with pytest.raises(AssertionError, match="must be a soundnet_cli.teachers.Teacher"):
+        testing.check_teacher(object())
+    with pytest.raises(AssertionError, match="not the registered 'other'"):
+        testing.check_teacher(fake_teacher(), name="other")
 
 
 def test_make_wave_is_scaled_and_shaped():
@@ -215,3 +228,22 @@ def test_with_plugin_loads_an_uninstalled_module(tmp_path, monkeypatch):
         assert loaded.infos["uninstalled"].registered == {"student": ["uninstalled-student"]}
         assert "uninstalled-student" in plugins.get_plugins().students
     assert "uninstalled-student" not in plugins.get_plugins().students
+
+
+def test_a_student_with_heads_must_keep_what_predict_uses():
+    from soundnet_cli.students import HeadSpec
+
+    class Headless(Broken):
+        head_specs = (HeadSpec("objects", 2, ("a", "b")),)  # but no head_layer, not callable
+
+    with pytest.raises(AssertionError, match="HeadedStudent protocol predict uses"):
+        testing.check_student(Headless(), architecture="broken")
+
+    class WrongHeads(Headless):
+        head_layer = "frames"
+
+        def forward(self, wave):
+            return {"objects": torch.zeros(2, 3, 1)}
+
+    with pytest.raises(AssertionError, match="head 'objects' gave"):
+        testing.check_student(WrongHeads(), architecture="broken")

@@ -57,29 +57,28 @@ def test_hook_register_teachers(plugin_module):
         import numpy as np
         import soundnet_cli
 
-        class Head:
-            def __init__(self, name, categories):
-                self.name, self.categories = name, categories
+        def mean_colour(weights=None, random_init=False):
+            import torch
+            from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead
 
-        class MeanColour:
-            name = "mean-colour"
-            heads = (Head("colours", ("red", "green", "blue")),)
-
-            def transform(self, frames):
-                return np.asarray(frames, dtype=np.float64).mean(axis=(1, 2))
-
-            def label(self, frames):
-                x = self.transform(frames)
-                e = np.exp(x - x.max(axis=1, keepdims=True))
-                return {"colours": (e / e.sum(axis=1, keepdims=True)).astype(np.float32)}
+            # the frame's mean colour as logits: pool, then a fixed 3 x 3 identity
+            linear = torch.nn.Linear(3, 3)
+            with torch.no_grad():
+                linear.weight.copy_(torch.eye(3) * 4)
+                linear.bias.zero_()
+            network = torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), linear
+            )
+            head = TeacherHead("colours", ("red", "green", "blue"))
+            return Teacher("mean-colour", network, [head], FrameTransform(resize=32, crop=32))
 
         @soundnet_cli.hookimpl
         def register_teachers(register):
-            register("mean-colour", MeanColour, description="the frame's dominant colour")
+            register("mean-colour", mean_colour, description="the frame's dominant colour")
     """
     with plugin_module(source) as loaded:
         assert loaded.infos["hooktest"].registered == {"teacher": ["mean-colour"]}
-        testing.check_teacher(loaded.teachers.create("mean-colour"))
+        testing.check_registered_teacher("mean-colour")
 
 
 def test_hook_register_probes(plugin_module):

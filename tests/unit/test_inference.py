@@ -125,14 +125,21 @@ def native_half(monkeypatch):
     monkeypatch.setattr(inference, "half_supported", lambda device, dtype: None)
 
 
-def test_bf16_passes_its_check_and_a_strict_tolerance_falls_back_to_fp32(sound8, native_half):
+def notes(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "soundnet_cli.students.inference"]
+
+
+def test_bf16_passes_its_check_and_a_strict_tolerance_falls_back_to_fp32(
+    sound8, native_half, caplog
+):
+    caplog.set_level("INFO")
     fast = optimise(sound8, layers=["pool5"])
     error = precision_error(fast, ["pool5"], torch.bfloat16)
     assert 0 < error < 3e-2
     assert fast.dtype == torch.float32  # the check leaves the model as it found it
-    said: list[str] = []
-    strict = optimise(sound8, precision="bf16", tolerance=1e-9, announce=said.append)
+    strict = optimise(sound8, precision="bf16", tolerance=1e-9)
     assert strict.dtype == torch.float32
+    said = notes(caplog)
     assert said and "exceeds the tolerance" in said[0]
     loose = optimise(sound8, precision="bf16", tolerance=1.0)
     assert loose.dtype == torch.bfloat16
@@ -161,7 +168,7 @@ def test_half_precision_leaves_the_callers_model_untouched(native_half):
         assert tensor.dtype == before[name].dtype and torch.equal(tensor, before[name]), name
 
 
-def test_a_convolution_wrong_in_half_precision_stays_fp32(sound8, native_half, monkeypatch):
+def test_a_convolution_wrong_in_half_precision_stays_fp32(sound8, native_half, monkeypatch, caplog):
     """A device whose bf16 kernel is wrong for one layer (the 0.94 error of issue 13): that
     layer runs in float32, the rest in bf16, and the features pass the check."""
     original = FusedConv.forward
@@ -173,9 +180,10 @@ def test_a_convolution_wrong_in_half_precision_stays_fp32(sound8, native_half, m
         return out
 
     monkeypatch.setattr(FusedConv, "forward", broken)
-    said: list[str] = []
-    fast = optimise(sound8, layers=["pool5"], precision="bf16", announce=said.append)
+    caplog.set_level("INFO")
+    fast = optimise(sound8, layers=["pool5"], precision="bf16")
     assert fast.dtype == torch.bfloat16 and fast.fp32_convs == ("conv1",)
+    said = notes(caplog)
     assert said and "conv1 kept in fp32" in said[0], said
     assert fast.convs["conv1"].weight.dtype == torch.float32
     assert fast.convs["conv2"].weight.dtype == torch.bfloat16
@@ -208,14 +216,14 @@ def test_the_check_is_remembered(sound8, native_half, monkeypatch):
     assert again.dtype == torch.bfloat16
 
 
-def test_no_native_half_precision_means_fp32_with_a_note(sound8, monkeypatch):
+def test_no_native_half_precision_means_fp32_with_a_note(sound8, monkeypatch, caplog):
     monkeypatch.setattr(
         inference, "half_supported", lambda device, dtype: "this CPU has no fp16 instructions"
     )
-    said: list[str] = []
-    fast = optimise(sound8, precision="fp16", announce=said.append)
+    caplog.set_level("INFO")
+    fast = optimise(sound8, precision="fp16")
     assert fast.dtype == torch.float32
-    assert said == ["fp16: this CPU has no fp16 instructions; using fp32"]
+    assert notes(caplog) == ["fp16: this CPU has no fp16 instructions; using fp32"]
 
 
 def test_probe_clips_look_like_recordings():

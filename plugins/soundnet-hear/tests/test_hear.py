@@ -15,7 +15,7 @@ from hear_checks import validate
 
 from soundnet_cli import testing
 from soundnet_cli.errors import AudioError, LayerError, SoundnetError, UnknownNameError
-from soundnet_cli.students import FeatureInfo, StudentBase, soundnet8
+from soundnet_cli.students import FeatureInfo, StudentBase, feature_of, soundnet8
 
 
 @pytest.mark.integration
@@ -72,7 +72,7 @@ def test_timestamps_are_centred_evenly_spaced_milliseconds(named_checkpoint):
     model = soundnet_hear.load_model(str(named_checkpoint))
     audio = torch.zeros(2, 5 * 22050)
     embeddings, timestamps = soundnet_hear.get_timestamp_embeddings(audio, model)
-    info = model.student.feature("pool5")
+    info = feature_of(model.student, "pool5")
     steps = model.student.output_length("pool5", 5 * 22050)
     assert embeddings.shape == (2, steps, 256) and timestamps.shape == (2, steps)
     first = (info.offset + (info.receptive_field - 1) / 2) / 22050 * 1000

@@ -23,6 +23,7 @@ from sklearn.svm import LinearSVC
 from soundnet_mfcc.student import MfccStudent
 
 from soundnet_cli.media.audio import load_audio, tile
+from soundnet_cli.students import feature_of
 
 
 def windows(features: np.ndarray, steps: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def main() -> None:
     with open(args.root / "meta" / "esc50.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["esc10"] == "True"]
     model = MfccStudent().eval()
-    info = model.feature(args.layer)
+    info = feature_of(model, args.layer)
     steps = max(1, round(model.sample_rate / info.stride))
     start = time.perf_counter()
     clips = []

@@ -8,6 +8,7 @@ import torch
 from soundnet_mfcc.student import MfccStudent
 
 from soundnet_cli.media.audio import load_audio, tile
+from soundnet_cli.students import feature_of
 from tests.integration.conftest import esc_rows
 
 pytestmark = pytest.mark.integration
@@ -18,7 +19,7 @@ def test_esc10_accuracy_is_near_the_paper_s_67_5_percent():
 
     rows = [r for r in esc_rows("esc10") if r["esc10"] == "True"]
     model = MfccStudent().eval()
-    steps = round(22050 / model.feature("summary").stride)  # 1-s windows of summary steps
+    steps = round(22050 / feature_of(model, "summary").stride)  # 1-s windows of summary steps
     clips = []
     with torch.inference_mode():
         for row in rows:

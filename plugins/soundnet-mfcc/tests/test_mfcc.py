@@ -11,6 +11,7 @@ from soundnet_mfcc.student import MfccStudent
 import soundnet_cli
 from soundnet_cli import testing
 from soundnet_cli.errors import AudioError, LayerError, SoundnetError
+from soundnet_cli.students import feature_of
 
 
 def test_registered_and_keeps_the_student_contract(mfcc_plugin):
@@ -86,7 +87,7 @@ def test_chunks_give_the_same_frames_as_the_whole(sound_wave):
 
 def test_step_centres_are_in_seconds():
     model = MfccStudent()
-    info = model.feature("summary")
+    info = feature_of(model, "summary")
     centres = info.step_centres(3)
     assert centres[0] == pytest.approx((85 * 256) / 2 / 22050, abs=1e-3)
     assert centres[1] - centres[0] == pytest.approx(43 * 256 / 22050)

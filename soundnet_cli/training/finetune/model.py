@@ -9,7 +9,6 @@ everything with ``lr`` and BatchNorm learns its statistics.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +19,6 @@ from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.training.finetune.config import FinetuneConfig
 from soundnet_cli.training.finetune.data import ClipAudio, Task
 
-log = logging.getLogger(__name__)
 
 
 def build_model(config: FinetuneConfig, task: Task) -> Any:
@@ -36,7 +34,7 @@ def build_model(config: FinetuneConfig, task: Task) -> Any:
         base = (
             load_student(config.checkpoint)
             if config.checkpoint is not None
-            else load_student(config.student, pretrained=True, announce=log.info)
+            else load_student(config.student, pretrained=True)
         )
     architecture = base_architecture(str(base.architecture)) if base is not None else config.student
     template = get_plugins().students.create(architecture)

@@ -6,21 +6,25 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from soundnet_cli.errors import SoundnetError
 from soundnet_cli.visualize.figures._base import _pyplot, save_png
 
+if TYPE_CHECKING:
+    from soundnet_cli.students.contract import Student
+
 FFT_SIZE = 1024  # zero-padded, so that short (64-tap) filters get a smooth response curve
 
 
-def first_layer_filters(model: Any) -> np.ndarray:
+def first_layer_filters(model: Student) -> np.ndarray:
     """The weights of the model's first 1-D convolution on the waveform, (filters, taps)."""
     from torch import nn
 
-    for module in model.modules():
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    for module in modules:
         if isinstance(module, nn.Conv1d) and module.in_channels == 1:
             return module.weight.detach().float().cpu().numpy()[:, 0, :]
     raise SoundnetError("this model has no 1-D convolution on the waveform to draw")

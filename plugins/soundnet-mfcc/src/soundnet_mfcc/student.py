@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from soundnet_cli.errors import SoundnetError
-from soundnet_cli.students import SAMPLE_RATE, SCALE, FeatureInfo, StudentBase
+from soundnet_cli.students import SAMPLE_RATE, SCALE, FeatureInfo, StudentBase, feature_of
 
 LOG_FLOOR = 1e-6  # torchaudio's log_mels offset; keeps every frame independent of the others
 
@@ -116,7 +116,7 @@ class MfccStudent(StudentBase):
     def output_length(self, layer: str, samples: int) -> int:
         """Time steps that ``layer`` gives for an input of ``samples`` (0 when too short)."""
         frames = self._frames(samples)
-        if self.feature(layer).name == "mfcc":
+        if feature_of(self, layer).name == "mfcc":
             return frames
         if frames < self.summary_frames:
             return 0
@@ -125,7 +125,7 @@ class MfccStudent(StudentBase):
     def min_samples(self, layer: str) -> int:
         """The shortest input that gives ``layer`` at least one time step."""
         first = self.n_fft // 2 + 1
-        if self.feature(layer).name == "mfcc":
+        if feature_of(self, layer).name == "mfcc":
             return first
         return max(first, (self.summary_frames - 1) * self.hop_length)
 
