@@ -20,7 +20,6 @@ from soundnet_cli.training.finetune.config import FinetuneConfig
 from soundnet_cli.training.finetune.data import ClipAudio, Task
 
 
-
 def build_model(config: FinetuneConfig, task: Task) -> Any:
     """The classifier student (cut at the layer, named after the task's classes), with the
     pretrained body's weights unless ``init == "scratch"``."""
