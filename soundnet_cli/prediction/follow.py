@@ -173,13 +173,16 @@ class Spanner:
         self._last: Step | None = None
         self._start = 0.0
 
-    def add(self, steps: Sequence[Step]) -> list[ScoredSpan]:
+    def add(self, steps: Sequence[Step], duration: float | None = None) -> list[ScoredSpan]:
+        """Spans of the steps before the last one given; ``duration`` once it is known (before
+        the end of the input, a span ends before the audio that arrived)."""
         out = []
         for step in steps:
             if self._last is not None:
                 bound = (self._last.time + step.time) / 2
-                if self._start < bound:
-                    out.append(ScoredSpan(self._start, bound, self._last.probs))
+                end = bound if duration is None else min(bound, duration)
+                if self._start < end:
+                    out.append(ScoredSpan(self._start, end, self._last.probs))
                 self._start = bound
             self._last = step
         return out
@@ -339,6 +342,8 @@ class WindowRows(RowStage):
         return self._emit(None)
 
     def finish(self, duration: float) -> list[Row]:
+        if self._k > 0 and (self._k - 1) * self.hop + self.window >= duration:
+            self._closed = True  # the last window handed out already reached the end
         return self._emit(duration) if self._spans else []
 
 
@@ -433,7 +438,7 @@ class RowStream:
         steps = self.predictor.finish()
         self._keep(steps)
         duration = self.predictor.duration or 0.0
-        rows = self.stage.add(self.spanner.add(steps))
+        rows = self.stage.add(self.spanner.add(steps, duration))
         rows += self.stage.add(self.spanner.finish(duration, self.predictor.tiled))
         return rows + self.stage.finish(duration)
 
