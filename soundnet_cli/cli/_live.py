@@ -174,7 +174,7 @@ def predict_live(
         keep_steps=whole,
     )
     if options.follow:
-        _common.info(describe_latency(model, options.chunk_seconds))
+        describe_latency(model, options.chunk_seconds)
         if out is not None and fmt != "audacity":
             target = output_file(out, fmt)
             with open(target, "w", encoding="utf-8") as handle:

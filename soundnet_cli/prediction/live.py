@@ -193,11 +193,13 @@ def collect(audio: LiveAudio, rows: RowStream) -> tuple[list[Row], bool]:
     return out, interrupted
 
 
-def describe_latency(model: Any, chunk_seconds: float) -> str:
+def describe_latency(model: Any, chunk_seconds: float) -> None:
+    """Log (info) the latency bound of the rows to come."""
     from soundnet_cli.prediction.follow import latency_seconds
 
-    layer = model.head_spec.name
-    return (
-        f"rows of {layer} follow their audio by at most {latency_seconds(model, chunk_seconds):.1f}"
-        f" s (receptive field + one {chunk_seconds:g}-s chunk)"
+    log.info(
+        "rows of %s follow their audio by at most %.1f s (receptive field + one %g-s chunk)",
+        model.head_spec.name,
+        latency_seconds(model, chunk_seconds),
+        chunk_seconds,
     )
