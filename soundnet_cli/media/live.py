@@ -113,6 +113,16 @@ def _report(message: str) -> None:
 
 
 # -- decoding ---------------------------------------------------------------------------------
+def stdin_bytes() -> BinaryIO:
+    """stdin as an unbuffered binary file: the reader thread may still be blocked in a read
+    when the process exits, and a buffered reader's lock would then abort the interpreter."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test runner
+        return sys.stdin.buffer
+    return open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
+
+
 def raw_blocks(stream: BinaryIO, fmt: RawFormat, name: str = STDIN) -> Iterator[np.ndarray]:
     """Float32 (frames, channels) blocks of headerless PCM until EOF."""
     dtype, factor = RAW_FORMATS[fmt.encoding]
@@ -329,7 +339,7 @@ class LiveAudio:
             return device_blocks(source.target, self._stop)
         if source.kind == "url":
             return container_blocks(source.target, source.name)
-        stream = self._stdin if self._stdin is not None else sys.stdin.buffer
+        stream = self._stdin if self._stdin is not None else stdin_bytes()
         if self.raw is not None:
             rate = self.raw.rate
             return ((block, rate) for block in raw_blocks(stream, self.raw, source.name))
