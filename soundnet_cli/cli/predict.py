@@ -166,12 +166,11 @@ def predict_command(
             raise UsageProblem("no audio files found in the given paths")
     model = load_model(checkpoint, None, device)
     k = top_k or default_top_k(fmt)
-    if (source is not None or window is not None) and getattr(model, "head_spec", None):
+    head_layer = getattr(getattr(model, "head_spec", None), "name", None)
+    if (source is not None or window is not None) and head_layer is not None:
         from soundnet_cli.models import for_inference
 
-        model = for_inference(
-            model, [model.head_spec.name], precision=precision, announce=_common.warn
-        )
+        model = for_inference(model, [head_layer], precision=precision, announce=_common.warn)
     if source is not None:
 
         def write_offline(run: PredictRun) -> None:

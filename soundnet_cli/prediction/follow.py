@@ -309,7 +309,8 @@ class WindowRows(RowStage):
             parts, weights = [self._spans[-1].probs], [1.0]
         total = float(sum(weights))
         probs = {
-            head.name: sum(w * p[head.name] for w, p in zip(weights, parts, strict=True)) / total
+            head.name: np.sum([w * p[head.name] for w, p in zip(weights, parts, strict=True)], 0)
+            / total
             for head in self.heads
         }
         return ScoredSpan(start, end, probs)
