@@ -46,6 +46,12 @@ class StreamedFeatures:
         self._begin = 0  # core start of the next run
         self._buffer = np.zeros(0, np.float32)
         self._buffer_start = 0  # stream index of _buffer[0]
+        self._pending: list[np.ndarray] = []  # pushed blocks not yet joined to _buffer
+
+    @property
+    def held(self) -> int:
+        """Samples held now (bounded by about the receptive field plus two chunks)."""
+        return len(self._buffer) + sum(len(p) for p in self._pending)
 
     def _next_chunk(self) -> Chunk | None:
         """The run at ``_begin`` if enough has arrived to know it equals the offline one."""
@@ -79,6 +85,9 @@ class StreamedFeatures:
     def _run(self, chunk: Chunk) -> dict[str, np.ndarray]:
         import torch
 
+        if self._pending:  # joined only when a run needs them: one copy per run, not per block
+            self._buffer = np.concatenate([self._buffer, *self._pending])
+            self._pending = []
         begin = chunk.start - self._buffer_start
         wave = self._buffer[begin : begin + chunk.stop - chunk.start]
         device = getattr(self.model, "device", "cpu")
@@ -115,7 +124,7 @@ class StreamedFeatures:
     def push(self, samples: np.ndarray) -> dict[str, np.ndarray]:
         """Add model-ready samples; the steps every layer can now give exactly."""
         if len(samples):
-            self._buffer = np.concatenate([self._buffer, np.asarray(samples, np.float32)])
+            self._pending.append(np.asarray(samples, np.float32))
             self.received += len(samples)
         pieces = []
         while (chunk := self._next_chunk()) is not None:
@@ -132,5 +141,5 @@ class StreamedFeatures:
                 if all(last <= self.done[name] for name, (_, last, _) in chunk.steps.items()):
                     continue
                 pieces.append(self._run(chunk))
-        self._buffer = np.zeros(0, np.float32)
+        self._buffer, self._pending = np.zeros(0, np.float32), []
         return self._join(pieces, self._empty())

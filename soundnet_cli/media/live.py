@@ -196,7 +196,7 @@ def container_blocks(source: Any, name: str) -> Iterator[tuple[np.ndarray, int]]
             return
         except av.error.FFmpegError as exc:
             if isinstance(source, str):  # a network stream that broke: a drop, not garbage
-                log.debug("%s: decoding stopped (%s)", name, reason(exc))
+                _report(f"{name}: the stream broke off ({reason(exc)})")
                 return
             raise AudioError(f"{name}: cannot read audio ({reason(exc)})") from exc
 
