@@ -190,3 +190,24 @@ def test_sounddevice_is_never_imported_unless_asked():
         "assert 'sounddevice' not in sys.modules"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_matroska_from_a_pipe_equals_the_same_pcm_in_a_wav(tmp_path):
+    import av
+
+    data = (stereo(2.0, 32000)[:, 0] * 32767).astype(np.int16)
+    wav = tmp_path / "clip.wav"
+    sf.write(str(wav), data, 32000, subtype="PCM_16")
+    mkv = tmp_path / "clip.mkv"
+    with av.open(str(mkv), "w", format="matroska") as container:
+        stream = container.add_stream("pcm_s16le", rate=32000, layout="mono")
+        for at in range(0, len(data), 4096):
+            frame = av.AudioFrame.from_ndarray(data[None, at : at + 4096], "s16", "mono")
+            frame.sample_rate = 32000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    stdin = io.BytesIO(mkv.read_bytes())
+    streamed = read_all(LiveAudio(LiveInput("stdin", "-"), stdin=stdin))
+    offline = load_audio(wav).samples
+    assert streamed.shape == offline.shape
+    assert np.abs(streamed - offline).max() <= 1e-4 * np.abs(offline).max()
