@@ -152,12 +152,12 @@ def predict_command(
     check_threshold(threshold)
     check_precision(precision)
     _common.check_mix(mix)
-    live = _live.LiveOptions(
+    live_options = _live.LiveOptions(
         follow, raw_format, rate, channels, device_input, reconnect, chunk_seconds,
         stall_seconds, window, hop,
     )  # fmt: skip
-    source = _live.live_input(list(paths or []), live)
-    _live.check_format(fmt, live, steps=steps, segments=segments)
+    source = _live.live_input(list(paths or []), live_options)
+    _live.check_format(fmt, live_options, steps=steps, segments=segments)
     if source is None:
         if not paths:
             raise UsageProblem("give audio files or folders, or a live input (-, URL, mic:NAME)")
@@ -180,13 +180,13 @@ def predict_command(
             _write(run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold)
 
         _live.predict_live(
-            source, model, live, fmt=fmt, out=out, mix=mix, top_k=k, threshold=threshold,
+            source, model, live_options, fmt=fmt, out=out, mix=mix, top_k=k, threshold=threshold,
             segments=segments, write_offline=write_offline,
         )  # fmt: skip
         return
     if window is not None:
         failed = _live.predict_windows(
-            files, model, live, fmt=fmt, out=out, mix=mix, top_k=k, threshold=threshold
+            files, model, live_options, fmt=fmt, out=out, mix=mix, top_k=k, threshold=threshold
         )
         if failed:
             raise typer.Exit(1)
