@@ -23,7 +23,7 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("seconds", [10.0, 23.7, 41.0])
+@pytest.mark.parametrize("seconds", [10.0, 29.7])
 def test_blocks_of_any_size_give_the_whole_inputs_features(fast, seconds):
     rng = np.random.default_rng(int(seconds))
     wave = (rng.standard_normal(int(seconds * 22050)) * 40).astype(np.float32)
