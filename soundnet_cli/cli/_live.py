@@ -184,7 +184,14 @@ def predict_live(
     else:
         found, interrupted = collect(audio, rows)
         if rows.predictor.received:
-            if whole:
+            if whole and fmt == "audacity":  # named after the input: stdin.txt, not -.txt
+                from soundnet_cli.prediction.tables import table_rows
+
+                labels = table_rows(
+                    [rows.prediction()], segments=segments, top_k=top_k, threshold=threshold
+                )
+                render_rows(labels, fmt, out, source.name)
+            elif whole:
                 write_offline(PredictRun(predictions=[rows.prediction()]))
             else:
                 render_rows(found, fmt, out, source.name)

@@ -362,3 +362,15 @@ def test_devices_lists_the_sound_cards(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", None)
     missing = CliRunner().invoke(build_app(), ["devices"])
     assert missing.exit_code == 1 and "soundnet-cli[live]" in missing.stderr
+
+
+def test_a_label_track_of_stdin_is_named_after_it(tmp_path, sharp_checkpoint):
+    clip = wav_file(tmp_path / "clip.wav", 25.0)
+    args = ["--checkpoint", str(sharp_checkpoint), "-f", "audacity", "--segments"]
+    assert invoke(str(clip), *args, "--out", str(tmp_path / "file")).exit_code == 0
+    result = invoke("-", *args, "--out", str(tmp_path / "live"), stdin=clip.read_bytes())
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in (tmp_path / "live").iterdir()] == ["stdin.txt"]
+    streamed = (tmp_path / "live" / "stdin.txt").read_text().splitlines()
+    offline = (tmp_path / "file" / "clip.txt").read_text().splitlines()
+    assert [line.split("\t")[:2] for line in streamed] == [line.split("\t")[:2] for line in offline]
