@@ -62,9 +62,23 @@ def live_input(inputs: list[str], options: LiveOptions) -> LiveInput | None:
     if options.stall_seconds <= 0:
         raise UsageProblem(f"--stall-seconds must be positive, not {options.stall_seconds}")
     raw_format(options)  # its own checks
+    if source is not None and source.kind == "stdin":
+        check_stdin(sys.stdin)
     if source is not None and source.kind == "device":
         check_device(source.target)
     return source if source is None else LiveInput(source.kind, source.target)
+
+
+def check_stdin(stream: Any) -> None:
+    """A usage error for ``-`` when stdin is a terminal: nothing is piped in."""
+    from soundnet_cli.errors import UsageProblem
+
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        raise UsageProblem(
+            "the input - reads audio from stdin, which is a terminal: pipe audio in "
+            "(ffmpeg -i SOURCE -f wav - | soundnet predict -)"
+        )
 
 
 def raw_format(options: LiveOptions) -> RawFormat | None:

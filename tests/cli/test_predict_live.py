@@ -374,3 +374,16 @@ def test_a_label_track_of_stdin_is_named_after_it(tmp_path, sharp_checkpoint):
     streamed = (tmp_path / "live" / "stdin.txt").read_text().splitlines()
     offline = (tmp_path / "file" / "clip.txt").read_text().splitlines()
     assert [line.split("\t")[:2] for line in streamed] == [line.split("\t")[:2] for line in offline]
+
+
+def test_a_terminal_on_stdin_is_a_usage_error():
+    from soundnet_cli.cli._live import check_stdin
+    from soundnet_cli.errors import UsageProblem
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    check_stdin(io.BytesIO(b"RIFF"))
+    with pytest.raises(UsageProblem, match="stdin, which is a terminal"):
+        check_stdin(Terminal())
