@@ -10,6 +10,7 @@ import typer
 from soundnet_cli._version import __version__
 from soundnet_cli.cli import _common, evaluate, extract, plugins, predict, probe, weights
 from soundnet_cli.cli import corpus as corpus_cmd
+from soundnet_cli.cli import devices as devices_cmd
 from soundnet_cli.cli import distill as distill_cmd
 from soundnet_cli.cli import export as export_cmd
 from soundnet_cli.cli import finetune as finetune_cmd
@@ -103,6 +104,7 @@ def build_app() -> typer.Typer:
     export_cmd.register(app)
     weights.register(app)
     plugins.register(app)
+    devices_cmd.register(app)
     probe.register(app)
     evaluate.register(app)
     prepare_cmd.register(app)

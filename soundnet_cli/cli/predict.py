@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common, _options
+from soundnet_cli.cli import _common, _live, _options
 from soundnet_cli.cli._progress import file_progress
 
 if TYPE_CHECKING:
@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 
 def predict_command(
-    paths: list[Path] = typer.Argument(
-        ..., help="Audio or video files, or directories (searched recursively)."
+    paths: list[str] = typer.Argument(
+        None,
+        help="Audio or video files, or directories (searched recursively); or one live input: "
+        "- (stdin), a stream URL (rtsp://, http://, srt://) or mic:NAME.",
     ),
     top_k: int = typer.Option(
         None,
@@ -43,7 +45,8 @@ def predict_command(
         "table",
         "--format",
         "-f",
-        help="table (default), json, csv, tsv or audacity (one label file per input).",
+        help="table (default), json, csv, tsv, jsonl (JSON, one row per line) or audacity (one "
+        "label file per input).",
     ),
     segments: bool = typer.Option(
         False,
@@ -65,6 +68,48 @@ def predict_command(
         "audacity.",
     ),
     json_output: bool = _options.json_flag("Same as --format json."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        help="Live input: write each row as soon as its audio has arrived (table, csv, tsv, "
+        "jsonl; audacity at the end).",
+    ),
+    raw_format: str = typer.Option(
+        None, "--raw-format", help="stdin is headerless PCM: s16le, s32le or f32le."
+    ),
+    rate: int = typer.Option(None, "--rate", help="Sample rate of --raw-format PCM (Hz)."),
+    channels: int = typer.Option(
+        None, "--channels", help="Channels of --raw-format PCM (default 1)."
+    ),
+    device_input: str = typer.Option(
+        None,
+        "--device-input",
+        help="Record from this sound card (name or number; see `soundnet devices`); the same "
+        "as the input mic:NAME.",
+    ),
+    reconnect: bool = typer.Option(
+        False, "--reconnect", help="Reopen a stream URL that ends or fails, with back-off."
+    ),
+    chunk_seconds: float = _options.number(
+        6.0,
+        "--chunk-seconds",
+        at_least=0.5,
+        at_most=_options.MAX_CHUNK_SECONDS,
+        help="Live input is run in chunks of this many seconds: the latency is the layer's "
+        "receptive field plus one chunk.",
+    ),
+    stall_seconds: float = _options.number(
+        5.0,
+        "--stall-seconds",
+        above=0.0,
+        help="Report a live input that sends nothing for this long.",
+    ),
+    window: float = _options.number(
+        None, "--window", above=0.0, help="Rows pooled over sliding windows of this many seconds."
+    ),
+    hop: float = _options.number(
+        None, "--hop", above=0.0, help="Seconds between window starts (default: the window)."
+    ),
 ) -> None:
     """Top objects and scenes per time step and per file, as tables, CSV or label tracks.
 
@@ -90,6 +135,10 @@ def predict_command(
     * `soundnet predict ./recordings film.mp4 --format csv --segments --out events.csv`
 
     * `soundnet predict long.wav --format audacity --threshold 0.2 --out labels/`
+
+    * `ffmpeg -i rtsp://cam/stream -f wav - | soundnet predict - --follow --format csv`
+
+    * `soundnet predict long.wav --window 10 --hop 2 --format csv`
     """
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
@@ -107,11 +156,45 @@ def predict_command(
         fmt = "json"
     check_output(fmt, out)
     check_threshold(threshold)
-    files = find_media(paths)
-    if not files:
-        raise UsageProblem("no audio files found in the given paths")
+    live_options = _live.LiveOptions(
+        follow, raw_format, rate, channels, device_input, reconnect, chunk_seconds,
+        stall_seconds, window, hop,
+    )  # fmt: skip
+    source = _live.live_input(list(paths or []), live_options)
+    _live.check_format(fmt, live_options, steps=steps, segments=segments)
+    if source is None:
+        if not paths:
+            raise UsageProblem("give audio files or folders, or a live input (-, URL, mic:NAME)")
+        files = find_media([Path(p) for p in paths])
+        if not files:
+            raise UsageProblem("no audio files found in the given paths")
     model = load_model(checkpoint, None, device)
     k = top_k or default_top_k(fmt)
+    head_layer = getattr(model, "head_layer", None)  # a HeadedStudent's
+    if (source is not None or window is not None) and head_layer is not None:
+        from soundnet_cli.models import for_inference
+
+        model = for_inference(model, [head_layer], precision=precision)
+    if source is not None:
+
+        def write_offline(run: PredictRun) -> None:
+            if fmt == "table" and out is None and steps:
+                for prediction in run.predictions:
+                    _show(_common.out, apply_threshold(prediction, threshold), segments)
+            _write(run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold)
+
+        _live.predict_live(
+            source, model, live_options, fmt=fmt, out=out, mix=mix, top_k=k, threshold=threshold,
+            segments=segments, write_offline=write_offline,
+        )  # fmt: skip
+        return
+    if window is not None:
+        failed = _live.predict_windows(
+            files, model, live_options, fmt=fmt, out=out, mix=mix, top_k=k, threshold=threshold
+        )
+        if failed:
+            raise typer.Exit(1)
+        return
     quiet = fmt == "json" and out is None  # errors go into the JSON document
     live = fmt == "table" and out is None and steps
 

@@ -21,7 +21,7 @@ from soundnet_cli.students.contract import HeadedStudent, Student
 from soundnet_cli.students.predict import Prediction, predict_waveform
 
 DEFAULT_TOP_K = 5
-SUFFIXES = {"json": ".json", "csv": ".csv", "tsv": ".tsv", "table": ".txt"}
+SUFFIXES = {"json": ".json", "csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl", "table": ".txt"}
 
 
 @dataclass
@@ -134,11 +134,15 @@ def render_text(
     top_k: int | None = None,
     threshold: float | None = None,
 ) -> str:
-    """The whole output of a json, csv or tsv run, as text."""
+    """The whole output of a json, jsonl, csv or tsv run, as text."""
     if fmt == "json":
         document = json_document(run, segments=segments, threshold=threshold)
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     rows = table_rows(run.predictions, segments=segments, top_k=top_k, threshold=threshold)
+    if fmt == "jsonl":
+        from soundnet_cli.prediction.tables import json_lines
+
+        return json_lines(rows)
     return delimited(rows, "\t" if fmt == "tsv" else ",")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from soundnet_cli.errors import UsageProblem
 from soundnet_cli.students.predict import HeadPrediction, Prediction, StepPrediction
 
-FORMATS = ("table", "json", "csv", "tsv", "audacity")
+FORMATS = ("table", "json", "csv", "tsv", "jsonl", "audacity")
 COLUMNS = ("path", "start", "end", "head", "rank", "label", "probability")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads these as a formula
 
@@ -176,6 +176,13 @@ def delimited(rows: Sequence[Row], delimiter: str = ",") -> str:
             ]
         )
     return buffer.getvalue()
+
+
+def json_lines(rows: Sequence[Row]) -> str:
+    """JSON Lines: one object per row (``Row.as_dict``), for pipes and ``--follow``."""
+    import json
+
+    return "".join(json.dumps(row.as_dict(), ensure_ascii=False) + "\n" for row in rows)
 
 
 def audacity_labels(rows: Sequence[Row]) -> str:

@@ -1,0 +1,249 @@
+"""`soundnet predict` on live input (``-``, stream URLs, ``mic:NAME``), ``--follow``, and pooled
+``--window``/``--hop`` rows: option checks (before anything is loaded) and the runs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from soundnet_cli.cli import _common
+
+if TYPE_CHECKING:
+    from soundnet_cli.media.live import LiveInput, RawFormat
+    from soundnet_cli.prediction.tables import Row
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    follow: bool = False
+    raw_format: str | None = None
+    rate: int | None = None
+    channels: int | None = None
+    device_input: str | None = None
+    reconnect: bool = False
+    chunk_seconds: float = 6.0
+    stall_seconds: float = 5.0
+    window: float | None = None
+    hop: float | None = None
+
+
+def live_input(inputs: list[str], options: LiveOptions) -> LiveInput | None:
+    """The one live input among ``inputs`` (with ``--device-input``), or None for files;
+    usage errors for every combination that cannot work, before anything is loaded."""
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.media.live import LiveInput, check_device, parse_input
+    from soundnet_cli.prediction.follow import check_window
+
+    check_window(options.window, options.hop)
+    if options.device_input is not None:
+        inputs = [*inputs, f"mic:{options.device_input}"]
+    lives = [parsed for text in inputs if (parsed := parse_input(text)) is not None]
+    if lives and len(inputs) > 1:
+        raise UsageProblem(
+            "a live input (-, a stream URL or mic:NAME) must be the only input; "
+            f"got {len(inputs)} inputs"
+        )
+    source = lives[0] if lives else None
+    if options.follow and source is None:
+        raise UsageProblem("--follow needs a live input: -, a stream URL or mic:NAME")
+    raw_given = options.raw_format is not None
+    if (options.rate is not None or options.channels is not None) and not raw_given:
+        raise UsageProblem("--rate and --channels describe raw PCM: give --raw-format too")
+    if raw_given and (source is None or source.kind != "stdin"):
+        raise UsageProblem("--raw-format describes raw PCM on stdin: the input must be -")
+    if options.reconnect and (source is None or source.kind != "url"):
+        raise UsageProblem("--reconnect needs a stream URL input")
+    if options.chunk_seconds <= 0:
+        raise UsageProblem(f"--chunk-seconds must be positive, not {options.chunk_seconds}")
+    if options.stall_seconds <= 0:
+        raise UsageProblem(f"--stall-seconds must be positive, not {options.stall_seconds}")
+    raw_format(options)  # its own checks
+    if source is not None and source.kind == "stdin":
+        check_stdin(sys.stdin)
+    if source is not None and source.kind == "device":
+        check_device(source.target)
+    return source if source is None else LiveInput(source.kind, source.target)
+
+
+def check_stdin(stream: Any) -> None:
+    """A usage error for ``-`` when stdin is a terminal: nothing is piped in."""
+    from soundnet_cli.errors import UsageProblem
+
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        raise UsageProblem(
+            "the input - reads audio from stdin, which is a terminal: pipe audio in "
+            "(ffmpeg -i SOURCE -f wav - | soundnet predict -)"
+        )
+
+
+def raw_format(options: LiveOptions) -> RawFormat | None:
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.media.live import RawFormat
+
+    if options.raw_format is None:
+        return None
+    if options.rate is None:
+        raise UsageProblem("--raw-format needs --rate (the stream's sample rate in Hz)")
+    return RawFormat(options.raw_format, options.rate, options.channels or 1)
+
+
+def check_format(fmt: str, options: LiveOptions, *, steps: bool, segments: bool) -> None:
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.prediction.live import FOLLOW_FORMATS
+
+    if options.follow and fmt not in FOLLOW_FORMATS:
+        raise UsageProblem(
+            f"--follow writes rows as they happen: --format {', '.join(FOLLOW_FORMATS)}, "
+            f"not {fmt} (jsonl is JSON, one row per line)"
+        )
+    if options.follow and not steps:
+        raise UsageProblem("--summary-only needs the whole input; it cannot go with --follow")
+    if options.window is not None:
+        if segments:
+            raise UsageProblem("--window pools rows over time; it cannot go with --segments")
+        if fmt == "json":
+            raise UsageProblem("--window writes rows: use --format jsonl, csv, tsv or table")
+        if not steps:
+            raise UsageProblem("--window writes rows per window; it cannot go with --summary-only")
+
+
+def _rows(model: Any, name: str, options: LiveOptions, **kwargs: Any) -> Any:
+    from soundnet_cli.prediction.follow import RowStream
+
+    return RowStream(
+        model,
+        name,
+        window=options.window,
+        hop=options.hop,
+        chunk_seconds=options.chunk_seconds,
+        **kwargs,
+    )
+
+
+def render_rows(rows: list[Row], fmt: str, out: Path | None, label_name: str) -> None:
+    """Rows written once complete: to stdout or ``--out`` (audacity: a label file in it)."""
+    from soundnet_cli.atomic import atomic_path
+    from soundnet_cli.prediction.live import make_writer
+    from soundnet_cli.prediction.run import output_file
+
+    if fmt == "audacity":
+        writer = make_writer(fmt, sys.stdout, out, label_name)
+        writer.write(rows)
+        writer.close()
+        return
+    if out is None:
+        writer = make_writer(fmt, sys.stdout, None, label_name)
+        writer.start()
+        writer.write(rows)
+        writer.close()
+        return
+    target = output_file(out, fmt)
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        writer = make_writer(fmt, handle, None, label_name)
+        writer.start()
+        writer.write(rows)
+    _common.info(f"wrote {target}")
+
+
+def predict_live(
+    source: LiveInput,
+    model: Any,
+    options: LiveOptions,
+    *,
+    fmt: str,
+    out: Path | None,
+    mix: str,
+    top_k: int,
+    threshold: float | None,
+    segments: bool,
+    write_offline: Any,
+) -> None:
+    """Predict a live input: rows as they happen with ``--follow``, else everything at its end
+    (written by ``write_offline(run)`` as for files). Exits 130 after Ctrl-C."""
+    from soundnet_cli.media.live import LiveAudio
+    from soundnet_cli.prediction import PredictRun
+    from soundnet_cli.prediction.live import collect, describe_latency, follow, make_writer
+    from soundnet_cli.prediction.run import output_file
+
+    audio = LiveAudio(
+        source,
+        raw=raw_format(options),
+        mix=mix,  # type: ignore[arg-type]
+        reconnect=options.reconnect,
+        stall_seconds=options.stall_seconds,
+    )
+    whole = not options.follow and options.window is None
+    rows = _rows(
+        model,
+        source.name,
+        options,
+        top_k=top_k,
+        threshold=None if whole else threshold,
+        segments=segments and not whole,
+        keep_steps=whole,
+    )
+    if options.follow:
+        describe_latency(model, options.chunk_seconds)
+        if out is not None and fmt != "audacity":
+            target = output_file(out, fmt)
+            with open(target, "w", encoding="utf-8") as handle:
+                interrupted = follow(audio, rows, make_writer(fmt, handle, out, source.name))
+        else:
+            interrupted = follow(audio, rows, make_writer(fmt, sys.stdout, out, source.name))
+    else:
+        found, interrupted = collect(audio, rows)
+        if rows.predictor.received:
+            if whole and fmt == "audacity":  # named after the input: stdin.txt, not -.txt
+                from soundnet_cli.prediction.tables import table_rows
+
+                labels = table_rows(
+                    [rows.prediction()], segments=segments, top_k=top_k, threshold=threshold
+                )
+                render_rows(labels, fmt, out, source.name)
+            elif whole:
+                write_offline(PredictRun(predictions=[rows.prediction()]))
+            else:
+                render_rows(found, fmt, out, source.name)
+    if interrupted:
+        _common.error("interrupted")
+        raise typer.Exit(130)
+
+
+def predict_windows(
+    files: list[Path],
+    model: Any,
+    options: LiveOptions,
+    *,
+    fmt: str,
+    out: Path | None,
+    mix: str,
+    top_k: int,
+    threshold: float | None,
+) -> int:
+    """Files with ``--window``: the same row stream as live input, each file pushed whole.
+    Returns how many files failed (each reported)."""
+    from soundnet_cli.errors import SoundnetError
+    from soundnet_cli.media.audio import load_audio
+
+    found: list[Row] = []
+    failed = 0
+    for path in files:
+        try:
+            wave = load_audio(path, mix=mix)  # type: ignore[arg-type]
+            rows = _rows(model, str(path), options, top_k=top_k, threshold=threshold)
+            found.extend(rows.push(wave.samples))
+            found.extend(rows.finish())
+        except SoundnetError as exc:
+            failed += 1
+            _common.error(str(exc))
+    if fmt == "audacity":
+        for name in sorted({r.path for r in found}, key=[r.path for r in found].index):
+            render_rows([r for r in found if r.path == name], fmt, out, Path(name).stem)
+    else:
+        render_rows(found, fmt, out, "predictions")
+    return failed
