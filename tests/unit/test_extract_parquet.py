@@ -1,0 +1,200 @@
+"""`--format parquet`: one Parquet dataset per features folder, equal to the npy format bit for
+bit, readable by pyarrow, pandas, DuckDB and Hugging Face datasets, resumable with whole parts
+only and never holding an input twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundnet_cli.errors import UsageProblem
+from soundnet_cli.extraction.engine import extract
+from soundnet_cli.extraction.folder import list_feature_files, read_feature_file
+from soundnet_cli.weights.checkpoints import load_checkpoint
+
+from ..conftest import tone, write_wav
+
+pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra (pyarrow) is not installed")
+
+
+@pytest.fixture
+def model(named_checkpoint: Path):
+    return load_checkpoint(named_checkpoint)
+
+
+def clips(folder: Path, count: int = 5) -> Path:
+    for i in range(count):
+        seconds = 1.0 + 0.25 * (i % 3)  # a few lengths: batches of equal length and not
+        write_wav(folder / f"sub{i % 2}" / f"clip{i}.wav", tone(seconds, freq=220.0 * (i + 1)))
+    return folder
+
+
+def table_rows(out: Path):
+    return pq.read_table(sorted(out.glob("*.parquet"))).to_pandas()
+
+
+def vectors_of(out: Path, layer: str) -> dict[str, np.ndarray]:
+    _, files = list_feature_files(out, layer)
+    return {f.key: read_feature_file(f) for f in files}
+
+
+def test_parquet_holds_the_npy_vectors_bit_for_bit(tmp_path: Path, model) -> None:
+    audio = clips(tmp_path / "audio")
+    layers = ["conv5", "pool5"]
+    extract([audio], layers, tmp_path / "npy", model=model)
+    summary = extract([audio], layers, tmp_path / "pq", model=model, fmt="parquet", part_size=2)
+    assert summary.extracted == 5 and not summary.failures
+    for layer in layers:
+        ours, theirs = vectors_of(tmp_path / "pq", layer), vectors_of(tmp_path / "npy", layer)
+        assert sorted(ours) == sorted(theirs) == [f"sub{i % 2}/clip{i}" for i in (0, 2, 4, 1, 3)]
+        for key in ours:
+            assert ours[key].dtype == np.float32
+            assert np.array_equal(ours[key], theirs[key])  # bit-identical
+    # the table as a user sees it
+    frame = table_rows(tmp_path / "pq")
+    assert set(frame.columns) == {"path", "key", "layer", "step", "start", "end", "vector"}
+    pool5 = frame[frame.layer == "pool5"]
+    npy = np.load(tmp_path / "npy" / "sub0" / "clip0.pool5.npy")
+    mine = pool5[pool5.key == "sub0/clip0"].sort_values("step")
+    assert list(mine.step) == list(range(len(npy)))
+    assert np.array_equal(np.stack(mine.vector.to_numpy()), npy)
+    assert (mine.end > mine.start).all() and mine.start.iloc[0] == 0.0
+    assert mine.path.iloc[0] == str(audio / "sub0" / "clip0.wav")
+    schema = pq.read_schema(next((tmp_path / "pq").glob("part-pool5-*.parquet")))
+    assert schema.field("vector").type.list_size == 256
+    assert str(schema.field("vector").type.value_type) == "float"
+    settings = json.loads(schema.metadata[b"soundnet"])
+    recorded = json.loads((tmp_path / "pq" / "features.json").read_text())
+    assert settings == recorded and recorded["format"] == "parquet"
+    # the manifest records each input done, once
+    rows = [
+        json.loads(line) for line in (tmp_path / "pq" / "manifest.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["key"] for r in rows) == sorted(ours) and {r["status"] for r in rows} == {"ok"}
+
+
+def test_pooled_parquet_has_one_row_per_file_and_float16_when_asked(tmp_path: Path, model) -> None:
+    audio = clips(tmp_path / "audio", 3)
+    extract([audio], ["pool5"], tmp_path / "npy", model=model, pool="mean")
+    extract([audio], ["pool5"], tmp_path / "pq", model=model, fmt="parquet", pool="mean")
+    frame = table_rows(tmp_path / "pq")
+    assert len(frame) == 3 and frame.step.isna().all()
+    ours, theirs = vectors_of(tmp_path / "pq", "pool5"), vectors_of(tmp_path / "npy", "pool5")
+    for key in theirs:
+        assert ours[key].shape == (256,) and np.array_equal(ours[key], theirs[key])
+    extract([audio], ["pool5"], tmp_path / "half", model=model, fmt="parquet", dtype="float16")
+    schema = pq.read_schema(next((tmp_path / "half").glob("*.parquet")))
+    assert str(schema.field("vector").type.value_type) == "halffloat"
+    extract([audio], ["pool5"], tmp_path / "full", model=model, fmt="parquet")
+    half, full = vectors_of(tmp_path / "half", "pool5"), vectors_of(tmp_path / "full", "pool5")
+    for key, value in half.items():
+        assert np.array_equal(value, full[key].astype(np.float16).astype(np.float32))
+
+
+def test_float16_is_refused_for_per_file_formats(tmp_path: Path, model) -> None:
+    audio = clips(tmp_path / "audio", 1)
+    with pytest.raises(UsageProblem, match="parquet"):
+        extract([audio], ["pool5"], tmp_path / "out", model=model, dtype="float16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_duckdb_counts_and_datasets_loads(tmp_path: Path, model) -> None:
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is not installed")
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets is not installed")
+    audio = clips(tmp_path / "audio", 4)
+    out = tmp_path / "feats"
+    extract([audio], ["pool5"], out, model=model, fmt="parquet", part_size=3)
+    expected = sum(len(v) for v in vectors_of(out, "pool5").values())
+    assert len(list(out.glob("*.parquet"))) == 2
+    with duckdb.connect() as connection:
+        count = connection.execute(f"SELECT count(*) FROM '{out}/*.parquet'").fetchall()[0][0]
+    assert count == expected
+    loaded = datasets.load_dataset(
+        "parquet",
+        data_files=str(out / "*.parquet"),
+        split="train",
+        cache_dir=str(tmp_path / "hf-cache"),
+    )
+    assert loaded.num_rows == expected
+    assert len(loaded[0]["vector"]) == 256
+
+
+def test_rerun_skips_and_added_inputs_are_never_duplicated(tmp_path: Path, model) -> None:
+    audio = clips(tmp_path / "audio", 4)
+    out = tmp_path / "feats"
+    extract([audio], ["pool5"], out, model=model, fmt="parquet", part_size=2)
+    before = table_rows(out)
+    again = extract([audio], ["pool5"], out, model=model, fmt="parquet", part_size=2)
+    assert again.skipped == 4 and again.extracted == 0
+    write_wav(audio / "new.wav", tone(1.5, freq=330.0))
+    extract([audio], ["pool5"], out, model=model, fmt="parquet", part_size=2)
+    after = table_rows(out)
+    assert set(after.key) == set(before.key) | {"new"}
+    assert not after.duplicated(["key", "layer", "step"]).any()
+    # --overwrite redoes every input: still one copy of each
+    extract([audio], ["pool5"], out, model=model, fmt="parquet", overwrite=True)
+    redone = table_rows(out)
+    assert len(redone) == len(after) and not redone.duplicated(["key", "layer", "step"]).any()
+
+
+KILL_SCRIPT = """
+import sys, time
+from soundnet_cli.extraction import engine
+from soundnet_cli.extraction.writers import parquet
+from soundnet_cli.weights.checkpoints import load_checkpoint
+
+flush = parquet.ParquetWriter.flush
+def slow_flush(self, out):
+    flush(self, out)
+    print("part", flush=True)
+    time.sleep(60)  # killed here, after the first part, with the next inputs in memory
+parquet.ParquetWriter.flush = slow_flush
+model = load_checkpoint(sys.argv[1])
+engine.extract([sys.argv[2]], ["pool5"], sys.argv[3], model=model, fmt="parquet", part_size=2,
+               batch_size=1)
+"""
+
+
+def test_kill_9_after_a_part_then_rerun_equals_an_uninterrupted_run(
+    tmp_path: Path, model, named_checkpoint: Path
+) -> None:
+    audio = clips(tmp_path / "audio", 5)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(named_checkpoint), str(audio), str(out)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "part"
+        time.sleep(0.2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    parts = list(out.glob("*.parquet"))
+    assert len(parts) == 1 and pq.read_table(parts[0]).column("key").unique().to_pylist()
+    # batch size 1 in every run: a batch's arithmetic may round differently from one input's
+    summary = extract(
+        [audio], ["pool5"], out, model=model, fmt="parquet", part_size=2, batch_size=1
+    )
+    assert summary.skipped == 2 and summary.extracted == 3 and not summary.failures
+    extract([audio], ["pool5"], tmp_path / "whole", model=model, fmt="parquet", batch_size=1)
+    resumed, whole = table_rows(out), table_rows(tmp_path / "whole")
+    assert not resumed.duplicated(["key", "layer", "step"]).any()
+    columns = ["path", "key", "layer", "step", "start", "end"]
+    resumed = resumed.sort_values(["key", "step"]).reset_index(drop=True)
+    whole = whole.sort_values(["key", "step"]).reset_index(drop=True)
+    assert resumed[columns].equals(whole[columns])
+    assert np.array_equal(np.stack(resumed.vector.to_numpy()), np.stack(whole.vector.to_numpy()))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
