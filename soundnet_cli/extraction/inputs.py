@@ -8,7 +8,7 @@ import posixpath
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 from soundnet_cli.errors import UsageProblem
 from soundnet_cli.media.files import MEDIA_EXTENSIONS, FoundFile, gc_paused, walk
@@ -157,14 +157,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def read_file_list(text: str, stdin: object | None = None) -> list[str]:
+def read_file_list(text: str, stdin: TextIO | None = None) -> list[str]:
     """The inputs listed in the file ``text`` (``-``: standard input): one path or URL a line;
     blank lines and lines starting with ``#`` are ignored."""
     import sys
 
     try:
         if text == "-":
-            content = (stdin or sys.stdin).read()  # type: ignore[attr-defined]
+            content = (stdin or sys.stdin).read()
         else:
             content = Path(text).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -313,7 +313,12 @@ def _table(entries: Sequence[_Entry], layer: str, spec: WriteSpec) -> Any:
     stride = float(geometry.get("stride", 0)) / rate
     field_span = float(geometry.get("receptive_field", 0)) / rate
     offset = float(geometry.get("offset", 0)) / rate
-    paths, keys, steps, starts, ends, blocks = [], [], [], [], [], []
+    paths: list[str] = []
+    keys: list[str] = []
+    steps: list[int | None] = []
+    starts: list[float] = []
+    ends: list[float | None] = []
+    blocks: list[np.ndarray] = []
     for entry in entries:
         values = np.asarray(entry.features[layer])
         if values.ndim == 1:  # pooled: one row per input
