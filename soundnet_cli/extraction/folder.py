@@ -287,7 +287,7 @@ class FeatureFolder:
         the shape their manifest row records; damaged ones are redone and listed in
         ``Plan.redone``; inputs lacking a layer asked for now are computed again (logged as an
         addition). Routes that link to a finished file get its outputs now."""
-        self.writer.start(self.path, self.rank)
+        self.writer.start(self.path, self.rank, self.spec)
         previous = self.manifest.rows()
         plan = Plan()
         for source in mine:
@@ -375,9 +375,13 @@ class FeatureFolder:
     # -- writing --
     def write(self, source: Source, features: Mapping[str, np.ndarray]) -> None:
         """Write one input's features (pooled already when the folder pools)."""
-        self.writer.write(
-            self.path, self.stem(source.key), features, self.spec, source=source.display
-        )
+        try:
+            self.writer.write(
+                self.path, self.stem(source.key), features, self.spec, source=source.display
+            )
+        except OSError as exc:
+            self._lose_held(exc)
+            raise
 
     @contextlib.contextmanager
     def stream(
@@ -429,9 +433,25 @@ class FeatureFolder:
 
     def finish(self) -> None:
         """End of the run: a table format commits what it holds, then its rows are recorded."""
-        self.writer.flush(self.path)
+        try:
+            self.writer.flush(self.path)
+        except OSError as exc:
+            self._lose_held(exc)
+            raise
         for done in self._held:
             self.manifest.append(done)
+        self._held.clear()
+
+    def _lose_held(self, exc: OSError) -> None:
+        """A table's part could not be written: the inputs it held are recorded as failed (a
+        rerun computes them), never as done."""
+        if self.writer.pending():
+            return  # the buffer is intact: nothing was lost
+        for row in self._held:
+            log.error("%s: its part of the table could not be written (%s)", row["path"], exc)
+            self.manifest.append(
+                {**row, "status": "failed", "outputs": [], "error": f"not written: {exc}"}
+            )
         self._held.clear()
 
     def failed(self, source: Source, error: str) -> None:

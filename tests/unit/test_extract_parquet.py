@@ -198,3 +198,32 @@ def test_kill_9_after_a_part_then_rerun_equals_an_uninterrupted_run(
     assert resumed[columns].equals(whole[columns])
     assert np.array_equal(np.stack(resumed.vector.to_numpy()), np.stack(whole.vector.to_numpy()))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_linked_routes_get_their_own_rows(tmp_path: Path, model) -> None:
+    audio = clips(tmp_path / "audio", 2)
+    (audio / "alias.wav").symlink_to(audio / "sub0" / "clip0.wav")
+    out = tmp_path / "feats"
+    summary = extract([audio], ["pool5"], out, model=model, fmt="parquet")
+    assert summary.extracted == 3
+    found = vectors_of(out, "pool5")
+    assert sorted(found) == ["alias", "sub0/clip0", "sub1/clip1"]
+    assert np.array_equal(found["alias"], found["sub0/clip0"])
+    # a shorter link added later becomes the file's first route: the file is computed again
+    # for both routes, and its old rows are replaced, not doubled
+    (audio / "later.wav").symlink_to(audio / "sub1" / "clip1.wav")
+    again = extract([audio], ["pool5"], out, model=model, fmt="parquet")
+    assert again.extracted == 2 and again.skipped == 2
+    found = vectors_of(out, "pool5")
+    assert np.array_equal(found["later"], found["sub1/clip1"])
+    assert not table_rows(out).duplicated(["key", "layer", "step"]).any()
+    # a longer link added later is an alias: it gets the finished rows copied from the table
+    (audio / "deep" / "er").mkdir(parents=True)
+    (audio / "deep" / "er" / "link.wav").symlink_to(audio / "sub0" / "clip0.wav")
+    third = extract([audio], ["pool5"], out, model=model, fmt="parquet")
+    assert third.extracted == 1 and third.skipped == 4
+    found = vectors_of(out, "pool5")
+    assert np.array_equal(found["deep/er/link"], found["sub0/clip0"])
+    frame = table_rows(out)
+    assert not frame.duplicated(["key", "layer", "step"]).any()
+    assert set(frame[frame.key == "deep/er/link"].path) == {str(audio / "deep/er/link.wav")}

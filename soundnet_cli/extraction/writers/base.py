@@ -101,7 +101,7 @@ class Writer(ABC):
     # buffers inputs and commits them a part file at a time: the folder records an input done
     # only once ``pending`` is 0 again, calls ``flush`` when the run ends, and ``forget``s
     # inputs about to be computed again so a table never holds an input twice.
-    def start(self, out: Path, rank: int) -> None:  # noqa: B027  (a no-op unless a table format)
+    def start(self, out: Path, rank: int, spec: WriteSpec) -> None:  # noqa: B027  (tables only)
         """A run of rank ``rank`` begins writing into ``out`` (its lock is held)."""
 
     def pending(self) -> int:

@@ -98,7 +98,9 @@ class ParquetWriter(Writer):
         self.buffer: list[_Entry] = []
         self.spec: WriteSpec | None = None
         self._index: dict[Path, _Index] = {}
-        self._read_cache: OrderedDict[tuple[Path, str], dict[str, np.ndarray]] = OrderedDict()
+        self._read_cache: OrderedDict[tuple[Path, str, int, int], dict[str, np.ndarray]] = (
+            OrderedDict()
+        )
 
     # -- names: one virtual name per input and layer (rows, not files), for collisions and
     # the manifest's ``outputs`` --
@@ -106,9 +108,9 @@ class ParquetWriter(Writer):
         return [f"{stem}.{layer}@parquet" for layer in layers]
 
     # -- writing --
-    def start(self, out: Path, rank: int) -> None:
+    def start(self, out: Path, rank: int, spec: WriteSpec) -> None:
         require_pyarrow()
-        self.rank = rank
+        self.rank, self.spec = rank, spec
         self.buffer.clear()
         prefix = f"-r{rank:04d}-"
         for entry in os.scandir(out):  # temporaries a killed run of this rank left
@@ -212,7 +214,6 @@ class ParquetWriter(Writer):
                 self.buffer.append(_Entry(source, to_stem, entry.features))
                 return
         features = {layer: self._rows(out, layer, stem) for layer in layers}
-        assert self.spec is not None or not features
         self.buffer.append(_Entry(source, to_stem, features))
 
     def _rows(self, out: Path, layer: str, stem: str) -> np.ndarray:
@@ -280,7 +281,8 @@ class ParquetWriter(Writer):
         return found
 
     def read(self, path: Path, layer: str, key: str) -> np.ndarray:
-        cache_key = (path, layer)
+        info = path.stat()  # a part rewritten since (forget) is read again
+        cache_key = (path, layer, info.st_size, info.st_mtime_ns)
         rows = self._read_cache.get(cache_key)
         if rows is None:
             rows = _read_part(path)
