@@ -374,6 +374,10 @@ class _Extractor:
             self.folder.write(item.source, {n: _pooled(f, self.pool) for n, f in features.items()})
         except OSError as exc:
             self._failed(item.source, _not_written(item.source, self.folder, exc))
+            for path, error in self.folder.lost:  # inputs a table held, lost with its part
+                self.summary.extracted -= 1
+                self.summary.failures.append(Failure(path, error))
+            self.folder.lost.clear()
             return
         self._succeeded(item.source, item.duration, shapes)
 
@@ -611,8 +615,7 @@ def extract(
                     options=engine_options or {},
                 )
             finally:
-                folder.finish()
-                folder.manifest.merge()
+                _finish(folder, summary)
                 summary.elapsed = time.perf_counter() - started
             return summary
         if optimise:
@@ -642,10 +645,24 @@ def extract(
             extractor.run(plan.todo)
         finally:
             torch.set_num_threads(previous_threads)
-            folder.finish()
-            folder.manifest.merge()
+            _finish(folder, summary)
             summary.elapsed = time.perf_counter() - started
         return summary
+
+
+def _finish(folder: FeatureFolder, summary: ExtractSummary) -> None:
+    """Commit what the writer holds, count inputs whose part could not be written as failed,
+    fold the manifest's journal."""
+    try:
+        folder.finish()
+    except OSError as exc:
+        log.error("the last part could not be written: %s", reason(exc))
+    finally:
+        for path, error in folder.lost:
+            summary.extracted -= 1
+            summary.failures.append(Failure(path, error))
+        folder.lost.clear()
+        folder.manifest.merge()
 
 
 def _check_settings(

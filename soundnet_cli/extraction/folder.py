@@ -39,7 +39,7 @@ import numpy as np
 
 from soundnet_cli._version import __version__
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem, reason
 from soundnet_cli.extraction.chunks import step_times
 from soundnet_cli.extraction.inputs import Source
 from soundnet_cli.extraction.manifest import MANIFEST, FeatureManifest
@@ -177,6 +177,7 @@ class FeatureFolder:
         self.layers = list(settings.layers)
         self.writer: Writer = new_writer(settings.fmt)
         self._held: list[dict[str, Any]] = []  # rows of inputs a table format has not committed
+        self.lost: list[tuple[str, str]] = []  # (path, error): held inputs whose part failed
         self.spec = WriteSpec(
             layers=tuple(self.layers),
             pool=settings.pool,
@@ -448,10 +449,9 @@ class FeatureFolder:
         if self.writer.pending():
             return  # the buffer is intact: nothing was lost
         for row in self._held:
-            log.error("%s: its part of the table could not be written (%s)", row["path"], exc)
-            self.manifest.append(
-                {**row, "status": "failed", "outputs": [], "error": f"not written: {exc}"}
-            )
+            error = f"{row['path']}: its part of the table could not be written: {reason(exc)}"
+            self.manifest.append({**row, "status": "failed", "outputs": [], "error": error})
+            self.lost.append((row["path"], error))
         self._held.clear()
 
     def failed(self, source: Source, error: str) -> None:

@@ -227,3 +227,33 @@ def test_linked_routes_get_their_own_rows(tmp_path: Path, model) -> None:
     frame = table_rows(out)
     assert not frame.duplicated(["key", "layer", "step"]).any()
     assert set(frame[frame.key == "deep/er/link"].path) == {str(audio / "deep/er/link.wav")}
+
+
+def test_a_part_that_cannot_be_written_fails_its_inputs_and_a_rerun_completes(
+    tmp_path: Path, model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    audio = clips(tmp_path / "audio", 5)
+    out = tmp_path / "feats"
+    real = pq.write_table
+    calls = []
+
+    def full_on_second_part(table, where, *args, **kwargs):
+        calls.append(where)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", full_on_second_part)
+    summary = extract([audio], ["pool5"], out, model=model, fmt="parquet", part_size=2)
+    assert summary.extracted == 3 and len(summary.failures) == 2  # the second part's two
+    assert all("No space left" in f.error or "no space" in f.error for f in summary.failures)
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in rows) == ["failed"] * 2 + ["ok"] * 3
+    assert len(set(table_rows(out).key)) == 3  # what the manifest calls done is in the table
+    monkeypatch.setattr(pq, "write_table", real)
+    again = extract([audio], ["pool5"], out, model=model, fmt="parquet", part_size=2)
+    assert again.extracted == 2 and again.skipped == 3 and not again.failures
+    frame = table_rows(out)
+    assert len(set(frame.key)) == 5 and not frame.duplicated(["key", "layer", "step"]).any()
