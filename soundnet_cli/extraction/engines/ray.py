@@ -77,6 +77,10 @@ def run_on_ray(
             include_dashboard=False,
             configure_logging=False,
         )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI shows its own, as for the local engine
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
     try:
         resources = ray.cluster_resources()
         gpus = float(options.get("gpus_per_actor") or 0)
