@@ -112,6 +112,7 @@ class ParquetWriter(Writer):
         require_pyarrow()
         self.rank, self.spec = rank, spec
         self.buffer.clear()
+        self._index.pop(out, None)  # read afresh once; kept true by flush and forget after
         prefix = f"-r{rank:04d}-"
         for entry in os.scandir(out):  # temporaries a killed run of this rank left
             if (
@@ -182,7 +183,6 @@ class ParquetWriter(Writer):
                     shape = (1, values.shape[0]) if values.ndim == 1 else values.shape
                     index.shapes.setdefault(entry.stem, {})[layer] = (int(shape[0]), int(shape[1]))
                     index.parts.setdefault(entry.stem, {})[layer] = name
-                index.signature = _signature(out)
 
     def forget(self, out: Path, stems: Sequence[str]) -> None:
         index = self.index(out)
@@ -221,10 +221,14 @@ class ParquetWriter(Writer):
         return self.read(out / part, layer, stem)
 
     # -- resume --
-    def index(self, out: Path) -> _Index:
-        """What the complete parts under ``out`` hold (cached until a part changes)."""
-        signature = _signature(out)
+    def index(self, out: Path, *, fresh: bool = False) -> _Index:
+        """What the complete parts under ``out`` hold. A run's writer reads it once (other
+        ranks' parts never hold its inputs) and keeps it true as it writes; ``fresh`` looks
+        at the folder again (a reader), reading it again only when a part changed."""
         cached = self._index.get(out)
+        if cached is not None and not fresh:
+            return cached
+        signature = _signature(out)
         if cached is not None and cached.signature == signature:
             return cached
         pq = require_pyarrow()
@@ -274,7 +278,7 @@ class ParquetWriter(Writer):
     def find(self, folder: Path, files: Sequence[str], layer: str) -> dict[str, Path]:
         wanted = set(files)
         found: dict[str, Path] = {}
-        for key, parts in self.index(folder).parts.items():
+        for key, parts in self.index(folder, fresh=True).parts.items():
             part = parts.get(layer)
             if part is not None and part in wanted:
                 found[key] = folder / part
