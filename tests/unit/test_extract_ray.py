@@ -66,6 +66,17 @@ def test_ray_gives_the_local_engines_vectors(tmp_path: Path, model, local_cluste
         assert np.array_equal(ours[key], theirs[key])
     again = extract([audio], ["pool5"], tmp_path / "ray", model=model, fmt="parquet", engine="ray")
     assert again.skipped == 6 and again.extracted == 0
+    # inputs longer than a chunk run in chunks in the actor: the same features (to float32
+    # rounding of the chunk seams, as the local engine's streaming)
+    chunked = extract(
+        [audio], ["pool5"], tmp_path / "chunked", model=model, fmt="parquet", engine="ray",
+        chunk_seconds=1.1,
+    )  # fmt: skip
+    assert chunked.extracted == 6
+    for key, values in vectors(tmp_path / "chunked").items():
+        scale = float(np.abs(theirs[key]).max())
+        assert values.shape == theirs[key].shape
+        assert float(np.abs(values - theirs[key]).max()) <= 1e-4 * scale
 
 
 def _ray_worker_pids(title: str) -> list[int]:
