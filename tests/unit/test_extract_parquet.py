@@ -257,3 +257,35 @@ def test_a_part_that_cannot_be_written_fails_its_inputs_and_a_rerun_completes(
     assert again.extracted == 2 and again.skipped == 3 and not again.failures
     frame = table_rows(out)
     assert len(set(frame.key)) == 5 and not frame.duplicated(["key", "layer", "step"]).any()
+
+
+NOT_IMPORTED = """
+import sys
+from soundnet_cli.extraction.engine import extract
+from soundnet_cli.extraction.folder import list_feature_files
+from soundnet_cli.weights.checkpoints import load_checkpoint
+
+extract([sys.argv[2]], ["pool5"], sys.argv[3], model=load_checkpoint(sys.argv[1]))
+list_feature_files(__import__("pathlib").Path(sys.argv[3]))
+print(sorted(m for m in ("pyarrow", "ray") if m in sys.modules))
+"""
+
+
+def test_npy_runs_import_neither_pyarrow_nor_ray(tmp_path: Path, named_checkpoint: Path) -> None:
+    audio = clips(tmp_path / "audio", 1)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NOT_IMPORTED,
+            str(named_checkpoint),
+            str(audio),
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]"
