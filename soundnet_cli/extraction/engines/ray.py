@@ -9,18 +9,22 @@ them through the folder's writer (Parquet recommended: parts, not a file per inp
 the manifest and the progress bar are those of the local engine.
 
 Failures: a bad input is a recorded failure, as locally. A worker process that dies is replaced
-and its task retried by Ray (``max_restarts``/``max_task_retries``/``max_retries``); the driver
+and its task retried by Ray (Ray Data's defaults: actors restart without limit and retry their
+batch, tasks retry on system failures); the driver
 writes an input only when its result arrives, so a retried task never writes twice. A killed
 job keeps what the writer committed (whole parts); a rerun computes only the rest.
+
+Decoded audio and features cross Ray's object store as float32 bytes (a column of variable
+shapes needs no tensor extension type). Ray prints a few lines of its own on stderr at start-up;
+its loggers are kept at ERROR unless the CLI runs with debug logging.
 
 Nothing here imports ray at module level; the engine module imports this one only when asked.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRIES = 3
+DECODE_MEMORY = 256 * 1024 * 1024  # bytes a decode task reserves (a batch of decoded clips)
 
 
 def run_on_ray(
@@ -81,6 +85,9 @@ def run_on_ray(
     context.enable_progress_bars = False  # the CLI shows its own, as for the local engine
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Ray's notes only with -v -v
+        for name in ("ray", "ray.data", "ray.data._internal"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         resources = ray.cluster_resources()
         gpus = float(options.get("gpus_per_actor") or 0)
@@ -95,16 +102,16 @@ def run_on_ray(
         chunk_samples = int(chunk_seconds * sample_rate)
         items = [{"file": s.file, "index": i} for i, s in enumerate(todo)]
         dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // 64))
+        decode_tasks = options.get("decode_tasks")
         decoded = dataset.map_batches(
-            _Decode,
+            functools.partial(decode_batch, geometry=_Geometry.of(student, layers), mix=mix),
             batch_size=int(options.get("decode_batch") or 8),
             batch_format="numpy",
-            fn_constructor_kwargs={
-                "geometry": _Geometry.of(student, layers),
-                "mix": mix,
-            },
-            concurrency=options.get("decode_tasks") or (1, max(1, int(resources.get("CPU", 1)))),
+            compute=ray.data.TaskPoolStrategy(size=int(decode_tasks)) if decode_tasks else None,
             num_cpus=1,
+            # a memory request the model's actors lack keeps decoding in tasks of its own: Ray
+            # Data would otherwise fuse it into the actors, decoding and model taking turns
+            memory=DECODE_MEMORY,
         )
         computed = decoded.map_batches(
             _Model,
@@ -119,12 +126,10 @@ def run_on_ray(
                 "chunk_samples": chunk_samples,
                 "threads": max(1, int(cpus)),
             },
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=int(actors)),
             num_gpus=gpus,
             num_cpus=cpus,
-            max_restarts=-1,
-            max_task_retries=-1,
-        )
+        )  # Ray Data restarts a lost actor and retries its batch (max_restarts=-1 by default)
         started = time.perf_counter()
         for done, row in enumerate(computed.iter_rows(), start=1):
             source = todo[int(row["index"])]
@@ -175,64 +180,53 @@ class _Geometry:
         return cls(int(student.sample_rate), {n: int(student.min_samples(n)) for n in layers})
 
 
-class _Decode:
+def decode_batch(batch: dict[str, np.ndarray], geometry: _Geometry, mix: str) -> dict[str, list]:
     """A CPU task's work: fetch (URLs), decode, mono, resample, scale; errors as rows."""
-
-    def __init__(self, geometry: _Geometry, mix: str) -> None:
-        self.geometry, self.mix = geometry, mix
-        self.scratch = Path(tempfile.mkdtemp(prefix="soundnet-ray-"))
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            shutil.rmtree(self.scratch, ignore_errors=True)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    with tempfile.TemporaryDirectory(prefix="soundnet-ray-") as scratch:
         rows = [
-            self.decode(str(file), int(i))
+            _decode(str(file), int(i), geometry, mix, Path(scratch))
             for file, i in zip(batch["file"], batch["index"], strict=True)
         ]
-        return {
-            name: [row[name] for row in rows] for name in ("index", "samples", "duration", "error")
-        }
+    return {name: [row[name] for row in rows] for name in ("index", "samples", "duration", "error")}
 
-    def decode(self, file: str, index: int) -> dict[str, Any]:
-        from soundnet_cli.media.audio import open_audio, read_whole, waveform
-        from soundnet_cli.media.urls import fetch, is_url
 
-        empty = b""
-        local: Path | None = None
+def _decode(file: str, index: int, geometry: _Geometry, mix: str, scratch: Path) -> dict[str, Any]:
+    from soundnet_cli.media.audio import open_audio, read_whole, waveform
+    from soundnet_cli.media.urls import fetch, is_url
+
+    local: Path | None = None
+    try:
+        path = Path(file)
+        if is_url(file):
+            local = fetch(file, scratch)
+            path = local
         try:
-            path = Path(file)
-            if is_url(file):
-                local = fetch(file, self.scratch)
-                path = local
-            try:
-                with open_audio(path) as handle:
-                    data, rate = read_whole(handle, str(path))
-            except SoundnetError:
-                raise
-            except Exception as exc:
-                raise SoundnetError(f"{file}: cannot read audio ({reason(exc)})") from exc
-            wave = waveform(data, rate, mix=self.mix, sample_rate=self.geometry.sample_rate)  # type: ignore[arg-type]
-            samples = len(wave.samples)
-            for name, need in self.geometry.min_samples.items():
-                if samples < need:
-                    rate_out = self.geometry.sample_rate
-                    raise SoundnetError(
-                        f"{file} is too short: {samples / rate_out:.3f} s; layer {name!r} needs "
-                        f"at least {need / rate_out:.3f} s"
-                    )
-            duration = wave.source_frames / wave.source_rate
-            samples_bytes = np.ascontiguousarray(wave.samples, np.float32).tobytes()
-            return {"index": index, "samples": samples_bytes, "duration": duration, "error": ""}
-        except Exception as exc:  # a bad input is a row that says so, never a failed task
-            message = str(exc) if isinstance(exc, SoundnetError) else f"{file}: {reason(exc)}"
-            if local is not None:
-                message = message.replace(str(local), file)
-            return {"index": index, "samples": empty, "duration": 0.0, "error": message}
-        finally:
-            if local is not None:
-                local.unlink(missing_ok=True)
+            with open_audio(path) as handle:
+                data, rate = read_whole(handle, str(path))
+        except SoundnetError:
+            raise
+        except Exception as exc:
+            raise SoundnetError(f"{file}: cannot read audio ({reason(exc)})") from exc
+        wave = waveform(data, rate, mix=mix, sample_rate=geometry.sample_rate)  # type: ignore[arg-type]
+        samples = len(wave.samples)
+        for name, need in geometry.min_samples.items():
+            if samples < need:
+                rate_out = geometry.sample_rate
+                raise SoundnetError(
+                    f"{file} is too short: {samples / rate_out:.3f} s; layer {name!r} needs "
+                    f"at least {need / rate_out:.3f} s"
+                )
+        duration = wave.source_frames / wave.source_rate
+        samples_bytes = np.ascontiguousarray(wave.samples, np.float32).tobytes()
+        return {"index": index, "samples": samples_bytes, "duration": duration, "error": ""}
+    except Exception as exc:  # a bad input is a row that says so, never a failed task
+        message = str(exc) if isinstance(exc, SoundnetError) else f"{file}: {reason(exc)}"
+        if local is not None:
+            message = message.replace(str(local), file)
+        return {"index": index, "samples": b"", "duration": 0.0, "error": message}
+    finally:
+        if local is not None:
+            local.unlink(missing_ok=True)
 
 
 class _Model:
