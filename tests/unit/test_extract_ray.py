@@ -126,3 +126,59 @@ def test_a_killed_worker_is_replaced_and_every_input_lands_once(
     table = pq.read_table(sorted((tmp_path / "ray").glob("*.parquet"))).to_pandas()
     assert sorted(table.key.unique()) == [f"clip{i:02d}" for i in range(12)]
     assert not table.duplicated(["key", "layer", "step"]).any()
+
+
+KILLED_DRIVER = """
+import sys, time
+from soundnet_cli.extraction import engine
+from soundnet_cli.extraction.writers import parquet
+from soundnet_cli.weights.checkpoints import load_checkpoint
+
+flush = parquet.ParquetWriter.flush
+def slow_flush(self, out):
+    flush(self, out)
+    print("part", flush=True)
+    time.sleep(120)  # killed here, after the first part, with more results on their way
+parquet.ParquetWriter.flush = slow_flush
+engine.extract([sys.argv[2]], ["pool5"], sys.argv[3], model=load_checkpoint(sys.argv[1]),
+               fmt="parquet", part_size=2, batch_size=1, engine="ray",
+               engine_options={"address": sys.argv[4], "actors": 1})
+"""
+
+
+def test_a_killed_driver_resumes_with_nothing_lost_or_doubled(
+    tmp_path: Path, model, named_checkpoint: Path, local_cluster
+) -> None:
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    audio = clips(tmp_path / "audio", 6)
+    out = tmp_path / "ray"
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_DRIVER, str(named_checkpoint), str(audio), str(out), address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "part"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert len(list(out.glob("*.parquet"))) == 1
+    resumed = extract(
+        [audio], ["pool5"], out, model=model, fmt="parquet", batch_size=1, engine="ray",
+        engine_options={"actors": 1},
+    )  # fmt: skip
+    assert resumed.skipped == 2 and resumed.extracted == 4
+    extract([audio], ["pool5"], tmp_path / "local", model=model, batch_size=1)
+    ours, theirs = vectors(out), vectors(tmp_path / "local")
+    assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+    table = pq.read_table(sorted(out.glob("*.parquet"))).to_pandas()
+    assert not table.duplicated(["key", "layer", "step"]).any()
