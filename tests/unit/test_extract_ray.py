@@ -182,3 +182,25 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_doubled(
     assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in ours)
     table = pq.read_table(sorted(out.glob("*.parquet"))).to_pandas()
     assert not table.duplicated(["key", "layer", "step"]).any()
+
+
+def test_urls_on_ray_equal_local_files_and_a_404_is_a_failure(
+    tmp_path: Path, model, local_cluster
+) -> None:
+    from ..cli.test_extract_inputs import serving
+
+    audio = clips(tmp_path / "www" / "audio", 3)
+    (audio / "short.wav").unlink()
+    local = extract([audio], ["pool5"], tmp_path / "local", model=model, batch_size=1)
+    with serving(tmp_path / "www") as base:
+        urls = [f"{base}/audio/clip{i:02d}.wav" for i in range(3)] + [f"{base}/audio/gone.wav"]
+        summary = extract(
+            urls, ["pool5"], tmp_path / "ray", model=model, fmt="parquet", batch_size=1,
+            engine="ray", engine_options={"actors": 1},
+        )  # fmt: skip
+    assert summary.extracted == local.extracted == 3
+    assert [f.path for f in summary.failures] == [urls[-1]]
+    assert "404" in summary.failures[0].error
+    ours, theirs = vectors(tmp_path / "ray"), vectors(tmp_path / "local")
+    assert sorted(ours) == sorted(theirs)
+    assert all(np.array_equal(ours[k], theirs[k]) for k in theirs)
