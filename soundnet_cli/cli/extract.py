@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from soundnet_cli.students.contract import Student
 
 MAX_FAILURES_SHOWN = 20
+FORMAT_HELP = (
+    "npy: one file per layer; npz: one file per input, with times; parquet: one table (part "
+    "files) for every input (needs soundnet-cli[parquet])."
+)
 
 
 def extract_command(
@@ -39,11 +43,15 @@ def extract_command(
     student: str = typer.Option(
         None, "--student", help="A registered student by name (untrained unless soundnet8)."
     ),
-    fmt: str = typer.Option(
-        "npy",
-        "--format",
-        help="npy: one file per layer; npz: one file per input, with times; parquet: one "
-        "table (part files) for every input (needs soundnet-cli[parquet]).",
+    fmt: str = typer.Option("npy", "--format", help=FORMAT_HELP),
+    pool: str = typer.Option(
+        None, "--pool", help="Reduce over time to one vector per layer: mean or max."
+    ),
+    ext: list[str] = typer.Option(
+        [], "--ext", help="Audio extension to pick in folders (repeatable; default: common ones)."
+    ),
+    glob: list[str] = typer.Option(
+        [], "--glob", help="Pattern a file's relative path or name must match (repeatable)."
     ),
     dtype: str = typer.Option(
         "float32", "--dtype", help="Stored vectors: float32, or float16 (parquet only)."
@@ -75,15 +83,6 @@ def extract_command(
     ),
     ray_decode_tasks: int = typer.Option(
         None, "--ray-decode-tasks", min=1, help="Concurrent decode tasks [default: up to CPUs]."
-    ),
-    pool: str = typer.Option(
-        None, "--pool", help="Reduce over time to one vector per layer: mean or max."
-    ),
-    ext: list[str] = typer.Option(
-        [], "--ext", help="Audio extension to pick in folders (repeatable; default: common ones)."
-    ),
-    glob: list[str] = typer.Option(
-        [], "--glob", help="Pattern a file's relative path or name must match (repeatable)."
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them)."
@@ -146,9 +145,9 @@ def extract_command(
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
     check_precision(precision)  # before the model is loaded or the folder made
-    inputs, shard_of = _inputs(paths, files_from, shard_text)
-    _check_engine_and_format(engine, fmt, dtype)
     job = world_from_env()
+    inputs, shard_of = _inputs(paths, files_from, shard_text)  # usage errors before the model
+    _check_engine_and_format(engine, fmt, dtype)
     model = load_model(checkpoint, student, device_for(device, job))
     layer = layer or [default_layer(model)]
     bar = file_progress(enabled=not quiet and not json_output)
