@@ -16,10 +16,6 @@ if TYPE_CHECKING:
     from soundnet_cli.students.contract import Student
 
 MAX_FAILURES_SHOWN = 20
-FORMAT_HELP = (
-    "npy: one file per layer; npz: one file per input, with times; parquet: one table (part "
-    "files) for every input (needs soundnet-cli[parquet])."
-)
 
 
 def extract_command(
@@ -43,7 +39,12 @@ def extract_command(
     student: str = typer.Option(
         None, "--student", help="A registered student by name (untrained unless soundnet8)."
     ),
-    fmt: str = typer.Option("npy", "--format", help=FORMAT_HELP),
+    fmt: str = typer.Option(
+        "npy",
+        "--format",
+        help="npy: one file per layer; npz: one file per input, with times; parquet: one table "
+        "(part files) for every input (needs soundnet-cli[parquet]).",
+    ),
     pool: str = typer.Option(
         None, "--pool", help="Reduce over time to one vector per layer: mean or max."
     ),
