@@ -598,10 +598,8 @@ def extract(
         summary.skipped, summary.extracted = plan.skipped, plan.mirrored
         summary.redone.extend(plan.redone)
         if engine == "ray":
-            from soundnet_cli.extraction.engines.ray import run_on_ray
-
             try:
-                run_on_ray(
+                _run_on_ray(
                     student,
                     folder,
                     plan.todo,
@@ -648,6 +646,54 @@ def extract(
             _finish(folder, summary)
             summary.elapsed = time.perf_counter() - started
         return summary
+
+
+def _run_on_ray(
+    student: Student,
+    folder: FeatureFolder,
+    todo: Sequence[Source],
+    summary: ExtractSummary,
+    *,
+    progress: Callable[[ExtractProgress], None] | None,
+    **settings: Any,
+) -> None:
+    """``todo`` computed on Ray (``extraction/engines/ray.py``), each result written here
+    through the folder as the local engine writes, with the same summary and progress."""
+    from soundnet_cli.extraction.engines.ray import results_on_ray
+
+    started = time.perf_counter()
+    results = results_on_ray(
+        student,
+        [source.file for source in todo],
+        folder.layers,
+        pool=folder.settings.pool,
+        **settings,
+    )
+    for done, result in enumerate(results, start=1):
+        source = todo[result.index]
+        error = result.error  # decoding names the input; the model's errors do not
+        if error and source.file not in error:
+            error = f"{source.display}: {error}"
+        if not error:
+            try:
+                folder.write(source, result.features)
+            except OSError as exc:
+                error = _not_written(source, folder, exc)
+            else:
+                folder.succeeded(source, result.duration, result.shapes)
+                summary.extracted += len(source.routes)
+                summary.audio_seconds += result.duration
+        if error:
+            folder.failed(source, error)
+            summary.failures.extend(Failure(r.display, error) for r in source.routes)
+        if progress is not None:
+            status = "failed" if error else "ok"
+            elapsed = time.perf_counter() - started
+            progress(
+                ExtractProgress(
+                    len(todo), done, summary.audio_seconds, elapsed, source.display, status
+                )
+            )
 
 
 def _finish(folder: FeatureFolder, summary: ExtractSummary) -> None:

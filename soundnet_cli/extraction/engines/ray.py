@@ -1,12 +1,13 @@
 """``soundnet extract --engine ray``: the extraction on a Ray cluster through Ray Data.
 
-The inputs still to compute (after the features folder's resume planning) become a Ray
-dataset. Decoding (fetch, decode, mono, resample, scale: the same reading path as the local
-engine) runs in CPU tasks; the student runs in an actor pool, one actor per GPU
-(``num_gpus``) or per CPU slot, on batches of decoded inputs (equal lengths are stacked, long
-inputs run in chunks). The driver receives each input's features in streaming order and writes
-them through the folder's writer (Parquet recommended: parts, not a file per input), so resume,
-the manifest and the progress bar are those of the local engine.
+The inputs still to compute (after the features folder's resume planning, in
+``extraction/engine.py``) become a Ray dataset. Decoding (fetch, decode, mono, resample,
+scale: the same reading path as the local engine) runs in CPU tasks; the student runs in an
+actor pool, one actor per GPU (``num_gpus``) or per CPU slot, on batches of decoded inputs
+(equal lengths are stacked, long inputs run in chunks). :func:`results_on_ray` yields each
+input's result to the driver as it arrives, and the engine writes it through the folder's
+writer (Parquet recommended: parts, not a file per input), so resume, the manifest and the
+progress bar are those of the local engine.
 
 Failures: a bad input is a recorded failure, as locally. A worker process that dies is replaced
 and its task retried by Ray (Ray Data's defaults: actors restart without limit and retry their
@@ -26,8 +27,8 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +37,6 @@ import numpy as np
 from soundnet_cli.errors import SoundnetError, reason
 
 if TYPE_CHECKING:
-    from soundnet_cli.extraction.engine import ExtractProgress, ExtractSummary
-    from soundnet_cli.extraction.folder import FeatureFolder
-    from soundnet_cli.extraction.inputs import Source
     from soundnet_cli.students.contract import Student
 
 log = logging.getLogger(__name__)
@@ -46,21 +44,33 @@ log = logging.getLogger(__name__)
 DECODE_MEMORY = 256 * 1024 * 1024  # bytes a decode task reserves (a batch of decoded clips)
 
 
-def run_on_ray(
+@dataclass
+class Result:
+    """One input's outcome, as the driver receives it."""
+
+    index: int  # into the inputs given
+    error: str  # empty when computed
+    duration: float  # seconds of audio
+    shapes: dict[str, tuple[int, ...]]  # each layer's (steps, channels) before pooling
+    features: dict[str, np.ndarray]  # pooled already when the folder pools
+
+
+def results_on_ray(
     student: Student,
-    folder: FeatureFolder,
-    todo: Sequence[Source],
-    summary: ExtractSummary,
+    files: Sequence[str],
+    layers: Sequence[str],
     *,
+    pool: str | None,
     mix: str,
     batch_size: int,
     chunk_seconds: float,
     optimise: bool,
     precision: str,
-    progress: Callable[[ExtractProgress], None] | None,
     options: Mapping[str, Any],
-) -> None:
-    """Compute ``todo`` on Ray and write each result through ``folder``.
+) -> Iterator[Result]:
+    """Compute ``layers`` of ``files`` (paths or URLs) on Ray; yields each input's
+    :class:`Result` once, in the order they finish. The caller writes them (the engine, through
+    the features folder).
 
     ``options``: ``address`` (``auto``, ``HOST:PORT``, or None for a local cluster started for
     the run), ``actors`` (model actors; default: one per GPU with ``gpus_per_actor``, else half
@@ -69,9 +79,7 @@ def run_on_ray(
     decode task takes, 8)."""
     import ray
 
-    from soundnet_cli.extraction.engine import ExtractProgress, Failure
-
-    if not todo:
+    if not files:
         return
     started_here = not ray.is_initialized()
     if started_here:
@@ -97,10 +105,10 @@ def run_on_ray(
             if gpus
             else max(1, int(resources.get("CPU", 1) // (2 * cpus)))
         )
-        layers = list(folder.layers)
+        layers = list(layers)
         sample_rate = int(student.sample_rate)
         chunk_samples = int(chunk_seconds * sample_rate)
-        items = [{"file": s.file, "index": i} for i, s in enumerate(todo)]
+        items = [{"file": file, "index": i} for i, file in enumerate(files)]
         dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items) // 64))
         decode_tasks = options.get("decode_tasks")
         decoded = dataset.map_batches(
@@ -120,7 +128,7 @@ def run_on_ray(
             fn_constructor_kwargs={
                 "student": ray.put(student),
                 "layers": layers,
-                "pool": folder.settings.pool,
+                "pool": pool,
                 "optimise": optimise,
                 "precision": precision,
                 "chunk_samples": chunk_samples,
@@ -130,40 +138,19 @@ def run_on_ray(
             num_gpus=gpus,
             num_cpus=cpus,
         )  # Ray Data restarts a lost actor and retries its batch (max_restarts=-1 by default)
-        started = time.perf_counter()
-        for done, row in enumerate(computed.iter_rows(), start=1):
-            source = todo[int(row["index"])]
-            error = row.get("error")
+        for row in computed.iter_rows():
+            error = str(row.get("error") or "")
+            shapes: dict[str, tuple[int, ...]] = {}
+            features: dict[str, np.ndarray] = {}
             if not error:
                 shapes = {name: tuple(int(v) for v in row[f"s:{name}"]) for name in layers}
                 features = {
                     name: np.frombuffer(row[f"f:{name}"], np.float32).reshape(
-                        shapes[name][1:] if folder.settings.pool else shapes[name]
+                        shapes[name][1:] if pool else shapes[name]
                     )
                     for name in layers
                 }
-                try:
-                    folder.write(source, features)
-                except OSError as exc:
-                    error = f"{source.display}: cannot write its features: {reason(exc)}"
-                else:
-                    folder.succeeded(source, float(row["duration"]), shapes)
-                    summary.extracted += len(source.routes)
-                    summary.audio_seconds += float(row["duration"])
-            if error:
-                folder.failed(source, str(error))
-                summary.failures.extend(Failure(r.display, str(error)) for r in source.routes)
-            if progress is not None:
-                progress(
-                    ExtractProgress(
-                        len(todo),
-                        done,
-                        summary.audio_seconds,
-                        time.perf_counter() - started,
-                        source.display,
-                        "failed" if error else "ok",
-                    )
-                )
+            yield Result(int(row["index"]), error, float(row["duration"]), shapes, features)
     finally:
         if started_here:
             ray.shutdown()
