@@ -18,8 +18,11 @@ MAX_FAILURES_SHOWN = 20
 
 
 def extract_command(
-    paths: list[Path] = typer.Argument(
-        ..., help="Audio or video files, or folders (searched recursively, following links once)."
+    paths: list[str] = typer.Argument(
+        None,
+        help="Audio or video files, folders (searched recursively, following links once), or "
+        "URLs (http(s)://, file://, s3://, gs://, ... through fsspec).",
+        show_default=False,
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input tree)."),
     layer: list[str] = typer.Option(
@@ -32,7 +35,10 @@ def extract_command(
     checkpoint: Path = _options.checkpoint(),
     student: str = _options.student(),
     fmt: str = typer.Option(
-        "npy", "--format", help="npy: one file per layer; npz: one file per input, with times."
+        "npy",
+        "--format",
+        help="npy: one file per layer; npz: one file per input, with times; parquet: one table "
+        "(part files) for every input (needs soundnet-cli[parquet]).",
     ),
     pool: str = typer.Option(
         None, "--pool", help="Reduce over time to one vector per layer: mean or max."
@@ -42,6 +48,37 @@ def extract_command(
     ),
     glob: list[str] = typer.Option(
         [], "--glob", help="Pattern a file's relative path or name must match (repeatable)."
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Stored vectors: float32, or float16 (parquet only)."
+    ),
+    part_size: int = typer.Option(
+        None, "--part-size", min=1, help="Inputs per Parquet part file [default: 256]."
+    ),
+    files_from: str = typer.Option(
+        None,
+        "--files-from",
+        help="A text file (or - for stdin) listing inputs, one path or URL a line.",
+    ),
+    shard_text: str = typer.Option(
+        None,
+        "--shard",
+        help="I/N: only slice I (from 0) of N of the sorted inputs, e.g. a Slurm array task.",
+    ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local (threads here) or ray (needs soundnet-cli[ray])."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="auto or HOST:PORT [default: start a local Ray]."
+    ),
+    ray_actors: int = typer.Option(
+        None, "--ray-actors", min=1, help="Model actors [default: one a GPU, else CPUs / 2]."
+    ),
+    ray_gpus: float = typer.Option(
+        0.0, "--ray-gpus-per-actor", min=0.0, help="GPUs per model actor (1: one a GPU)."
+    ),
+    ray_decode_tasks: int = typer.Option(
+        None, "--ray-decode-tasks", min=1, help="Concurrent decode tasks [default: up to CPUs]."
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them)."
@@ -91,6 +128,10 @@ def extract_command(
     * `soundnet extract ./clips --pool mean --out pooled --json`
 
     * `torchrun --nproc-per-node 4 -m soundnet_cli extract ./audio --out features`
+
+    * `soundnet extract --files-from urls.txt --format parquet --out feats --shard 3/10`
+
+    * `soundnet extract s3://bucket/audio --format parquet --engine ray --ray-address auto -o f`
     """
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.cli._progress import file_progress
@@ -102,6 +143,8 @@ def extract_command(
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
     job = world_from_env()
+    inputs, shard_of = _inputs(paths, files_from, shard_text)  # usage errors before the model
+    _check_engine_and_format(engine, fmt, dtype)
     model = load_model(checkpoint, student, device_for(device, job))
     layer = layer or [default_layer(model)]
     quiet = quiet or _common.state.quiet  # `soundnet -q extract` too
@@ -119,7 +162,7 @@ def extract_command(
             )
 
         summary = extract(
-            [str(p) for p in paths],
+            inputs,
             layer,
             out,
             model=cast("Student", model),  # load_model gives a student
@@ -139,6 +182,16 @@ def extract_command(
             rank=job.rank,
             world_size=job.size,
             progress=progress,
+            dtype=dtype,
+            part_size=part_size,
+            shard_of=shard_of,
+            engine=engine,
+            engine_options={
+                "address": ray_address,
+                "actors": ray_actors,
+                "gpus_per_actor": ray_gpus,
+                "decode_tasks": ray_decode_tasks,
+            },
         )
     wait_for_ranks(job)  # before exiting 1 for bad files: torchrun would stop the others
     if json_output:
@@ -149,6 +202,49 @@ def extract_command(
         _list_failures(summary.as_dict())
     if summary.failures:
         raise typer.Exit(1)
+
+
+def _inputs(
+    paths: list[str] | None, files_from: str | None, shard_text: str | None
+) -> tuple[list[str], tuple[int, int] | None]:
+    """The inputs named on the command line and in ``--files-from``, and the ``--shard``
+    slice; usage errors (exit 2) for a bad slice, an unknown URL scheme or no input."""
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.extraction.inputs import parse_shard, read_file_list
+    from soundnet_cli.media.urls import check_url, is_url
+
+    shard_of = parse_shard(shard_text) if shard_text is not None else None
+    inputs = list(paths or [])
+    if files_from is not None:
+        inputs.extend(read_file_list(files_from))
+    if not inputs:
+        raise UsageProblem("give input files, folders or URLs, or --files-from LIST")
+    for item in inputs:
+        if is_url(item):
+            check_url(item)
+    return inputs, shard_of
+
+
+def _check_engine_and_format(engine: str, fmt: str, dtype: str) -> None:
+    """Refuse an engine or format whose optional extra is missing, before the model loads."""
+    import importlib.util
+
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.extraction.engine import ENGINES
+    from soundnet_cli.extraction.writers import DTYPES, FORMATS
+
+    if engine not in ENGINES:
+        raise UsageProblem(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise UsageProblem("--engine ray needs ray: pip install 'soundnet-cli[ray]'")
+    if fmt not in FORMATS:
+        raise UsageProblem(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt == "parquet":
+        from soundnet_cli.extraction.writers.parquet import require_pyarrow
+
+        require_pyarrow()
+    if dtype not in DTYPES or (dtype != "float32" and fmt != "parquet"):
+        raise UsageProblem(f"--dtype {dtype}: float32, or float16 with --format parquet")
 
 
 def _render(summary: dict[str, Any]) -> None:

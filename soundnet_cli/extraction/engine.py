@@ -40,7 +40,7 @@ from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem, reason
 from soundnet_cli.extraction.chunks import chunked_features
 from soundnet_cli.extraction.folder import FeatureFolder, FolderSettings
 from soundnet_cli.extraction.inputs import Source, discover, shard
-from soundnet_cli.extraction.writers import FORMATS
+from soundnet_cli.extraction.writers import DTYPES, FORMATS
 from soundnet_cli.extraction.writers.base import pooled as _pooled
 from soundnet_cli.media.audio import (
     MIX_CHOICES,
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POOLS = ("mean", "max")
+ENGINES = ("local", "ray")
 DEFAULT_CHUNK_SECONDS = 60.0
 
 
@@ -186,6 +187,7 @@ class _Decoded:
     duration: float = 0.0  # of the file, in seconds
     long: bool = False  # streamed in chunks by the main thread instead
     error: str | None = None
+    local: Path | None = None  # a URL's fetched copy, kept for a long input until streamed
 
 
 class _Extractor:
@@ -214,11 +216,30 @@ class _Extractor:
         self.started = time.perf_counter()
         self.done = 0
         self.total = 0
+        self.fetched: Path | None = None  # a private folder for fetched URLs
 
     # -- decode stage (worker threads: libsndfile and libsoxr release the GIL) --
     def _decode(self, source: Source) -> _Decoded:
+        if not source.url:
+            return self._decode_file(source, source.path)
+        from soundnet_cli.media.urls import fetch
+
         try:
-            path = source.path
+            assert self.fetched is not None
+            local = fetch(source.file, self.fetched)
+        except SoundnetError as exc:
+            return _Decoded(source, error=str(exc))
+        item = self._decode_file(source, local)
+        if item.error is not None:
+            item.error = item.error.replace(str(local), source.file)
+        if item.long:
+            item.local = local
+        else:
+            local.unlink(missing_ok=True)
+        return item
+
+    def _decode_file(self, source: Source, path: Path) -> _Decoded:
+        try:
             if not (path.is_file() and path.stat().st_size > 0):
                 load_audio(path)  # raises the error that says what is wrong with the path
             try:  # audio, or a video's soundtrack: media decides how to open it
@@ -241,9 +262,22 @@ class _Extractor:
         except SoundnetError as exc:
             return _Decoded(source, error=str(exc))
         except Exception as exc:  # a decoder crash on a hostile file must not stop the run
-            return _Decoded(source, error=f"{source.path}: {type(exc).__name__}: {exc}")
+            return _Decoded(source, error=f"{source.display}: {type(exc).__name__}: {exc}")
 
     def run(self, sources: Sequence[Source]) -> None:
+        if any(source.url for source in sources):
+            import tempfile
+
+            self.fetched = Path(tempfile.mkdtemp(prefix="soundnet-urls-"))
+        try:
+            self._run(sources)
+        finally:
+            if self.fetched is not None:
+                import shutil
+
+                shutil.rmtree(self.fetched, ignore_errors=True)
+
+    def _run(self, sources: Sequence[Source]) -> None:
         self.total = len(sources)
         # Import these here: a first import is not safe in several threads at once.
         import soundfile  # noqa: F401
@@ -251,7 +285,7 @@ class _Extractor:
 
         from soundnet_cli.media.video import is_video
 
-        if any(is_video(source.path) for source in sources):
+        if any(is_video(source.file) for source in sources):
             import av  # noqa: F401  (0.3 s: only when there are videos)
 
         groups: dict[int, list[_Decoded]] = {}
@@ -274,7 +308,11 @@ class _Extractor:
                     if item.error is not None:
                         self._failed(item.source, item.error)
                     elif item.long:
-                        self._long(item.source)
+                        try:
+                            self._long(item.source, item.local or item.source.path)
+                        finally:
+                            if item.local is not None:
+                                item.local.unlink(missing_ok=True)
                     else:
                         assert item.samples is not None
                         shape = len(item.samples)
@@ -320,7 +358,7 @@ class _Extractor:
                 for item in items:
                     self._batch([item])
                 return
-            self._failed(items[0].source, f"{items[0].source.path}: {reason(exc)}")
+            self._failed(items[0].source, f"{items[0].source.display}: {reason(exc)}")
             return
         for index, item in enumerate(items):
             self._write_whole(item, {n: a[index] for n, a in arrays.items()})
@@ -336,17 +374,21 @@ class _Extractor:
             self.folder.write(item.source, {n: _pooled(f, self.pool) for n, f in features.items()})
         except OSError as exc:
             self._failed(item.source, _not_written(item.source, self.folder, exc))
+            for path, error in self.folder.lost:  # inputs a table held, lost with its part
+                self.summary.extracted -= 1
+                self.summary.failures.append(Failure(path, error))
+            self.folder.lost.clear()
             return
         self._succeeded(item.source, item.duration, shapes)
 
-    def _long(self, source: Source) -> None:
+    def _long(self, source: Source, path: Path) -> None:
         try:
-            with StreamingAudio(source.path, mix=self.mix) as audio:
-                _check_length(self.model, self.layers, audio.samples, str(source.path))
+            with StreamingAudio(path, mix=self.mix) as audio:
+                _check_length(self.model, self.layers, audio.samples, source.display)
                 shapes = self._stream(source, audio)
                 duration = audio.duration
         except SoundnetError as exc:
-            self._failed(source, str(exc))
+            self._failed(source, str(exc).replace(str(path), source.display))
             return
         except OSError as exc:
             self._failed(source, _not_written(source, self.folder, exc))
@@ -386,7 +428,7 @@ class _Extractor:
     def _failed(self, source: Source, error: str) -> None:
         self.folder.failed(source, error)
         for route in source.routes:
-            self.summary.failures.append(Failure(str(route.path), error))
+            self.summary.failures.append(Failure(route.display, error))
         self._advance(source, "failed")
 
     def _advance(self, source: Source, status: str) -> None:
@@ -398,7 +440,7 @@ class _Extractor:
                     self.done,
                     self.summary.audio_seconds,
                     time.perf_counter() - self.started,
-                    str(source.path),
+                    source.display,
                     status,
                 )
             )
@@ -408,15 +450,15 @@ def _not_written(source: Source, folder: FeatureFolder, exc: OSError) -> str:
     """One line for an output that could not be written (a full disk above all)."""
     if exc.errno == errno.ENOSPC:
         return (
-            f"{source.path}: no space left on the device of {folder.path} while writing its "
+            f"{source.display}: no space left on the device of {folder.path} while writing its "
             "features; nothing of it was kept (free space and run again to resume)"
         )
-    return f"{source.path}: cannot write its features in {folder.path}: {reason(exc)}"
+    return f"{source.display}: cannot write its features in {folder.path}: {reason(exc)}"
 
 
 def _not_finite(source: Source, layer: str) -> str:
     return (
-        f"{source.path}: the {layer} features are not finite (NaN or infinity): the audio holds "
+        f"{source.display}: the {layer} features are not finite (NaN or infinity): the audio holds "
         "samples far beyond [-1, 1], or the model's weights are not finite; nothing was written"
     )
 
@@ -480,6 +522,11 @@ def extract(
     rank: int | None = None,
     world_size: int | None = None,
     progress: Callable[[ExtractProgress], None] | None = None,
+    dtype: str = "float32",
+    part_size: int | None = None,
+    shard_of: tuple[int, int] | None = None,
+    engine: str = "local",
+    engine_options: Mapping[str, Any] | None = None,
 ) -> ExtractSummary:
     """Extract ``layers`` for every audio file under ``paths`` into the features folder
     ``out`` (see ``extraction/folder.py`` for its layout and resume rules).
@@ -490,10 +537,16 @@ def extract(
     ``model`` is a :class:`~soundnet_cli.students.contract.Student` (default: the official
     SoundNet-8). Every setting is checked before the folder is touched. Bad inputs are recorded
     in the summary and the manifest, never raised. Returns the run's :class:`ExtractSummary`.
+
+    ``paths`` may hold URLs (``media/urls.py``). ``shard_of=(i, n)`` keeps slice ``i`` of ``n``
+    of the sorted inputs (a Slurm array task). ``fmt="parquet"`` writes a Parquet dataset
+    (``dtype`` float32 or float16, ``part_size`` inputs a part file). ``engine="ray"`` runs
+    on a Ray cluster (``extraction/engines/ray.py``; ``engine_options``: address, batch sizes,
+    concurrency, GPUs per actor).
     """
     layers = list(dict.fromkeys(layers))
     student: Any = model
-    _check_settings(layers, fmt, pool, mix, chunk_seconds, precision)
+    _check_settings(layers, fmt, pool, mix, chunk_seconds, precision, dtype, engine)
     if student is None:
         student = _default_model()
     infos = {name: feature_of(student, name) for name in layers}  # LayerError: a usage error
@@ -504,7 +557,8 @@ def extract(
     sources = discover(paths, extensions=extensions, globs=globs)
     if not sources:
         raise UsageProblem("no audio files found in the given paths")
-    mine = shard(sources, rank, world_size)
+    slice_index, slices = shard_of or (0, 1)
+    mine = shard(shard(sources, slice_index, slices), rank, world_size)
     from soundnet_cli.weights.identity import identity
 
     who = identity(student)  # hashes a checkpoint once; later runs read the remembered digest
@@ -527,8 +581,12 @@ def extract(
         mix=mix,
         precision=precision if optimise else "fp32",  # the plain model always runs in fp32
         resampler=RESAMPLER,
+        dtype=dtype,
     )
-    folder = FeatureFolder(Path(out), settings, rank=rank)
+    # each slice of each rank has its own lock and part files in a shared folder
+    folder = FeatureFolder(Path(out), settings, rank=slice_index * world_size + rank)
+    if part_size is not None:
+        folder.writer.inputs_per_part = part_size  # type: ignore[attr-defined]
     folder.check_distinct(sources)
     folder.create()
     with folder.locked():
@@ -539,6 +597,25 @@ def extract(
         plan = folder.plan(mine, overwrite)
         summary.skipped, summary.extracted = plan.skipped, plan.mirrored
         summary.redone.extend(plan.redone)
+        if engine == "ray":
+            try:
+                _run_on_ray(
+                    student,
+                    folder,
+                    plan.todo,
+                    summary,
+                    mix=mix,
+                    batch_size=batch_size,
+                    chunk_seconds=chunk_seconds,
+                    optimise=optimise,
+                    precision=precision,
+                    progress=progress,
+                    options=engine_options or {},
+                )
+            finally:
+                _finish(folder, summary)
+                summary.elapsed = time.perf_counter() - started
+            return summary
         if optimise:
             from soundnet_cli.models import for_inference
 
@@ -566,9 +643,72 @@ def extract(
             extractor.run(plan.todo)
         finally:
             torch.set_num_threads(previous_threads)
-            folder.manifest.merge()
+            _finish(folder, summary)
             summary.elapsed = time.perf_counter() - started
         return summary
+
+
+def _run_on_ray(
+    student: Student,
+    folder: FeatureFolder,
+    todo: Sequence[Source],
+    summary: ExtractSummary,
+    *,
+    progress: Callable[[ExtractProgress], None] | None,
+    **settings: Any,
+) -> None:
+    """``todo`` computed on Ray (``extraction/engines/ray.py``), each result written here
+    through the folder as the local engine writes, with the same summary and progress."""
+    from soundnet_cli.extraction.engines.ray import results_on_ray
+
+    started = time.perf_counter()
+    results = results_on_ray(
+        student,
+        [source.file for source in todo],
+        folder.layers,
+        pool=folder.settings.pool,
+        **settings,
+    )
+    for done, result in enumerate(results, start=1):
+        source = todo[result.index]
+        error = result.error  # decoding names the input; the model's errors do not
+        if error and source.file not in error:
+            error = f"{source.display}: {error}"
+        if not error:
+            try:
+                folder.write(source, result.features)
+            except OSError as exc:
+                error = _not_written(source, folder, exc)
+            else:
+                folder.succeeded(source, result.duration, result.shapes)
+                summary.extracted += len(source.routes)
+                summary.audio_seconds += result.duration
+        if error:
+            folder.failed(source, error)
+            summary.failures.extend(Failure(r.display, error) for r in source.routes)
+        if progress is not None:
+            status = "failed" if error else "ok"
+            elapsed = time.perf_counter() - started
+            progress(
+                ExtractProgress(
+                    len(todo), done, summary.audio_seconds, elapsed, source.display, status
+                )
+            )
+
+
+def _finish(folder: FeatureFolder, summary: ExtractSummary) -> None:
+    """Commit what the writer holds, count inputs whose part could not be written as failed,
+    fold the manifest's journal."""
+    try:
+        folder.finish()
+    except OSError as exc:
+        log.error("the last part could not be written: %s", reason(exc))
+    finally:
+        for path, error in folder.lost:
+            summary.extracted -= 1
+            summary.failures.append(Failure(path, error))
+        folder.lost.clear()
+        folder.manifest.merge()
 
 
 def _check_settings(
@@ -578,6 +718,8 @@ def _check_settings(
     mix: str,
     chunk_seconds: float,
     precision: str,
+    dtype: str = "float32",
+    engine: str = "local",
 ) -> None:
     """Refuse a bad setting (a usage error) before anything is created or loaded."""
     from soundnet_cli.students.inference import PRECISIONS
@@ -594,6 +736,21 @@ def _check_settings(
         raise UsageProblem(f"chunk seconds must be a positive number, not {chunk_seconds}")
     if precision not in PRECISIONS:
         raise UsageProblem(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if dtype not in DTYPES:
+        raise UsageProblem(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if dtype != "float32" and fmt != "parquet":
+        raise UsageProblem(f"dtype {dtype} is stored by the parquet format only")
+    if fmt == "parquet":
+        from soundnet_cli.extraction.writers.parquet import require_pyarrow
+
+        require_pyarrow()
+    if engine not in ENGINES:
+        raise UsageProblem(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise UsageProblem("the ray engine needs ray: pip install 'soundnet-cli[ray]'")
 
 
 def default_workers(device_type: str) -> int:

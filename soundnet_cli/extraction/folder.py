@@ -39,11 +39,17 @@ import numpy as np
 
 from soundnet_cli._version import __version__
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem, reason
 from soundnet_cli.extraction.chunks import step_times
 from soundnet_cli.extraction.inputs import Source
 from soundnet_cli.extraction.manifest import MANIFEST, FeatureManifest
-from soundnet_cli.extraction.writers import WRITERS, Writer, writer_for, writer_of_file
+from soundnet_cli.extraction.writers import (
+    WRITERS,
+    Writer,
+    new_writer,
+    writer_for,
+    writer_of_file,
+)
 from soundnet_cli.extraction.writers.base import LayerStreams, WriteSpec
 from soundnet_cli.media.audio import RESAMPLER, SCALE
 
@@ -61,7 +67,7 @@ SUFFIX_RESERVE = 16
 # What folders written before these settings were recorded were made with: every earlier
 # version resampled with libsoxr HQ, and fp32 is the default precision. A folder extracted
 # in bf16/fp16 by an earlier version cannot be told apart: it is taken as fp32.
-ASSUMED_FOR_OLD_FOLDERS = {"precision": "fp32", "resampler": RESAMPLER}
+ASSUMED_FOR_OLD_FOLDERS = {"precision": "fp32", "resampler": RESAMPLER, "dtype": "float32"}
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -79,6 +85,7 @@ class FolderSettings:
     mix: str
     precision: str = "fp32"
     resampler: str = RESAMPLER
+    dtype: str = "float32"  # of the stored vectors (float16: the parquet format only)
 
     # the settings two runs into one folder must share, as named in features.json
     SHARED: ClassVar[tuple[str, ...]] = (
@@ -90,6 +97,7 @@ class FolderSettings:
         "mix",
         "pool",
         "format",
+        "dtype",
     )
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,6 +113,7 @@ class FolderSettings:
             "mix": self.mix,
             "precision": self.precision,
             "resampler": self.resampler,
+            "dtype": self.dtype,
             "scale": SCALE,
             "times": "centre of step i = (offset + i * stride + (receptive_field - 1) / 2) "
             "/ sample_rate seconds",
@@ -166,7 +175,9 @@ class FeatureFolder:
     def __init__(self, path: Path, settings: FolderSettings, *, rank: int = 0) -> None:
         self.path, self.settings, self.rank = Path(path), settings, rank
         self.layers = list(settings.layers)
-        self.writer: Writer = writer_for(settings.fmt)
+        self.writer: Writer = new_writer(settings.fmt)
+        self._held: list[dict[str, Any]] = []  # rows of inputs a table format has not committed
+        self.lost: list[tuple[str, str]] = []  # (path, error): held inputs whose part failed
         self.spec = WriteSpec(
             layers=tuple(self.layers),
             pool=settings.pool,
@@ -277,6 +288,7 @@ class FeatureFolder:
         the shape their manifest row records; damaged ones are redone and listed in
         ``Plan.redone``; inputs lacking a layer asked for now are computed again (logged as an
         addition). Routes that link to a finished file get its outputs now."""
+        self.writer.start(self.path, self.rank, self.spec)
         previous = self.manifest.rows()
         plan = Plan()
         for source in mine:
@@ -298,6 +310,7 @@ class FeatureFolder:
                     plan.skipped += 1
         targets = (self.path / n for s in plan.todo for r in s.routes for n in self.names(r.key))
         self._remove_stale_temporaries(targets)
+        self.writer.forget(self.path, [self.stem(r.key) for s in plan.todo for r in s.routes])
         return plan
 
     def _finished(
@@ -363,7 +376,13 @@ class FeatureFolder:
     # -- writing --
     def write(self, source: Source, features: Mapping[str, np.ndarray]) -> None:
         """Write one input's features (pooled already when the folder pools)."""
-        self.writer.write(self.path, self.stem(source.key), features, self.spec)
+        try:
+            self.writer.write(
+                self.path, self.stem(source.key), features, self.spec, source=source.display
+            )
+        except OSError as exc:
+            self._lose_held(exc)
+            raise
 
     @contextlib.contextmanager
     def stream(
@@ -375,7 +394,7 @@ class FeatureFolder:
         folder.mkdir(parents=True)
         try:
             with self.writer.stream(
-                self.path, self.stem(source.key), shapes, self.spec, folder
+                self.path, self.stem(source.key), shapes, self.spec, folder, source=source.display
             ) as streams:
                 yield streams
         finally:
@@ -384,7 +403,7 @@ class FeatureFolder:
     # -- manifest rows --
     def _row(self, source: Source, status: str, duration: float | None) -> dict[str, Any]:
         return {
-            "path": str(source.path),
+            "path": source.display,
             "key": source.key,
             "status": status,
             "duration": round(duration, 6) if duration is not None else None,
@@ -405,9 +424,35 @@ class FeatureFolder:
             }
             for name in self.layers
         }
-        self.manifest.append(row)
-        for alias in source.aliases:
-            self.manifest.append(self.mirror(row, alias))
+        rows = [row, *(self.mirror(row, alias) for alias in source.aliases)]
+        if self.writer.pending():  # recorded done once the table commits them
+            self._held.extend(rows)
+            return
+        for done in [*self._held, *rows]:
+            self.manifest.append(done)
+        self._held.clear()
+
+    def finish(self) -> None:
+        """End of the run: a table format commits what it holds, then its rows are recorded."""
+        try:
+            self.writer.flush(self.path)
+        except OSError as exc:
+            self._lose_held(exc)
+            raise
+        for done in self._held:
+            self.manifest.append(done)
+        self._held.clear()
+
+    def _lose_held(self, exc: OSError) -> None:
+        """A table's part could not be written: the inputs it held are recorded as failed (a
+        rerun computes them), never as done."""
+        if self.writer.pending():
+            return  # the buffer is intact: nothing was lost
+        for row in self._held:
+            error = f"{row['path']}: its part of the table could not be written: {reason(exc)}"
+            self.manifest.append({**row, "status": "failed", "outputs": [], "error": error})
+            self.lost.append((row["path"], error))
+        self._held.clear()
 
     def failed(self, source: Source, error: str) -> None:
         """Record every route of ``source`` as failed with ``error``."""
@@ -420,8 +465,9 @@ class FeatureFolder:
         """Outputs for another route to a finished file (a symlink to it): links to, or copies
         of, the finished outputs; returns the alias's manifest row."""
         names = self.names(alias.key)
-        for mine, theirs in zip(self.names(row["key"]), names, strict=True):
-            _copy_output(self.path / mine, self.path / theirs)
+        self.writer.copy(
+            self.path, self.stem(row["key"]), self.stem(alias.key), self.layers, alias.display
+        )
         layer_rows = row.get("layers") or {}
         return {
             **row,
@@ -448,17 +494,6 @@ def _parents(name: str) -> Iterator[str]:
     while head:
         yield head
         head, _, _ = head.rpartition("/")
-
-
-def _copy_output(source: Path, target: Path) -> None:
-    """Give ``target`` the content of the finished output ``source``: a hard link where the
-    file system allows, else a copy; atomically either way."""
-    with atomic_path(target) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
 
 
 # -- reading a features folder -----------------------------------------------------------------
@@ -510,12 +545,15 @@ def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, lis
         raise UsageProblem(f"{folder}: no features for layer {layer!r} (run `soundnet extract`)")
     # The manifest maps outputs to inputs (a shortened stem is not the input's key).
     by_output: dict[str, dict[str, Any]] = {}
+    by_key: dict[str, dict[str, Any]] = {}
     for row in FeatureManifest(folder).rows().values():
+        by_key[str(row.get("key"))] = row
         for name in row.get("outputs") or []:
             by_output[str(name)] = row
     found = []
     for stem, path in chosen.items():
-        row = by_output.get(path.relative_to(folder).as_posix(), {})
+        # a file per input is found by its name; a table's rows (many per file) by their key
+        row = by_output.get(path.relative_to(folder).as_posix()) or by_key.get(stem, {})
         key = str(row.get("key", stem))
         found.append(FeatureFile(key, layer, path, str(row.get("path", key))))
     found.sort(key=lambda f: f.key)

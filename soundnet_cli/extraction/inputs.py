@@ -1,4 +1,5 @@
-"""Inputs of `soundnet extract`: files under folders, their output stems, and rank shares."""
+"""Inputs of `soundnet extract`: files under folders and URLs, their output stems, lists of
+inputs (``--files-from``) and shares (torchrun ranks, ``--shard I/N``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import posixpath
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
+from soundnet_cli.errors import UsageProblem
 from soundnet_cli.media.files import MEDIA_EXTENSIONS, FoundFile, gc_paused, walk
+from soundnet_cli.media.urls import check_url, expand, is_url, local_path, scheme_of, url_path
 
 
 class Source(NamedTuple):
@@ -26,6 +29,16 @@ class Source(NamedTuple):
     @property
     def path(self) -> Path:
         return Path(self.file)
+
+    @property
+    def url(self) -> bool:
+        """Whether the input is a URL (fetched, not opened)."""
+        return is_url(self.file)
+
+    @property
+    def display(self) -> str:
+        """The input as reported and recorded: the URL as given, or the path."""
+        return self.file if self.url else str(self.path)
 
     @property
     def routes(self) -> tuple[Source, ...]:
@@ -52,11 +65,37 @@ def discover(
         exts: Sequence[str] = extensions
     else:
         exts = () if globs else MEDIA_EXTENSIONS
-    found = walk(paths, extensions=exts, globs=globs)
+    texts = [os.fspath(p) for p in paths]
+    for text in texts:
+        if is_url(text):
+            check_url(text)  # an unknown scheme: a usage error before any work
+    local = [local_path(t) if scheme_of(t) == "file" else t for t in texts if not _remote(t)]
+    remote = [t for t in texts if _remote(t)]
+    found = walk(local, extensions=exts, globs=globs) if local else []
+    with gc_paused():
+        sources = _sources(found) if found else []
+    if remote:
+        sources.extend(_url_sources(remote, exts))
+        sources.sort(key=lambda s: s.key)
+    return sources
+
+
+def _remote(text: str) -> bool:
+    return is_url(text) and scheme_of(text) != "file"
+
+
+def _url_sources(urls: Sequence[str], extensions: Sequence[str]) -> list[Source]:
+    """URL inputs (folders of an object store expanded), keyed by their paths relative to the
+    common folder of those paths, with the same stem rules as local files."""
+    found = list(dict.fromkeys(u for url in urls for u in expand(url, extensions)))
     if not found:
         return []
-    with gc_paused():
-        return _sources(found)
+    paths = {url: url_path(url) for url in found}
+    folders = [posixpath.dirname(p) for p in paths.values()]
+    common = posixpath.commonpath(folders) if all(folders) else ""
+    routes = {url: posixpath.relpath(p, common) if common else p for url, p in paths.items()}
+    stems = output_stems(list(dict.fromkeys(routes.values())))
+    return [Source(url, stems[route]) for url, route in routes.items()]
 
 
 def _sources(found: list[FoundFile]) -> list[Source]:
@@ -102,3 +141,36 @@ def output_stems(routes: Sequence[str]) -> dict[str, str]:
 def shard(sources: Sequence[Source], rank: int, world_size: int) -> list[Source]:
     """This rank's share: every ``world_size``-th input, starting at ``rank``."""
     return list(sources[rank::world_size])
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N): slice I (from 0) of N; a usage error unless 0 <= I < N."""
+    index, slash, count = text.partition("/")
+    try:
+        if not slash:
+            raise ValueError
+        i, n = int(index), int(count)
+    except ValueError:
+        raise UsageProblem(f"shard must be I/N (slice I of N, from 0), not {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise UsageProblem(f"shard {text}: I must be in 0..N-1 (slice I of N, from 0)")
+    return i, n
+
+
+def read_file_list(text: str, stdin: TextIO | None = None) -> list[str]:
+    """The inputs listed in the file ``text`` (``-``: standard input): one path or URL a line;
+    blank lines and lines starting with ``#`` are ignored."""
+    import sys
+
+    try:
+        if text == "-":
+            content = (stdin or sys.stdin).read()
+        else:
+            content = Path(text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageProblem(f"cannot read the list of inputs {text}: {exc}") from None
+    return [
+        line.strip()
+        for line in content.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]

@@ -231,8 +231,12 @@ def index_features(
     layer, files = list_feature_files(root, layer)
     listing = _entries(root, files)
     rows = FeatureManifest(root).rows()
+    by_key = {item.key: item for item in files}
 
     def load(entry: Entry) -> np.ndarray:
+        item = by_key[entry.key]
+        if item.path.suffix not in (".npy", ".npz"):  # a table (Parquet): rows, through its reader
+            return _pool_rows(read_feature_file(item), chosen)
         shape = _recorded_shape(rows.get(entry.key), layer)
         return pool_file(root / entry.file, layer, chosen, shape)
 

@@ -167,10 +167,10 @@ def test_a_full_disk_is_a_one_line_failure_and_the_manifest_stays_true(
         write_wav(tmp_path / "in" / name, tone(1.0))
     real = npy_module.NpyWriter.write
 
-    def full_for_b(self, out, stem, features, spec):
+    def full_for_b(self, out, stem, features, spec, **kwargs):
         if stem == "b":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(self, out, stem, features, spec)
+        real(self, out, stem, features, spec, **kwargs)
 
     monkeypatch.setattr(npy_module.NpyWriter, "write", full_for_b)
     out = tmp_path / "out"

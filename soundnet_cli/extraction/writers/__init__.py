@@ -1,9 +1,10 @@
 """Output formats of a features folder: one module per format, registered here by name.
 
 A format is a :class:`~soundnet_cli.extraction.writers.base.Writer`. To add one, write a module
-beside ``npy.py`` with a ``Writer`` subclass and add its ``"name": "module:Class"`` entry to
-:data:`WRITERS`; the features folder (``extraction/folder.py``) does the rest (names, resume,
-mirroring, ``features.json``, reading). Modules are imported only when their format is used.
+beside ``npy.py`` (a file per input) or ``parquet.py`` (a table) with a ``Writer`` subclass and
+add its ``"name": "module:Class"`` entry to :data:`WRITERS`; the features folder
+(``extraction/folder.py``) does the rest (names, resume, mirroring, ``features.json``,
+reading). Modules are imported only when their format is used.
 """
 
 from __future__ import annotations
@@ -16,19 +17,28 @@ from soundnet_cli.extraction.writers.base import Writer
 WRITERS: dict[str, str] = {
     "npy": "soundnet_cli.extraction.writers.npy:NpyWriter",
     "npz": "soundnet_cli.extraction.writers.npz:NpzWriter",
+    "parquet": "soundnet_cli.extraction.writers.parquet:ParquetWriter",
 }
 FORMATS = tuple(WRITERS)
+DTYPES = ("float32", "float16")  # of stored vectors: float16 in table formats only
 
 _made: dict[str, Writer] = {}
 
 
-def writer_for(fmt: str) -> Writer:
-    """The writer of format ``fmt``; a usage error naming the formats when there is none."""
+def new_writer(fmt: str) -> Writer:
+    """A writer of format ``fmt`` of its own (a table format buffers inputs: one per run);
+    a usage error naming the formats when there is none."""
     if fmt not in WRITERS:
         raise UsageProblem(f"format must be one of {', '.join(WRITERS)}, not {fmt!r}")
+    module, _, name = WRITERS[fmt].partition(":")
+    writer: Writer = getattr(importlib.import_module(module), name)()
+    return writer
+
+
+def writer_for(fmt: str) -> Writer:
+    """The shared writer of format ``fmt``, for reading; see :func:`new_writer`."""
     if fmt not in _made:
-        module, _, name = WRITERS[fmt].partition(":")
-        _made[fmt] = getattr(importlib.import_module(module), name)()
+        _made[fmt] = new_writer(fmt)
     return _made[fmt]
 
 
@@ -41,4 +51,4 @@ def writer_of_file(name: str) -> Writer | None:
     return None
 
 
-__all__ = ["FORMATS", "WRITERS", "Writer", "writer_for", "writer_of_file"]
+__all__ = ["DTYPES", "FORMATS", "WRITERS", "Writer", "new_writer", "writer_for", "writer_of_file"]

@@ -70,9 +70,16 @@ class Writer(ABC):
 
     @abstractmethod
     def write(
-        self, out: Path, stem: str, features: Mapping[str, np.ndarray], spec: WriteSpec
+        self,
+        out: Path,
+        stem: str,
+        features: Mapping[str, np.ndarray],
+        spec: WriteSpec,
+        *,
+        source: str = "",
     ) -> None:
-        """Write one input's features, already pooled when ``spec.pool`` is set."""
+        """Write one input's features, already pooled when ``spec.pool`` is set (``source``:
+        the input as the user gave it, a path or URL, for formats that record it)."""
 
     @abstractmethod
     def stream(
@@ -82,10 +89,36 @@ class Writer(ABC):
         shapes: Mapping[str, tuple[int, int]],
         spec: WriteSpec,
         scratch: Path,
+        *,
+        source: str = "",
     ) -> contextlib.AbstractContextManager[LayerStreams]:
         """Write one input whose steps come in order, layer by layer (``shapes``: each
         layer's (steps, channels) before pooling); kept only when the block exits normally.
         ``scratch`` is an empty private folder for intermediate files."""
+
+    # -- table formats (many inputs per file) --
+    # A per-input format writes each input when asked; these defaults say so. A table format
+    # buffers inputs and commits them a part file at a time: the folder records an input done
+    # only once ``pending`` is 0 again, calls ``flush`` when the run ends, and ``forget``s
+    # inputs about to be computed again so a table never holds an input twice.
+    def start(self, out: Path, rank: int, spec: WriteSpec) -> None:  # noqa: B027  (tables only)
+        """A run of rank ``rank`` begins writing into ``out`` (its lock is held)."""
+
+    def pending(self) -> int:
+        """Inputs written but not yet committed to a complete file."""
+        return 0
+
+    def flush(self, out: Path) -> None:  # noqa: B027  (a no-op unless a table format)
+        """Commit what :meth:`pending` counts."""
+
+    def forget(self, out: Path, stems: Sequence[str]) -> None:  # noqa: B027  (a no-op unless a table format)
+        """Drop any committed outputs of ``stems`` (they are about to be written again)."""
+
+    def copy(self, out: Path, stem: str, to_stem: str, layers: Sequence[str], source: str) -> None:
+        """Give ``to_stem`` (another route, ``source``, to the same input) the outputs of
+        ``stem``: a hard link or a copy of each file, atomically."""
+        for mine, theirs in zip(self.names(stem, layers), self.names(to_stem, layers), strict=True):
+            copy_file(out / mine, out / theirs)
 
     # -- checking, for resume --
     @abstractmethod
@@ -128,6 +161,21 @@ class Writer(ABC):
 
 
 # -- what the builtin formats share ----------------------------------------------------------
+def copy_file(source: Path, target: Path) -> None:
+    """Give ``target`` the content of the finished output ``source``: a hard link where the
+    file system allows, else a copy; atomically either way."""
+    import shutil
+
+    from soundnet_cli.atomic import atomic_path
+
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
 def pooled(features: np.ndarray, pool: str | None) -> np.ndarray:
     """(time, channels) reduced over time by ``pool`` (None: unchanged)."""
     if pool is None:

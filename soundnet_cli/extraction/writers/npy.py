@@ -28,7 +28,13 @@ class NpyWriter(Writer):
         return [f"{stem}.{layer}.npy" for layer in layers]
 
     def write(
-        self, out: Path, stem: str, features: Mapping[str, np.ndarray], spec: WriteSpec
+        self,
+        out: Path,
+        stem: str,
+        features: Mapping[str, np.ndarray],
+        spec: WriteSpec,
+        *,
+        source: str = "",
     ) -> None:
         for layer, name in zip(spec.layers, self.names(stem, spec.layers), strict=True):
             with atomic_file(out / name) as handle:
@@ -42,6 +48,8 @@ class NpyWriter(Writer):
         shapes: Mapping[str, tuple[int, int]],
         spec: WriteSpec,
         scratch: Path,
+        *,
+        source: str = "",
     ) -> Iterator[LayerStreams]:
         with contextlib.ExitStack() as stack:
             paths = {

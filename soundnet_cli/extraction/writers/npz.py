@@ -30,7 +30,13 @@ class NpzWriter(Writer):
         return [f"{stem}.npz"]
 
     def write(
-        self, out: Path, stem: str, features: Mapping[str, np.ndarray], spec: WriteSpec
+        self,
+        out: Path,
+        stem: str,
+        features: Mapping[str, np.ndarray],
+        spec: WriteSpec,
+        *,
+        source: str = "",
     ) -> None:
         arrays: dict[str, np.ndarray] = {}
         for layer in spec.layers:
@@ -49,6 +55,8 @@ class NpzWriter(Writer):
         shapes: Mapping[str, tuple[int, int]],
         spec: WriteSpec,
         scratch: Path,
+        *,
+        source: str = "",
     ) -> Iterator[LayerStreams]:
         """Each layer goes to a scratch .npy, then into the zip: never all in memory."""
         with atomic_path(out / f"{stem}.npz") as final:
