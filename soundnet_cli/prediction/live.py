@@ -194,10 +194,10 @@ def collect(audio: LiveAudio, rows: RowStream) -> tuple[list[Row], bool]:
 
 
 def describe_latency(model: Any, chunk_seconds: float) -> None:
-    """Log (info) the latency bound of the rows to come."""
+    """Log (debug: `soundnet -v`) the latency bound of the rows to come."""
     from soundnet_cli.prediction.follow import latency_seconds
 
-    log.info(
+    log.debug(
         "rows of %s follow their audio by at most %.1f s (receptive field + one %g-s chunk)",
         model.head_layer,
         latency_seconds(model, chunk_seconds),

@@ -64,8 +64,9 @@ def check_threshold(threshold: float | None) -> None:
 def spreadsheet_safe(text: str) -> str:
     """``text`` for a CSV/TSV cell that a spreadsheet will not run: a cell starting with
     ``= + - @``, a tab or a carriage return gets a leading ``'`` (OWASP's advice against CSV
-    injection; a file named ``=cmd|calc.ogg`` stays a name)."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    injection; a file named ``=cmd|calc.ogg`` stays a name). A lone ``-`` (standard input)
+    cannot start a formula and is kept as it is."""
+    return "'" + text if text.startswith(FORMULA_STARTS) and text != "-" else text
 
 
 def apply_threshold(prediction: Prediction, threshold: float | None) -> Prediction:
