@@ -91,7 +91,11 @@ MUTANTS: dict[str, tuple[str, list[str], list[str]]] = {
     "solver": ("soundnet_cli/probes/solver.py", ["tests/unit/test_probe_solver.py"], []),
     "chunks": (
         "soundnet_cli/extraction/chunks.py",
-        ["tests/unit/test_extract_chunks.py", "-k", "plan or step_times or extract_array"],
+        [
+            "tests/unit/test_extract_chunks.py",
+            "-k",
+            "plan or step_times or extract_array or tight_span",
+        ],
         [],
     ),
     "inference": (
