@@ -148,6 +148,8 @@ def test_a_probability_equal_to_the_threshold_is_kept_and_the_summary_is_filtere
         ("objects", "cat", 0.2),
         ("scenes", "beach", 0.9),
     ]
+    rows = table_rows([prediction([("dog", 0.5)], tiled=True)], threshold=0.5)
+    assert [(r.head, r.label) for r in rows] == [("objects", "dog"), ("scenes", "beach")]
 
 
 def test_a_step_starting_at_the_end_of_the_file_gives_no_empty_span() -> None:
