@@ -281,3 +281,60 @@ def test_the_description_and_summary_read_back_as_written(tmp_path: Path) -> Non
     }
     with pytest.raises(SoundnetError, match="format 0 is not .*--rebuild"):
         store.Description.from_dict({**d.as_dict(), "version": 0})
+
+
+def test_an_update_with_nothing_new_rewrites_nothing_and_keeps_its_calibration(
+    tmp_path: Path,
+) -> None:
+    """Mutants of update_index's no-op test (removed/changed conditions, `old is None`) and of
+    the recall it reports then; `seconds` is a duration."""
+    folder = Folder(tmp_path, clustered(300))
+    first = folder.update(method="approximate")
+    generation = StoredIndex.open(tmp_path, "pool5", "mean").description.generation  # type: ignore[union-attr]
+    again = folder.update(method="approximate")
+    assert again.recall_at_10 == first.recall_at_10 is not None
+    assert 0 <= again.seconds < 600 and 0 <= first.seconds < 600
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.generation == generation
+    del folder.vectors["clip0004"], folder.stamps["clip0004"]  # only a removal
+    removed = folder.update(method="approximate")
+    assert (removed.removed, removed.added, removed.count) == (1, 0, 299)
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.count == 299
+    assert "clip0004" not in {e.key for e in index.entries}
+
+
+def test_one_file_is_an_index_and_none_is_a_usage_error(tmp_path: Path) -> None:
+    """Mutant: `count == 1` for `count == 0` in update_index."""
+    assert Folder(tmp_path / "one", clustered(1)).update().count == 1
+    with pytest.raises(UsageProblem, match="no pool5 features could be indexed"):
+        Folder(tmp_path / "none", clustered(0)).update()
+
+
+def test_an_indexed_file_that_now_fails_is_removed_not_added(tmp_path: Path) -> None:
+    """Mutants of _count_failures and of the failure's reason."""
+    folder = Folder(tmp_path, clustered(10))
+    folder.update()
+    folder.vectors["clip0002"], folder.stamps["clip0002"] = np.full(32, np.nan), 2
+    summary = folder.update()
+    assert (summary.added, summary.changed, summary.removed, summary.count) == (0, 0, 1, 9)
+    ((key, reason),) = summary.failures
+    assert key == "clip0002" and reason and reason != "None"
+
+
+def test_another_architecture_rebuilds(tmp_path: Path) -> None:
+    """Mutant: the architecture left out of _model_changed (only the checkpoint compared)."""
+    folder = Folder(tmp_path, clustered(10))
+    folder.update()
+    summary = update_index(
+        tmp_path, "pool5", "mean", folder.listing(), folder.load, {**MODEL, "architecture": "x"}
+    )
+    assert summary.rebuilt and summary.added == 10
+
+
+def test_progress_counts_the_files_read(tmp_path: Path) -> None:
+    """Mutants of the progress callback's arguments in _load_fresh."""
+    folder = Folder(tmp_path, clustered(5))
+    seen: list[tuple[int, int]] = []
+    folder.update(progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
