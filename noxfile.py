@@ -94,7 +94,7 @@ MUTANTS: dict[str, tuple[str, list[str], list[str]]] = {
         [
             "tests/unit/test_extract_chunks.py",
             "-k",
-            "plan or step_times or extract_array or tight_span",
+            "plan or step_times or extract_array or tight_span or read_only_each",
         ],
         [],
     ),

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from soundnet_cli.extraction.chunks import chunk_plan, chunked_features, step_times
+from soundnet_cli.extraction.chunks import chunk_plan, chunked_features, run_chunk, step_times
 from soundnet_cli.extraction.engine import extract_array
 from soundnet_cli.media.audio import load_audio
 from soundnet_cli.media.streaming import StreamingAudio
@@ -161,3 +161,26 @@ def test_each_chunk_is_the_tight_span_of_its_steps_fields(model, layers, chunk_s
         latest = max(end for _, end in fields)
         assert chunk.start == max(0, earliest // deepest * deepest)
         assert chunk.stop == min(samples, latest)
+
+
+def test_chunked_features_read_only_each_chunks_span_and_run_chunk_takes_a_batch(model):
+    """Mutants: chunked_features reading to the end of the file for every chunk (right
+    features, unbounded memory) or ignoring its default device; run_chunk flattening a batch
+    into one clip."""
+    rng = np.random.default_rng(3)
+    wave = (60 * rng.standard_normal(200_000)).astype(np.float32)
+    plan = chunk_plan(model, ["pool5"], len(wave), 50_000)
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, stop: int) -> np.ndarray:
+        reads.append((start, stop))
+        return wave[start:stop]
+
+    parts = list(chunked_features(model, read, len(wave), ["pool5"], 50_000))
+    assert reads == [(c.start, c.stop) for c in plan] and len(parts) == len(plan)
+    chunk = plan[1]
+    batch = torch.from_numpy(np.stack([wave, wave[::-1].copy()]))[:, chunk.start : chunk.stop]
+    together = run_chunk(model, batch, chunk)["pool5"]
+    for row in range(2):
+        alone = run_chunk(model, batch[row : row + 1], chunk)["pool5"]
+        assert together.shape[0] == 2 and rel(together[row].numpy(), alone[0].numpy()) <= TOLERANCE
