@@ -1,6 +1,6 @@
 """Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s plugins`,
-`nox -s docs`, `nox -s bench`. torch is pinned to the build this project's machines carry on disk,
-so a session does not download gigabytes."""
+`nox -s docs`, `nox -s bench`, `nox -s mutants`. torch is pinned to the build this project's
+machines carry on disk, so a session does not download gigabytes."""
 
 from __future__ import annotations
 
@@ -80,3 +80,120 @@ def bench(session: nox.Session) -> None:
     install_project(session, "dev")
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
         session.run("python", str(script))
+
+
+# -- mutation testing ------------------------------------------------------------------------
+# One row per module where a wrong number is silent: the file mutmut mutates, the fast unit tests
+# that run against each mutant (pytest arguments), and optionally the functions whose mutants
+# run (the rest of the file is left alone, to keep a module's run within minutes on 2 cores).
+# Update a row when a module moves; docs/testing.md has the scores and the triage.
+MUTANTS: dict[str, tuple[str, list[str], list[str]]] = {
+    "solver": ("soundnet_cli/probes/solver.py", ["tests/unit/test_probe_solver.py"], []),
+    "chunks": (
+        "soundnet_cli/extraction/chunks.py",
+        [
+            "tests/unit/test_extract_chunks.py",
+            "-k",
+            "plan or step_times or extract_array or tight_span or read_only_each",
+        ],
+        [],
+    ),
+    "inference": (
+        "soundnet_cli/students/inference.py",
+        ["tests/unit/test_inference.py", "-k", "half or bf16 or fp32 or remembered or clips"],
+        ["choose_precision", "precision_error", "stage_errors", "relative_error", "clip_errors"],
+    ),
+    "store": ("soundnet_cli/search/store.py", ["tests/unit/test_search.py"], []),
+    "tables": ("soundnet_cli/prediction/tables.py", ["tests/unit/test_prediction_tables.py"], []),
+    "features-folder": (
+        "soundnet_cli/extraction/folder.py",
+        ["tests/unit/test_extract_folder.py", "tests/unit/test_extract_safety.py"],
+        [],
+    ),
+    "npz-writer": (
+        "soundnet_cli/extraction/writers/npz.py",
+        ["tests/unit/test_extract_folder.py", "-k", "npz"],
+        [],
+    ),
+    "training-loop": (
+        "soundnet_cli/training/loop.py",
+        ["tests/unit/test_distill.py", "tests/unit/test_training_checks.py"],
+        [],
+    ),
+}
+MUTMUT = "mutmut==3.8.1"
+
+
+def mutant_workdir(name: str, base: Path) -> Path:
+    """A scratch copy of the project for one module's run, with its own mutmut settings."""
+    import shutil
+
+    source, tests, functions = MUTANTS[name]
+    work = base / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "soundnet_cli", work / "soundnet_cli")
+    shutil.copytree(ROOT / "tests", work / "tests")
+    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    selection = "".join(f"\n    {arg}" for arg in tests)
+    (work / "setup.cfg").write_text(
+        "[mutmut]\n"
+        "source_paths = soundnet_cli\n"
+        f"only_mutate = {source}\n"
+        f"pytest_add_cli_args_test_selection ={selection}\n"
+        "pytest_add_cli_args = -p no:cacheprovider -q\n"
+        # torch's thread pools do not survive a plain fork; a fork server imports it once.
+        "process_isolation = forkserver\n"
+        "timeout_constant = 5\n"
+    )
+    module = source.removesuffix(".py").replace("/", ".")
+    (work / "mutant-names").write_text(
+        "\n".join(f"{module}.x_{f}__mutmut_*" for f in functions) or f"{module}.*"
+    )
+    return work
+
+
+def mutant_score(work: Path) -> tuple[int, int, dict[str, list[str]]]:
+    """(killed, total, mutants by status) from ``mutmut results --all true``."""
+    import subprocess
+    import sys
+
+    lines = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    by_status: dict[str, list[str]] = {}
+    for line in lines:
+        if ": " in line:
+            mutant, status = line.strip().rsplit(": ", 1)
+            by_status.setdefault(status, []).append(mutant)
+    total = sum(len(v) for k, v in by_status.items() if k != "not checked")
+    # A mutant that makes the tests run past their time limit (a loop that never ends) is caught.
+    killed = len(by_status.get("killed", [])) + len(by_status.get("timeout", []))
+    return killed, total, by_status
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the modules where a wrong number is silent, one at a time,
+    each against its own fast unit tests; prints a score per module. Not part of .ci/run.
+    `nox -s mutants -- solver tables` runs only those rows of MUTANTS."""
+    install_project(session, "dev")
+    session.install(MUTMUT)
+    names = session.posargs or [n for n in MUTANTS if (ROOT / MUTANTS[n][0]).is_file()]
+    base = Path(session.create_tmp()) / "mutants"
+    scores = []
+    for name in names:
+        work = mutant_workdir(name, base)
+        patterns = (work / "mutant-names").read_text().split()
+        with session.chdir(work):
+            session.run("mutmut", "run", "--max-children", "2", *patterns)
+        killed, total, by_status = mutant_score(work)
+        for mutant in by_status.get("survived", []) + by_status.get("no tests", []):
+            session.log(f"{name}: {mutant} not killed (`mutmut show {mutant}` in {work})")
+        scores.append(f"{name}: {killed}/{total} killed ({100 * killed / max(total, 1):.0f}%)")
+    for line in scores:
+        session.log(line)

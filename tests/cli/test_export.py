@@ -50,10 +50,47 @@ def test_bad_options_are_usage_errors(run, named_checkpoint, args, message):
     assert message in " ".join(result.stderr.replace("│", " ").split())
 
 
-def test_heads_on_a_model_without_heads_is_a_usage_error(run, tmp_path, monkeypatch):
-    from soundnet_cli.export import module
+HEADLESS_PLUGIN = """
+import torch
+import soundnet_cli
+from soundnet_cli.students import FeatureInfo, StudentBase
 
-    monkeypatch.setattr(module, "_conv_student", lambda model: None)
-    result = run("export", "--student", "soundnet5", "--heads", "-o", str(tmp_path / "m.pt"))
-    assert result.exit_code == 2
-    assert "no output heads to export" in result.stderr
+
+class Frames(StudentBase):
+    \"\"\"A student with one feature tap (frame statistics) and no output heads.\"\"\"
+
+    architecture = "frames"
+    feature_info = [FeatureInfo("stats", 2, 2205, 4410, 0)]
+    default_layer = "stats"
+
+    def output_length(self, layer, samples):
+        return max(0, (samples - 4410) // 2205 + 1)
+
+    def min_samples(self, layer):
+        return 4410
+
+    def forward_features(self, wave, layers):
+        batch, layers = self.forward_inputs(wave, layers)
+        frames = batch.unfold(-1, 4410, 2205)
+        return {"stats": torch.stack([frames.mean(-1), frames.std(-1)], 1)}
+
+
+@soundnet_cli.hookimpl
+def register_students(register):
+    register("frames", lambda heads=None: Frames(), description="no heads")
+"""
+
+
+def test_heads_on_a_model_without_heads_is_a_usage_error(run, tmp_path, monkeypatch):
+    """A real student without output heads (a plugin's, registered here), not a mocked check."""
+    from soundnet_cli import testing
+
+    (tmp_path / "soundnet_headless.py").write_text(HEADLESS_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with testing.with_plugin("soundnet_headless", "headless"):
+        result = run("export", "--student", "frames", "--heads", "-o", str(tmp_path / "m.pt"))
+        assert result.exit_code == 2, (result.stdout, result.stderr)
+        assert "frames has no output heads to export" in result.stderr
+        # the same student exports its layer: the refusal is about the heads alone
+        result = run("export", "--student", "frames", "-o", str(tmp_path / "m.pt"))
+        assert result.exit_code == 0, result.stderr

@@ -79,3 +79,33 @@ def test_init_is_checked(run, sounds, tmp_path):
         "--init", "imagenet",
     )  # fmt: skip
     assert result.exit_code == 2 and "--init must be one of pretrained, scratch" in result.stderr
+
+
+def test_test_accuracy_is_measured_on_the_test_clips(run, tmp_path):
+    """Mutation guarded: `finetune` reporting training accuracy as test accuracy. The test fold
+    holds the three training clips again, each under the other label, so whatever the model
+    learnt, test accuracy is 1 - training accuracy (and three clips never give 0.5)."""
+    rng = np.random.default_rng(2)
+    t = np.arange(int(0.6 * 22050)) / 22050
+    train = [
+        ("noise", rng.normal(0, 0.3, len(t))),
+        ("tone", np.sin(2 * np.pi * 300 * t) / 2),
+        ("tone", np.sin(2 * np.pi * 450 * t) / 2),
+    ]
+    rows = ["filename,category,fold"]
+    for i, (label, wave) in enumerate(train):
+        write_wav(tmp_path / "audio" / f"train{i}.wav", wave.astype(np.float32))
+        write_wav(tmp_path / "audio" / f"test{i}.wav", wave.astype(np.float32))
+        flipped = "tone" if label == "noise" else "noise"
+        rows += [f"train{i}.wav,{label},2", f"test{i}.wav,{flipped},1"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = run(
+        "finetune", str(tmp_path / "audio"), "--labels", str(tmp_path / "labels.csv"),
+        "--test-fold", "1", "--out", str(tmp_path / "run"), "--epochs", "2", "--json", *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["train_clips"] == 3 and summary["test_clips"] == 3
+    assert summary["train_accuracy"] in (0.0, 0.3333, 0.6667, 1.0)
+    assert summary["test_accuracy"] == pytest.approx(1 - summary["train_accuracy"], abs=1e-4)
+    assert summary["folds"][0]["test_accuracy"] == summary["test_accuracy"]

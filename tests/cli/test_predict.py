@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from ..conftest import tone, write_wav
 
@@ -81,3 +82,26 @@ def test_no_weights_offline_says_how_to_get_them(run, wav_factory):
 def test_empty_directory(run, tmp_path):
     result = run("predict", str(tmp_path))
     assert result.exit_code == 2 and "no audio files" in result.stderr
+
+
+def test_the_whole_file_summary_is_the_mean_over_steps(run, named_checkpoint, tmp_path):
+    """Mutation guarded: the summary taken from the first step instead of the mean over steps.
+    A file whose halves differ (a low tone, then noise) gives steps that differ; every label's
+    summary probability is the mean of its step probabilities (all labels shown: -k 10)."""
+    rng = np.random.default_rng(0)
+    noise = (rng.normal(0, 0.3, 12 * 22050)).astype(np.float32)
+    clip = write_wav(tmp_path / "halves.wav", np.concatenate([tone(12.0, freq=150.0), noise]))
+    result = run("predict", str(clip), "--checkpoint", str(named_checkpoint), "--json", "-k", "10")
+    assert result.exit_code == 0, result.stderr
+    item = json.loads(result.stdout)["results"][0]
+    assert len(item["steps"]) > 2
+    for h, summary in enumerate(item["summary"]):
+        steps = [
+            {t["label"]: t["probability"] for t in s["heads"][h]["top"]} for s in item["steps"]
+        ]
+        assert {t["label"] for t in summary["top"]} == set(steps[0])
+        first = steps[0]
+        assert any(abs(s[label] - first[label]) > 1e-4 for s in steps for label in first)
+        for t in summary["top"]:
+            mean = np.mean([s[t["label"]] for s in steps])
+            assert t["probability"] == pytest.approx(mean, abs=2e-6), (summary["head"], t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ..conftest import tone, write_wav
@@ -229,3 +230,50 @@ def test_a_damaged_index_is_refused_naming_the_file_and_rebuilt(
     hits = json.loads(run("search", "query", str(features), "--key", "tone1", "--json").stdout)
     assert hits["results"][0]["key"] == "tone1"
     assert hits["results"][0]["score"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_max_pooled_index_scores_are_cosines_of_the_max_over_time(run, features):
+    """Mutation guarded: `search --pool max` computing the mean over time. The scores must be
+    the cosines of each file's maximum over time, computed here from the .npy files."""
+    result = run("search", "index", str(features), "--pool", "max", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["index"] == "pool5-max"
+
+    def unit(vector: np.ndarray) -> np.ndarray:
+        return vector / np.linalg.norm(vector)
+
+    steps = {f"tone{i}": np.load(features / f"tone{i}.pool5.npy") for i in range(5)}
+    assert all(a.ndim == 2 and a.shape[1] == 256 and a.shape[0] > 1 for a in steps.values())
+    maxima = {key: unit(a.max(axis=0).astype(np.float64)) for key, a in steps.items()}
+    means = {key: unit(a.mean(axis=0, dtype=np.float64)) for key, a in steps.items()}
+    result = run("search", "query", str(features), "--key", "tone2", "--pool", "max", "--json")
+    assert result.exit_code == 0, result.stderr
+    hits = json.loads(result.stdout)["results"]
+    assert len(hits) == 5
+    for hit in hits:
+        assert hit["score"] == pytest.approx(maxima["tone2"] @ maxima[hit["key"]], rel=1e-5)
+    # The two poolings give these files different scores, so the check above can tell them apart.
+    assert any(
+        abs(means["tone2"] @ means[key] - maxima["tone2"] @ maxima[key]) > 1e-3 for key in steps
+    )
+
+
+def test_query_by_audio_mixes_channels_as_the_folder_was_extracted(run, named_checkpoint, tmp_path):
+    """Mutation guarded: query-by-audio ignoring the folder's `--mix` (extracting the query's
+    first channel where the folder averaged both). A stereo file whose channels differ must find
+    itself at cosine 1."""
+    for i, (left, right) in enumerate([(220.0, 3000.0), (440.0, 1500.0), (880.0, 660.0)]):
+        stereo = np.stack([tone(2.0, freq=left), tone(2.0, freq=right, amp=0.4)], axis=1)
+        write_wav(tmp_path / "audio" / f"stereo{i}.wav", stereo)
+    out = tmp_path / "feats"
+    result = run(
+        "extract", str(tmp_path / "audio"), "--out", str(out), "--mix", "mean",
+        "--checkpoint", str(named_checkpoint), "--layer", "pool5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert run("search", "index", str(out)).exit_code == 0
+    audio = tmp_path / "audio" / "stereo1.wav"
+    result = run("search", "query", str(out), str(audio), "--json")
+    assert result.exit_code == 0, result.stderr
+    hits = json.loads(result.stdout)["results"]
+    assert hits[0]["key"] == "stereo1" and hits[0]["score"] == pytest.approx(1.0, abs=1e-6)

@@ -1,5 +1,6 @@
 """`soundnet extract` with the official SoundNet-8 on real ESC-50 audio, against the independent
-float64 computation of test_parity (PAPER.md's layer table on the release's raw arrays)."""
+float64 computation of test_parity (PAPER.md's layer table on the release's raw arrays, fed input
+decoded, resampled and scaled by the test itself: soundfile, soxr, x256)."""
 
 import json
 
@@ -8,10 +9,9 @@ import pytest
 import soundfile as sf
 
 from soundnet_cli.cli.main import build_app
-from soundnet_cli.media.audio import load_audio
 
 from .conftest import esc_rows
-from .test_parity import TABLE, kernel, t64
+from .test_parity import TABLE, independent_input, kernel, t64
 
 TOLERANCE = 1e-4
 
@@ -64,7 +64,7 @@ def test_whole_files_match_the_independent_computation(
     setup = json.loads((out / "features.json").read_text())
     assert setup["checkpoint_sha256"] and setup["architecture"] == "soundnet8"
     for row in rows:
-        ref = reference(release_params, load_audio(row["path"]).samples)
+        ref = reference(release_params, independent_input(row["path"]))
         stem = out / row["category"] / row["filename"].removesuffix(".flac").removesuffix(".wav")
         for layer in ("pool5", "conv7"):
             ours = np.load(f"{stem}.{layer}.npy")
@@ -89,7 +89,7 @@ def test_a_long_file_in_chunks_matches_the_whole_file(
         "--chunk-seconds", str(chunk_seconds), "--format", "npz", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    ref = reference(release_params, load_audio(long_file).samples)
+    ref = reference(release_params, independent_input(long_file))
     with np.load(out / "three minutes.npz") as data:
         for layer in ("pool5", "conv7"):
             expected = ref[layer]

@@ -1,8 +1,11 @@
 """The official SoundNet-8 against an independent computation from PAPER.md's layer table,
-written with plain torch.nn.functional calls in float64 on the release's raw arrays."""
+written with plain torch.nn.functional calls in float64 on the release's raw arrays, fed input
+decoded, resampled and scaled here (soundfile, soxr, x256), not by the product's load_audio."""
 
 import numpy as np
 import pytest
+import soundfile as sf
+import soxr
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +23,21 @@ TABLE = [
     ("conv6", 4, 2, 2, None),
     ("conv7", 4, 2, 2, None),
 ]
+
+
+def independent_input(path) -> np.ndarray:
+    """What SoundNet takes, written out without the product: the file's first channel as float
+    in [-1, 1] (soundfile), resampled to 22,050 Hz by libsoxr's HQ setting, times 256."""
+    data, rate = sf.read(str(path), dtype="float64", always_2d=True)
+    mono = data[:, 0]
+    if rate != 22050:
+        mono = soxr.resample(mono, rate, 22050, quality="HQ")
+    return mono * 256.0
+
+
+def circular(wave: np.ndarray, samples: int) -> np.ndarray:
+    """``wave`` repeated end to start until it is ``samples`` long (PAPER "Edges")."""
+    return np.tile(wave, -(-samples // len(wave)))[:samples]
 
 
 def t64(array):
@@ -62,9 +80,10 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("index", [0, 97, 213, 399])
 def test_official_model_matches_the_paper_table(official_model, release_params, index):
+    """The product's whole path (load_audio, tile, model) against the independent one."""
     row = esc_rows("esc50-fold4")[index]
     wave = tile(load_audio(row["path"]).samples, 441000)
-    ref = reference(release_params, wave)
+    ref = reference(release_params, circular(independent_input(row["path"]), 441000))
     with torch.inference_mode():
         ours = official_model.forward_features(torch.from_numpy(wave), ["pool5", "conv7", "conv8"])
         log_probs = official_model(torch.from_numpy(wave))

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from soundnet_cli.extraction.chunks import chunk_plan, chunked_features, step_times
+from soundnet_cli.extraction.chunks import chunk_plan, chunked_features, run_chunk, step_times
 from soundnet_cli.extraction.engine import extract_array
 from soundnet_cli.media.audio import load_audio
 from soundnet_cli.media.streaming import StreamingAudio
@@ -119,3 +119,68 @@ def test_resampling_a_batch_as_channels_equals_one_at_a_time(rate):
     assert batch.shape == (resampled_length(rate + 777, rate), 3)
     for column, wave in zip(batch.T, waves, strict=True):
         assert np.array_equal(column, resample(wave, rate))
+
+
+@pytest.mark.parametrize(
+    "layers,chunk_samples,samples",
+    [
+        (LAYERS, 50_000, 1_000_003),
+        (["conv2", "pool5"], 50_000, 1_000_003),
+        (["conv2", "pool5"], 50_000, 3 * 49_152),  # ends exactly where a chunk ends
+        (["conv1", "conv4"], 10_000, 77_777),
+    ],
+)
+def test_each_chunk_is_the_tight_span_of_its_steps_fields(model, layers, chunk_samples, samples):
+    """Without running the model: each chunk starts at the last multiple of the deepest stride
+    before its earliest field (or 0) and stops at its latest field's end (or the file's), every
+    step's field lies inside it unless it crosses a real edge, a layer's local indices start at
+    ``skip``, and chunks advance by ``chunk_samples`` rounded down to the deepest stride. (Mutants
+    of chunk_plan survived the coverage test above: see docs/testing.md.)"""
+    plan = chunk_plan(model, layers, samples, chunk_samples)
+    infos = {name: model.feature(name) for name in layers}
+    deepest = max(info.stride for info in infos.values())
+    core = max(deepest, chunk_samples // deepest * deepest)
+    assert len(plan) == -(-samples // core)
+    for name in layers:
+        covered = [i for c in plan if name in c.steps for i in range(*c.steps[name][:2])]
+        assert covered == list(range(model.output_length(name, samples))), name
+    for chunk in plan:
+        assert type(chunk.start) is int and type(chunk.stop) is int
+        fields = []
+        for name, (first, last, skip) in chunk.steps.items():
+            info = infos[name]
+            assert first < last and type(skip) is int
+            assert skip * info.stride == first * info.stride - chunk.start
+            for i in (first, last - 1):
+                begin = info.offset + i * info.stride
+                fields.append((begin, begin + info.receptive_field))
+        for begin, end in fields:
+            assert begin >= chunk.start or chunk.start == 0
+            assert end <= chunk.stop or chunk.stop == samples
+        earliest = min(begin for begin, _ in fields)
+        latest = max(end for _, end in fields)
+        assert chunk.start == max(0, earliest // deepest * deepest)
+        assert chunk.stop == min(samples, latest)
+
+
+def test_chunked_features_read_only_each_chunks_span_and_run_chunk_takes_a_batch(model):
+    """Mutants: chunked_features reading to the end of the file for every chunk (right
+    features, unbounded memory) or ignoring its default device; run_chunk flattening a batch
+    into one clip."""
+    rng = np.random.default_rng(3)
+    wave = (60 * rng.standard_normal(200_000)).astype(np.float32)
+    plan = chunk_plan(model, ["pool5"], len(wave), 50_000)
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, stop: int) -> np.ndarray:
+        reads.append((start, stop))
+        return wave[start:stop]
+
+    parts = list(chunked_features(model, read, len(wave), ["pool5"], 50_000))
+    assert reads == [(c.start, c.stop) for c in plan] and len(parts) == len(plan)
+    chunk = plan[1]
+    batch = torch.from_numpy(np.stack([wave, wave[::-1].copy()]))[:, chunk.start : chunk.stop]
+    together = run_chunk(model, batch, chunk)["pool5"]
+    for row in range(2):
+        alone = run_chunk(model, batch[row : row + 1], chunk)["pool5"]
+        assert together.shape[0] == 2 and rel(together[row].numpy(), alone[0].numpy()) <= TOLERANCE

@@ -11,6 +11,7 @@ from soundnet_cli.errors import UsageProblem
 from soundnet_cli.prediction.run import label_file_names
 from soundnet_cli.prediction.tables import (
     COLUMNS,
+    Row,
     audacity_labels,
     delimited,
     segment_rows,
@@ -147,3 +148,82 @@ def test_delimited_cells_that_start_a_formula_are_quoted_for_spreadsheets(delimi
     assert paths == ["'" + name for name in names[:-1]] + ["ok=.ogg"]
     for line in table[1:]:
         assert line[1:] == ["0.000", "1.500", "'@head", "1", "'-label", "0.250000"]
+
+
+# -- found by mutation testing (nox -s mutants -- tables; docs/testing.md) ----------------------
+def test_thresholds_zero_and_one_are_probabilities() -> None:
+    """Mutants: `0 < threshold` or `threshold < 1` in check_threshold."""
+    assert len(table_rows([prediction([("dog", 0.5)])], threshold=0.0)) == 3
+    assert table_rows([prediction([("dog", 1.0)])], threshold=1.0)[0].label == "dog"
+
+
+def test_a_probability_equal_to_the_threshold_is_kept_and_the_summary_is_filtered_too() -> None:
+    """Mutants: `p > threshold`; the summary left out of apply_threshold (a tiled clip's one
+    span is its summary)."""
+    rows = table_rows([prediction([("dog", 0.5)], tiled=True)], threshold=0.2)
+    assert [(r.head, r.label, r.probability) for r in rows] == [
+        ("objects", "dog", 0.6),
+        ("objects", "cat", 0.2),
+        ("scenes", "beach", 0.9),
+    ]
+    rows = table_rows([prediction([("dog", 0.5)], tiled=True)], threshold=0.5)
+    assert [(r.head, r.label) for r in rows] == [("objects", "dog"), ("scenes", "beach")]
+
+
+def test_a_step_starting_at_the_end_of_the_file_gives_no_empty_span() -> None:
+    """Mutant: `start <= end` in spans (a zero-length span at the end of the file)."""
+    out = spans(prediction([("dog", 0.5), ("cat", 0.5), ("cow", 0.5)], duration=6.0))
+    assert [(s.start, s.end) for s in out] == [(0.0, 3.0), (3.0, 6.0)]
+
+
+def test_segments_of_a_one_span_file_name_the_file_with_rank_one() -> None:
+    """Mutants: segment_rows reading a second span for the head names, segments without the
+    file's path, segment ranks other than 1."""
+    rows = segment_rows(prediction([("dog", 0.5)], tiled=True))
+    assert [(r.path, r.start, r.end, r.head, r.rank, r.label) for r in rows] == [
+        ("a/clip.wav", 0.0, 20.0, "objects", 1, "dog"),
+        ("a/clip.wav", 0.0, 20.0, "scenes", 1, "beach"),
+    ]
+    rows = segment_rows(prediction([("dog", 0.5), ("cat", 0.7)]))
+    assert {r.path for r in rows} == {"a/clip.wav"} and {r.rank for r in rows} == {1}
+    empty = Prediction("b.wav", 0.0, None, [], [])
+    assert segment_rows(empty) == [] and table_rows([empty], segments=True) == []
+
+
+def test_table_rows_are_steps_by_default_and_segments_on_request() -> None:
+    """Mutants: table_rows defaulting to segments, ignoring `segments`, or dropping top_k."""
+    two = prediction([("dog", 0.5), ("dog", 0.7)])
+    assert table_rows([two]) == step_rows(two) and len(table_rows([two])) == 6
+    assert table_rows([two], top_k=1) == step_rows(two, 1) and len(step_rows(two, 1)) == 4
+    assert table_rows([two], segments=True) == segment_rows(two)
+    assert len(segment_rows(two)) == 2
+
+
+def test_csv_lines_end_with_a_newline_only() -> None:
+    """Mutant: the csv module's default line ending (\\r\\n)."""
+    text = delimited(step_rows(prediction([("dog", 0.5)])))
+    assert "\r" not in text and text.endswith("\n")
+
+
+def test_a_row_as_json_rounds_times_and_probabilities() -> None:
+    """Row.as_dict (predict --format json writes it): times to 3 decimals, probability to 6."""
+    (row,) = step_rows(prediction([("dog", 0.123456789)]), 1)[:1]
+    assert row.as_dict() == {
+        "path": "a/clip.wav",
+        "start": 0.0,
+        "end": 20.0,
+        "head": "objects",
+        "rank": 1,
+        "label": "dog",
+        "probability": 0.123457,
+    }
+    later = Row("x.wav", 1.23456, 2.98765, "scenes", 2, "beach", 0.5)
+    assert later.as_dict() == {
+        "path": "x.wav",
+        "start": 1.235,
+        "end": 2.988,
+        "head": "scenes",
+        "rank": 2,
+        "label": "beach",
+        "probability": 0.5,
+    }

@@ -134,6 +134,19 @@ def test_ranks_wait_for_each_other_under_torchrun_rendezvous():
 
 
 def test_waiting_for_ranks_is_a_no_op_without_a_rendezvous(monkeypatch):
+    """Alone, or with ranks given by hand (no MASTER_ADDR), no process group is made: its
+    rendezvous would wait for ranks that never come. With torchrun's variables it is."""
+    import torch.distributed as dist
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: calls.append("init"))
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
     monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
     wait_for_ranks(World(rank=0, size=2))  # a process group would need the rendezvous
-    wait_for_ranks(World())
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    wait_for_ranks(World())  # one process: nobody to wait for
+    assert calls == [] and not dist.is_initialized()
+    wait_for_ranks(World(rank=0, size=2))  # the same fakes see a real wait
+    assert calls == ["init", "barrier", "destroy"]

@@ -240,3 +240,142 @@ def test_an_edited_vector_is_caught_by_its_checksum(
         StoredIndex.open(tmp_path, "pool5", "mean", thorough=True)
     assert folder.update().rebuilt
     assert query_self(tmp_path, "clip0000")[0] == "clip0000"
+
+
+# -- found by mutation testing (nox -s mutants -- store; docs/testing.md) -----------------------
+def test_rebuild_reads_every_file_again(tmp_path: Path) -> None:
+    """Mutant: `rebuild` ignored (the unchanged index kept)."""
+    folder = Folder(tmp_path, clustered(40))
+    folder.update()
+    summary = folder.update(rebuild=True)
+    assert summary.rebuilt and summary.added == 40 and summary.unchanged == 0
+    assert sorted(folder.loaded) == sorted(folder.vectors)
+
+
+def test_a_new_channel_count_indexes_every_file_anew(tmp_path: Path) -> None:
+    """Mutants of the branch for features re-extracted with another shape under the same name:
+    every file is read again (also the unchanged ones), the index takes the new width."""
+    folder = Folder(tmp_path, clustered(30, channels=32))
+    folder.update()
+    wider = clustered(30, channels=48, seed=1)
+    folder.stamps = {key: 2 for key in folder.stamps}
+    folder.vectors = {key: wider[i] for i, key in enumerate(sorted(folder.vectors))}
+    folder.stamps["clip0001"] = 1  # one file looks unchanged, but its old vector has 32 channels
+    folder.vectors["clip0001"] = wider[1]
+    summary = folder.update()
+    assert summary.rebuilt and summary.count == 30 and summary.added == 30
+    assert "clip0001" in folder.loaded and len(folder.loaded) == 30 + 29
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.channels == 48
+    assert query_self(tmp_path, "clip0001") == ("clip0001", pytest.approx(1.0, abs=1e-6))
+
+
+def test_an_approximate_index_is_searched_through_its_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutants: the kind test in StoredIndex.search sending an approximate index to the exact
+    search (right answers, but the cost the approximate index exists to avoid)."""
+    Folder(tmp_path, clustered(300)).update(method="approximate")
+    calls: list[int] = []
+    original = IvfIndex.search
+
+    def counted(self, queries, k):
+        calls.append(k)
+        return original(self, queries, k)
+
+    monkeypatch.setattr(IvfIndex, "search", counted)
+    assert query_self(tmp_path, "clip0100")[0] == "clip0100"
+    assert calls == [3]
+
+
+def test_auto_is_exact_below_the_limit_and_approximate_from_it() -> None:
+    """Mutant: `count <= exact_limit` in choose_kind."""
+    assert store.choose_kind("auto", 999, 1000) == "exact"
+    assert store.choose_kind("auto", 1000, 1000) == "approximate"
+    assert store.choose_kind("exact", 10**6, 1000) == "exact"
+
+
+def test_the_description_and_summary_read_back_as_written(tmp_path: Path) -> None:
+    """Mutants of Description.from_dict (fields dropped or stringified None) and of
+    UpdateSummary.as_dict (what `search index --json` prints)."""
+    summary = Folder(tmp_path, clustered(20)).update()
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    d = index.description
+    assert (d.layer, d.pool, d.channels, d.count, d.kind) == ("pool5", "mean", 32, 20, "exact")
+    assert d.model == MODEL and isinstance(d.built_at, float) and d.ivf is None
+    assert store.Description.from_dict(d.as_dict()) == d
+    printed = summary.as_dict()
+    assert printed == {
+        "index": "pool5-mean",
+        "kind": "exact",
+        "count": 20,
+        "added": 20,
+        "changed": 0,
+        "removed": 0,
+        "unchanged": 0,
+        "rebuilt": True,
+        "calibrated_recall_at_10": None,
+        "failed": 0,
+        "failures": [],
+        "seconds": round(summary.seconds, 3),
+    }
+    with pytest.raises(SoundnetError, match="format 0 is not .*--rebuild"):
+        store.Description.from_dict({**d.as_dict(), "version": 0})
+
+
+def test_an_update_with_nothing_new_rewrites_nothing_and_keeps_its_calibration(
+    tmp_path: Path,
+) -> None:
+    """Mutants of update_index's no-op test (removed/changed conditions, `old is None`) and of
+    the recall it reports then; `seconds` is a duration."""
+    folder = Folder(tmp_path, clustered(300))
+    first = folder.update(method="approximate")
+    generation = StoredIndex.open(tmp_path, "pool5", "mean").description.generation  # type: ignore[union-attr]
+    again = folder.update(method="approximate")
+    assert again.recall_at_10 == first.recall_at_10 is not None
+    assert 0 <= again.seconds < 600 and 0 <= first.seconds < 600
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.generation == generation
+    del folder.vectors["clip0004"], folder.stamps["clip0004"]  # only a removal
+    removed = folder.update(method="approximate")
+    assert (removed.removed, removed.added, removed.count) == (1, 0, 299)
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.count == 299
+    assert "clip0004" not in {e.key for e in index.entries}
+
+
+def test_one_file_is_an_index_and_none_is_a_usage_error(tmp_path: Path) -> None:
+    """Mutant: `count == 1` for `count == 0` in update_index."""
+    assert Folder(tmp_path / "one", clustered(1)).update().count == 1
+    with pytest.raises(UsageProblem, match="no pool5 features could be indexed"):
+        Folder(tmp_path / "none", clustered(0)).update()
+
+
+def test_an_indexed_file_that_now_fails_is_removed_not_added(tmp_path: Path) -> None:
+    """Mutants of _count_failures and of the failure's reason."""
+    folder = Folder(tmp_path, clustered(10))
+    folder.update()
+    folder.vectors["clip0002"], folder.stamps["clip0002"] = np.full(32, np.nan), 2
+    summary = folder.update()
+    assert (summary.added, summary.changed, summary.removed, summary.count) == (0, 0, 1, 9)
+    ((key, reason),) = summary.failures
+    assert key == "clip0002" and reason and reason != "None"
+
+
+def test_another_architecture_rebuilds(tmp_path: Path) -> None:
+    """Mutant: the architecture left out of _model_changed (only the checkpoint compared)."""
+    folder = Folder(tmp_path, clustered(10))
+    folder.update()
+    summary = update_index(
+        tmp_path, "pool5", "mean", folder.listing(), folder.load, {**MODEL, "architecture": "x"}
+    )
+    assert summary.rebuilt and summary.added == 10
+
+
+def test_progress_counts_the_files_read(tmp_path: Path) -> None:
+    """Mutants of the progress callback's arguments in _load_fresh."""
+    folder = Folder(tmp_path, clustered(5))
+    seen: list[tuple[int, int]] = []
+    folder.update(progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]

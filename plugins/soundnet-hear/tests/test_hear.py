@@ -16,6 +16,7 @@ from hear_checks import validate
 from soundnet_cli import testing
 from soundnet_cli.errors import AudioError, LayerError, SoundnetError, UnknownNameError
 from soundnet_cli.students import FeatureInfo, StudentBase, feature_of, soundnet8
+from tests.conftest import missing
 
 
 @pytest.mark.integration
@@ -62,7 +63,10 @@ def test_real_hearvalidator_passes(which, request, monkeypatch, capsys):
     stand_in = types.ModuleType("tensorflow")
     stand_in.Module = type("Module", (), {})  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tensorflow", stand_in)
-    validate_module = pytest.importorskip("hearvalidator.validate")
+    try:
+        import hearvalidator.validate as validate_module
+    except ImportError:  # skipped locally, a failure where SOUNDNET_REQUIRE_REAL_DATA=1 (CI)
+        missing("hearvalidator is not installed: pip install --no-deps hearvalidator==2021.0.2")
     with pytest.warns(UserWarning, match="50ms"):
         validate_module.ValidateModel("soundnet_hear", path, device="cpu")()
     assert "Checking get_scene_embeddings" in capsys.readouterr().out
