@@ -66,6 +66,9 @@ def configure_logging(verbosity: int) -> None:
     logger.addHandler(RichLineHandler())
     logger.setLevel(level)
     state.quiet = verbosity < 0
+    # Engines the library may start (Ray) log their own notes; shown only with -v.
+    for name in ("ray", "ray.data", "ray.data._internal"):
+        logging.getLogger(name).setLevel(logging.NOTSET if verbosity > 0 else logging.ERROR)
 
 
 def error(message: str) -> None:

@@ -17,7 +17,7 @@ job keeps what the writer committed (whole parts); a rerun computes only the res
 
 Decoded audio and features cross Ray's object store as float32 bytes (a column of variable
 shapes needs no tensor extension type). Ray prints a few lines of its own on stderr at start-up;
-its loggers are kept at ERROR unless the CLI runs with debug logging.
+the CLI keeps its loggers at ERROR unless it runs with `-v`.
 
 Nothing here imports ray at module level; the engine module imports this one only when asked.
 """
@@ -93,9 +93,6 @@ def results_on_ray(
     context.enable_progress_bars = False  # the CLI shows its own, as for the local engine
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Ray's notes only with -v -v
-        for name in ("ray", "ray.data", "ray.data._internal"):
-            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         resources = ray.cluster_resources()
         gpus = float(options.get("gpus_per_actor") or 0)
