@@ -115,7 +115,8 @@ def weights_url(cfg: dict[str, Any]) -> str:
     hub = str(cfg.get("hf_hub") or "")
     if hub:
         repo, filename = os.path.split(hub)
-        return f"https://huggingface.co/{repo}/resolve/main/{filename or 'open_clip_pytorch_model.bin'}"
+        filename = filename or "open_clip_pytorch_model.bin"
+        return f"https://huggingface.co/{repo}/resolve/main/{filename}"
     raise WeightsError("open_clip names no file for these weights")
 
 
