@@ -144,3 +144,42 @@ def read_embedding_heads(path: str | os.PathLike[str]) -> dict[str, EmbeddingHea
     except Exception as exc:
         raise CheckpointError(f"{path}: damaged embedding head ({exc})") from exc
     return heads
+
+
+def embedding_head(checkpoint: str | os.PathLike[str] | None, name: str | None = None) -> Any:
+    """The embedding head of a checkpoint (the one named, else its first); a checkpoint without
+    one is a usage problem naming how to make one."""
+    from soundnet_cli.errors import UsageProblem
+
+    if checkpoint is None:
+        raise UsageProblem(
+            "zero-shot labels and text queries need --checkpoint of a student distilled with an "
+            "embedding teacher (such as clip:ViT-B-32/openai)",
+            parameter="checkpoint",
+        )
+    heads = read_embedding_heads(checkpoint)
+    if not heads:
+        raise UsageProblem(
+            f"{checkpoint} has no embedding head; distill with an embedding teacher (such as "
+            "clip:ViT-B-32/openai) to answer text",
+            parameter="checkpoint",
+        )
+    if name is not None and name not in heads:
+        raise UsageProblem(f"{checkpoint} has no embedding head {name!r}: {', '.join(heads)}")
+    return heads[name] if name is not None else next(iter(heads.values()))
+
+
+def project(head: EmbeddingHead, features: np.ndarray) -> np.ndarray:
+    """Per-step projections (time, size), unnormalised, of a layer's features (time, channels)."""
+    with torch.inference_mode():
+        tap = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).T[None]
+        return head(tap)[0].T.numpy()
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def clip_vector(head: EmbeddingHead, features: np.ndarray) -> np.ndarray:
+    """One unit vector for a whole clip: the mean of its steps' projections, normalised."""
+    return unit(project(head, features).mean(axis=0))
