@@ -148,3 +148,13 @@ def test_search_query_text(run, clip_run, tmp_path):
     assert table.exit_code == 0 and "s0" in table.stdout
     both = run("search", "query", str(feats), "--text", "rain", "--key", "s0")
     assert both.exit_code == 2
+
+
+def test_weights_fetch_verifies_the_recorded_text_tower(run, clip_run, tmp_path):
+    result = run("weights", "fetch", "--checkpoint", str(clip_run), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["verified"] is True
+    unknown = run("weights", "fetch", "clip:NoSuchNet/openai")
+    assert unknown.exit_code == 2 and "no model 'NoSuchNet'" in unknown.stderr
+    tag = run("weights", "fetch", f"clip:{MODEL}/nope")
+    assert tag.exit_code == 2 and "no pretrained tag" in tag.stderr
