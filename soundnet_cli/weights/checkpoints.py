@@ -265,6 +265,10 @@ def load_checkpoint(
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({first})") from exc
     model.checkpoint_info = info
+    from soundnet_cli.students.embedding import read_embedding_heads
+
+    # a plain dict, not submodules: the student's own state dict stays as it was
+    model.__dict__["embedding_heads"] = read_embedding_heads(info.path)
     return model.to(device).eval()
 
 

@@ -158,3 +158,18 @@ def test_weights_fetch_verifies_the_recorded_text_tower(run, clip_run, tmp_path)
     assert unknown.exit_code == 2 and "no model 'NoSuchNet'" in unknown.stderr
     tag = run("weights", "fetch", f"clip:{MODEL}/nope")
     assert tag.exit_code == 2 and "no pretrained tag" in tag.stderr
+
+
+def test_export_includes_the_embedding_head(run, clip_run, tmp_path):
+    out = tmp_path / "model.pt"
+    result = run(
+        "export", "--checkpoint", str(clip_run), "--heads", "--out", str(out), "--json"
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    outputs = {o["name"]: o for o in json.loads(result.stdout)["outputs"]}
+    assert outputs["clip-vit-s-32"]["kind"] == "embedding"
+    assert outputs["clip-vit-s-32"]["shape"] == ["batch", 384, "time"]
+    assert json.loads(result.stdout)["verified"] is True
+    module = torch.jit.load(str(out))
+    vectors = module(torch.zeros(1, 12 * 22050) + 0.1)["clip-vit-s-32"]
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(1), atol=1e-4)

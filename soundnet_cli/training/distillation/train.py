@@ -190,12 +190,16 @@ def _set_up(
     if not specs:
         for parameter in getattr(student, "heads", torch.nn.Module()).parameters():
             parameter.requires_grad_(False)
-    aligned = step_frames(
-        student,
-        student.head_spec.name,
-        plan.samples,
-        plan.frames,
-        corpus.manifest.frame_interval,
+    aligned = (  # a run of embedding heads alone needs no output steps (nor their length)
+        step_frames(
+            student,
+            student.head_spec.name,
+            plan.samples,
+            plan.frames,
+            corpus.manifest.frame_interval,
+        )
+        if specs
+        else []
     )
     model = student
     if embedded:
