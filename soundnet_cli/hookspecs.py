@@ -42,7 +42,9 @@ def register_students(register: Register) -> None:
 @hookspec
 def register_teachers(register: Register) -> None:
     """Register vision teachers: ``factory(**kwargs)`` returns a teacher module that declares its
-    heads and frame transform and returns class probabilities per head for a batch of frames."""
+    heads and frame transform and returns, per head and for a batch of frames, class
+    probabilities (a ``posteriors`` head) or L2-normalised vectors of the head's declared size
+    (an ``embedding`` head, such as CLIP's image embedding; see docs/clip.md)."""
 
 
 @hookspec
