@@ -209,15 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
     identity = random_clip(args.clip_model, out / "clip")
     text = TextEncoder(identity).labels([class_text(c) for c in classes], [DEFAULT_PROMPT])
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    videos = [
-        make_paired_video(
-            Path(r["path"]),
-            out / "videos" / f"{Path(r['filename']).stem}.mp4",
-            PALETTE[classes.index(r["category"])],
-            seed=i,
-        )
-        for i, r in enumerate(train)
-    ]
+    videos = []
+    for i, r in enumerate(train):  # kept from an earlier run into the same --out
+        video = out / "videos" / f"{Path(r['filename']).stem}.mp4"
+        if not video.is_file():
+            make_paired_video(Path(r["path"]), video, PALETTE[classes.index(r["category"])], seed=i)
+        videos.append(video)
     figures: dict = {"clips_train": len(train), "clips_fold1": len(test), "out": str(out)}
     run, trained = distill_run(videos, out, planted_teacher(classes, text, identity), args)
     figures["main"] = trained

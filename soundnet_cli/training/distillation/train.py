@@ -443,18 +443,18 @@ def _train(
         dataset, batches = _batches(setup, config)
         names = [h.name for h in setup.heads if h.kind != "embedding"]
         embedded = [h.name for h in setup.embedded]
-        index = torch.tensor(setup.aligned)
+        index = torch.tensor(setup.aligned, dtype=torch.long)
         on_cuda = setup.device.startswith("cuda")
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda)
 
         def compute_loss(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             wave, targets = batch
             wave = wave.to(setup.device, non_blocking=True)
+            if embedded:
+                return _mixed_loss(forward, setup, config, wave, targets, index, autocast)
             aligned = {
                 k: v[:, index].to(setup.device, non_blocking=True) for k, v in targets.items()
             }
-            if embedded:
-                return _mixed_loss(forward, setup, config, wave, targets, index, autocast)
             with autocast:
                 log_probs = forward(wave)
             return distill_loss(
