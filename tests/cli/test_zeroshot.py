@@ -173,3 +173,17 @@ def test_export_includes_the_embedding_head(run, clip_run, tmp_path):
     module = torch.jit.load(str(out))
     vectors = module(torch.zeros(1, 12 * 22050) + 0.1)["clip-vit-s-32"]
     assert torch.allclose(vectors.norm(dim=1), torch.ones(1), atol=1e-4)
+
+
+def test_prepare_refuses_an_unknown_open_clip_model_or_tag(run, tmp_path):
+    from ..videos import make_video
+
+    make_video(tmp_path / "videos" / "a.mp4", seconds=2.0)
+    for name, words in (
+        ("clip:NoSuchNet/openai", "no model 'NoSuchNet'"),
+        (f"clip:{MODEL}/nope", "no pretrained tag 'nope'"),
+    ):
+        out = tmp_path / "corpus"
+        result = run("prepare", str(tmp_path / "videos"), "--teacher", name, "--out", str(out))
+        assert result.exit_code == 2 and words in result.stderr
+        assert not out.exists()  # nothing half-written
