@@ -187,3 +187,13 @@ def test_prepare_refuses_an_unknown_open_clip_model_or_tag(run, tmp_path):
         result = run("prepare", str(tmp_path / "videos"), "--teacher", name, "--out", str(out))
         assert result.exit_code == 2 and words in result.stderr
         assert not out.exists()  # nothing half-written
+
+
+def test_corpus_info_shows_an_embedding_head(run, tmp_path):
+    from ..distill_helpers import mixed_corpus
+
+    corpus = mixed_corpus(tmp_path / "corpus")
+    result = run("corpus", "info", str(corpus))
+    assert result.exit_code == 0, result.stderr
+    assert "vec: embedding head of size 8 (vec-teacher), 48 frames" in result.stdout
+    assert "tones (3 categories)" in result.stdout
