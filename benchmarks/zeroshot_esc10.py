@@ -19,7 +19,7 @@ zero-shot and search) carries class information from pictures to text through so
 What it does not show: anything about real CLIP semantics (the text tower is random; the
 "pictures" are colours), nor accuracy on real videos.
 
-    python benchmarks/zeroshot_esc10.py --json                # ~20 min on 2 shared CPU cores
+    python benchmarks/zeroshot_esc10.py --json                # ~30 min on 2 shared CPU cores
     python benchmarks/zeroshot_esc10.py --out /tmp/zs --steps 200 --device cuda
 """
 
