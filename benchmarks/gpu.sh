@@ -9,7 +9,11 @@
 #      and with --compile (benchmarks/distill.py on a synthetic corpus);
 #   4. the probe sweep of the paper's layer table on CUDA (`soundnet evaluate esc50 ... -l conv4
 #      ... -l conv8 --device cuda`): the probes' seconds, features cached by a first run (only
-#      with ../shared/data/esc50-fold4).
+#      with ../shared/data/esc50-fold4);
+#   5. the CLIP path (docs/clip.md): `prepare --teacher clip:ViT-B-32/openai` throughput (video
+#      seconds/s; the cached weights if `soundnet weights fetch clip:ViT-B-32/openai` ran, else
+#      random weights of the same network: the same compute) and `distill` of an embedding head
+#      (InfoNCE, pool5) in clips/s, on 48 synthetic 20-s videos (needs open-clip-torch).
 # Needs the repository's virtual environment (.venv, or PYTHON=...), ../shared/data/esc50-fold4
 # beside the repository (else a synthetic workload of the same size), and the official weights
 # (fetched once if absent and allowed). Prints one line per figure and a JSON summary at the end.
@@ -141,6 +145,51 @@ EOF
     fi
 else
     echo "evaluate sweep: ../shared/data/esc50-fold4 not found; skipped"
+fi
+
+# -- 5. the CLIP path: prepare and distill with a ViT-B-32 teacher ------------------------------
+if "$PY" -c 'import open_clip' 2>/dev/null; then
+    "$PY" - "$TMP/clipvideos" <<'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from tests.videos import make_video
+for i in range(48):
+    make_video(Path(sys.argv[1]) / f"v{i:02d}.mp4", seconds=20.0, freq=220.0 * (1 + i % 8),
+               size=(320, 240))
+EOF
+    CLIPNAME="clip:ViT-B-32/openai"
+    RANDOM_INIT=()
+    "$PY" -c 'import sys; from soundnet_cli.weights.clip import cached_file; sys.exit(0 if cached_file("ViT-B-32", "openai").is_file() else 1)' \
+        || RANDOM_INIT=(--random-init)
+    if $SOUNDNET prepare "$TMP/clipvideos" --teacher "$CLIPNAME" "${RANDOM_INIT[@]}" \
+        --device cuda --out "$TMP/clipcorpus" --json >"$TMP/clipprepare.json" 2>"$TMP/clip.log"; then
+        "$PY" - "$TMP/clipprepare.json" "${#RANDOM_INIT[@]}" <<'EOF' | tee -a "$TMP/summary.txt"
+import json, sys
+r = json.load(open(sys.argv[1]))
+weights = "random weights" if sys.argv[2] != "0" else "openai weights"
+print(f"prepare clip:ViT-B-32 ({weights}) on cuda: {r.get('video_seconds_per_s')} video s/s, "
+      f"{r.get('videos_per_s')} videos/s, {r.get('clips')} clips")
+EOF
+        if $SOUNDNET distill "$TMP/clipcorpus" --out "$TMP/cliprun" --embedding-layer pool5 \
+            --steps 60 --batch-size 64 --log-every 10 --eval-every 60 --held-out 0 \
+            --device cuda --json >"$TMP/clipdistill.json" 2>>"$TMP/clip.log"; then
+            "$PY" - "$TMP/cliprun/metrics.jsonl" <<'EOF' | tee -a "$TMP/summary.txt"
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])][1:]  # the first window holds start-up
+rate = sum(r["samples_per_s"] for r in rows) / max(1, len(rows))
+wait = sum(r["data_wait"] for r in rows) / max(1, len(rows))
+print(f"distill embedding head (InfoNCE, pool5) on cuda: {rate:.1f} clips/s, data wait "
+      f"{wait:.0%}, loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
+EOF
+        else
+            echo "clip distill failed:"; tail -5 "$TMP/clip.log"
+        fi
+    else
+        echo "clip prepare failed:"; tail -5 "$TMP/clip.log"
+    fi
+else
+    echo "clip: open_clip is not installed (pip install 'soundnet-cli[clip]'); skipped"
 fi
 
 echo "--- summary"

@@ -58,9 +58,11 @@ def register_students(register: Register) -> None:
 @hookspec
 def register_teachers(register: Register) -> None:
     """Register vision teachers: ``factory(weights=None, random_init=False, **kwargs)`` returns a
-    :class:`soundnet_cli.teachers.base.Teacher` (heads with category names, a frame transform,
-    probabilities per head for a batch of frames); ``random_init=True`` builds it without any
-    weights (``soundnet_cli.testing.check_registered_teacher`` does)."""
+    :class:`soundnet_cli.teachers.base.Teacher` that declares its heads and frame transform and
+    returns, per head and for a batch of frames, class probabilities (a ``posteriors`` head) or
+    L2-normalised vectors of the head's declared size (an ``embedding`` head, such as CLIP's image
+    embedding; see docs/clip.md); ``random_init=True`` builds it without any weights
+    (``soundnet_cli.testing.check_registered_teacher`` does)."""
 
 
 @hookspec

@@ -406,6 +406,9 @@ def check_teacher(
         _require(teacher.name == name, f"{who}: its name is not the registered {name!r}")
     heads = list(getattr(teacher, "heads", ()) or ())
     _require(len(heads) > 0, f"{who}: declares no heads")
+    if any(getattr(h, "kind", "posteriors") == "embedding" for h in heads):
+        _check_embedding_teacher(teacher, who, heads, frames, height, width)
+        return
     for head in heads:
         categories = getattr(head, "categories", None)
         _require(
@@ -483,6 +486,39 @@ def check_registered_teacher(name: str, **factory_kwargs: Any) -> None:
     except SoundnetError as exc:
         raise AssertionError(f"teacher {name!r}: cannot be built without weights ({exc})") from exc
     check_teacher(teacher.eval(), name=name)
+
+
+def _check_embedding_teacher(
+    teacher: Any, who: str, heads: list[Any], frames: int, height: int, width: int
+) -> None:
+    """A teacher with ``embedding`` heads: each declares a size and gives unit vectors of that
+    size per frame (posterior heads beside them give probabilities)."""
+    _require(callable(getattr(teacher, "transform", None)), f"{who}: needs a frame transform")
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(frames, height, width, 3), dtype=np.uint8)
+    outputs = teacher.label(pixels)
+    _require(
+        set(outputs) == {h.name for h in heads},
+        f"{who}: label() returned heads {sorted(outputs)}, declared {[h.name for h in heads]}",
+    )
+    for head in heads:
+        values = np.asarray(outputs[head.name], dtype=np.float64)
+        _require(
+            values.shape == (frames, head.size) and head.size > 0,
+            f"{who}: head {head.name!r} gave {values.shape} for {frames} frames and size "
+            f"{head.size}",
+        )
+        if getattr(head, "kind", "posteriors") == "embedding":
+            norms = np.linalg.norm(values, axis=1)
+            _require(
+                bool(np.isfinite(values).all() and np.allclose(norms, 1, atol=1e-3)),
+                f"{who}: embedding head {head.name!r} does not give L2-normalised vectors",
+            )
+        else:
+            _require(
+                bool((values >= 0).all() and np.allclose(values.sum(axis=1), 1, atol=1e-3)),
+                f"{who}: head {head.name!r} does not give probabilities",
+            )
 
 
 # -- probes ------------------------------------------------------------------------------------

@@ -31,8 +31,19 @@ def _timm(variant: str, **kwargs: Any) -> Any:
     return build_timm_teacher(variant, **kwargs)
 
 
+def _clip(variant: str, **kwargs: Any) -> Any:
+    from soundnet_cli.teachers.clip import build_clip_teacher
+
+    return build_clip_teacher(variant, **kwargs)
+
+
 @hookimpl
 def register_teachers(register: Register) -> None:
     for name, description in DESCRIPTIONS.items():
         register(name, _builtin(name), description=description)
     register("timm:", _timm, description="any timm image classifier: timm:<model>")
+    register(
+        "clip:",
+        _clip,
+        description="a CLIP image encoder through open_clip (embedding head): clip:<model>/<tag>",
+    )

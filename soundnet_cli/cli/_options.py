@@ -68,6 +68,8 @@ def _check_output_file(value: Path | None) -> Path | None:
 
 
 def _check_checkpoint_file(value: Path | None) -> Path | None:
+    if value is not None and value.is_dir() and (value / "student.safetensors").is_file():
+        return value / "student.safetensors"  # a distill run folder: its exported student
     if value is not None and value.is_dir():
         raise typer.BadParameter(f"{value} is a folder, not a checkpoint file")
     return value

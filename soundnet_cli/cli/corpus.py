@@ -58,6 +58,13 @@ def _render(summary: dict[str, Any]) -> None:
         f"{', '.join(summary['teachers'])}"
     )
     for head in summary["heads"]:
+        if head.get("kind") == "embedding":
+            out.print(
+                f"{head['name']}: embedding head of size {head['size']} ({head['teacher']}), "
+                f"{head['frames']} frames",
+                soft_wrap=True,
+            )
+            continue
         table = Table(
             title=f"{head['name']} ({head['categories']} categories)", title_justify="left"
         )

@@ -61,6 +61,34 @@ def distill_command(
     compile_model: bool = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the student [off]."
     ),
+    init: str = typer.Option(
+        None,
+        "--init",
+        metavar="official|CHECKPOINT",
+        help="Start from SoundNet-8's published weights (official) or a checkpoint's: every "
+        "tensor whose name and shape match [the paper's random init].",
+    ),
+    embedding_layer: str = typer.Option(
+        None,
+        "--embedding-layer",
+        metavar="LAYER",
+        help="The student layer embedding heads project (embedding teachers such as clip:) "
+        "[the student's default layer, pool5].",
+    ),
+    embedding_loss: str = typer.Option(
+        None,
+        "--embedding-loss",
+        help="infonce (CLIP's symmetric loss over the global batch) or cosine [infonce].",
+    ),
+    temperature: float = _options.number(
+        None, "--temperature", above=0.0, help="InfoNCE's initial temperature, learnt [0.07]."
+    ),
+    head_weight: list[str] = typer.Option(
+        [],
+        "--head-weight",
+        metavar="HEAD=W",
+        help="Weight of one head's loss in a mixed run (repeatable) [1 each].",
+    ),
     teacher_weights: list[str] = _options.teacher_weights("When preparing: local teacher weights."),
     random_init: bool = _options.random_init("When preparing: random-init teachers (dry runs)."),
     overwrite: bool = typer.Option(
@@ -86,6 +114,9 @@ def distill_command(
     * `soundnet distill corpus/ --teacher vgg16-imagenet --loss l2 --steps 20000 --out run-l2/`
 
     * `soundnet distill --resume run/`
+
+    * `soundnet distill ./videos --teacher clip:ViT-B-32/openai --init official --out run/`
+      (an embedding head: then `soundnet predict --labels ...`, `search query --text ...`)
 
     * `torchrun --nproc-per-node 8 -m soundnet_cli distill corpus/ --batch-size 512 --out run/`
     """
@@ -116,6 +147,11 @@ def distill_command(
         "workers": workers,
         "device": device,
         "compile": compile_model,
+        "init": init,
+        "embedding_layer": embedding_layer,
+        "embedding_loss": embedding_loss,
+        "temperature": temperature,
+        "head_weights": _head_weights(head_weight) if head_weight else None,
     }
     given = {k: v for k, v in flags.items() if v is not None}
     if resume is not None:
@@ -159,6 +195,27 @@ def distill_command(
             f"student: {summary['student']}" + (f"; held-out agreement: {text}" if text else ""),
             soft_wrap=True,
         )
+
+
+def _head_weights(specs: list[str]) -> dict[str, float]:
+    """``["vec=2"]`` -> ``{"vec": 2.0}``."""
+    import math
+
+    from soundnet_cli.errors import UsageProblem
+
+    weights: dict[str, float] = {}
+    for spec in specs:
+        name, _, value = spec.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not name.strip() or not math.isfinite(weight) or weight < 0:
+            raise UsageProblem(
+                f"--head-weight is HEAD=W with W a number of at least 0, not {spec!r}"
+            )
+        weights[name.strip()] = weight
+    return weights
 
 
 def _train(

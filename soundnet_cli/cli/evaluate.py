@@ -49,6 +49,12 @@ def evaluate_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute features even if cached."),
     device: str = _options.device(),
     precision: str = _options.precision(),
+    zero_shot: bool = typer.Option(
+        False,
+        "--zero-shot",
+        help="Zero-shot accuracy of the --checkpoint's embedding head (class names as text, the "
+        "default prompt and the ensemble) beside the linear probe on the same features.",
+    ),
     json_output: bool = _options.json_flag("Print the report as JSON."),
     max_memory: str = _options.max_memory(
         "Memory each probe fit may use, such as 4G or 512M (default: half the machine's "
@@ -78,6 +84,9 @@ def evaluate_command(
     * `soundnet evaluate esc10 data/ESC-50 --solver liblinear` (the reference solver)
 
     * `soundnet evaluate esc10 data/ESC-50 --precision bf16`
+
+    * `soundnet evaluate esc50 data/ESC-50 --zero-shot --checkpoint run/` (a student distilled
+      from a CLIP teacher; see docs/clip.md)
     """
     from soundnet_cli.atomic import atomic_path
     from soundnet_cli.cli._model import load_model
@@ -96,6 +105,11 @@ def evaluate_command(
     import torch
 
     torch.manual_seed(0)  # students without weights get the same features (and cache) each run
+    if zero_shot:
+        _zero_shot(
+            data, dataset, root, checkpoint, probe, C, no_cache, device, solver, out, json_output
+        )
+        return
     model = load_model(checkpoint, student, device)
     layers = layers or [default_layer(model)]
     out = out or Path(f"soundnet-evaluate-{dataset}")
@@ -143,6 +157,85 @@ def evaluate_command(
         return
     _render(report)
     _common.info(f"report: {out / 'report.json'}; confusion matrices: {out}/confusion-*.png")
+
+
+def _zero_shot(
+    data: object,
+    dataset: str,
+    root: Path,
+    checkpoint: Path | None,
+    probe: str,
+    C: float | str,
+    no_cache: bool,
+    device: str,
+    solver: str | None,
+    out: Path | None,
+    json_output: bool = False,
+) -> dict[str, object]:
+    """`evaluate --zero-shot`: the report of :func:`evaluate_zero_shot`, written to
+    OUT/zero-shot.json and shown as a table (or printed as JSON)."""
+    from soundnet_cli.atomic import atomic_path
+    from soundnet_cli.cli._model import load_model
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.evaluation.zeroshot import evaluate_zero_shot
+    from soundnet_cli.runtime import resolve_device
+    from soundnet_cli.students.embedding import embedding_head
+    from soundnet_cli.teachers.text import TextEncoder
+
+    head = embedding_head(checkpoint)
+    if not head.spec.clip:
+        raise UsageProblem(f"{checkpoint}: its embedding head records no CLIP text tower")
+    encoder = TextEncoder(head.spec.clip)
+    model = load_model(checkpoint, None, device)
+    with file_progress(enabled=not json_output) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        report = evaluate_zero_shot(
+            data,
+            root,
+            model,
+            head,
+            encoder,
+            probe=probe,
+            C=C,
+            use_cache=not no_cache,
+            device=resolve_device(device),
+            solver=solver,
+            progress=progress,
+        )
+    out = out or Path(f"soundnet-evaluate-{dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "zero-shot.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    if json_output:
+        _common.print_json(report)
+        return report
+    table = Table(title=f"{dataset}: zero-shot ({report['head']}, {report['layer']}) and probe")
+    for name in ("split", "zero-shot", "ensemble", "probe"):
+        table.add_column(name, justify="left" if name == "split" else "right")
+    for row in report["splits"]:
+        table.add_row(
+            row["split"],
+            f"{row['zero_shot']:.1%}",
+            f"{row['zero_shot_ensemble']:.1%}",
+            f"{row['probe']:.1%}",
+        )
+    mean = report["mean"]
+    table.add_row(
+        "mean",
+        f"{mean['zero_shot']:.1%}",
+        f"{mean['zero_shot_ensemble']:.1%}",
+        f"{mean['probe']:.1%}",
+        style="bold",
+    )
+    _common.out.print(table)
+    _common.info(f"report: {out / 'zero-shot.json'}")
+    return report
 
 
 def _cell(result: SplitResult) -> str:

@@ -67,6 +67,23 @@ def predict_command(
         help="Write to this file (or DIR/predictions.<ext>) instead of stdout; a folder for "
         "audacity.",
     ),
+    labels: str = typer.Option(
+        None,
+        "--labels",
+        metavar='"A,B,..."',
+        help="Zero-shot: score these labels (comma-separated) with the checkpoint's embedding "
+        "head and its CLIP text tower, instead of the posterior heads.",
+    ),
+    labels_file: Path = typer.Option(
+        None, "--labels-file", metavar="FILE", help="Zero-shot labels, one per line."
+    ),
+    prompt: list[str] = typer.Option(
+        [],
+        "--prompt",
+        metavar='"... {} ..."',
+        help="Zero-shot prompt, {} for the label; repeat for an ensemble [the default "
+        "ensemble of docs/clip.md].",
+    ),
     json_output: bool = _options.json_flag("Same as --format json."),
     follow: bool = typer.Option(
         False,
@@ -139,6 +156,9 @@ def predict_command(
     * `ffmpeg -i rtsp://cam/stream -f wav - | soundnet predict - --follow --format csv`
 
     * `soundnet predict long.wav --window 10 --hop 2 --format csv`
+
+    * `soundnet predict rec.wav --checkpoint run/ --labels "dog barking,rain,sea waves"`
+      (zero-shot, for a student distilled from a CLIP teacher; see docs/clip.md)
     """
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.errors import UsageProblem
@@ -156,6 +176,11 @@ def predict_command(
         fmt = "json"
     check_output(fmt, out)
     check_threshold(threshold)
+    zero_shot = None
+    if labels is not None or labels_file is not None or prompt:
+        if follow or window is not None or raw_format is not None or device_input is not None:
+            raise UsageProblem("zero-shot labels work on files; not with live input or windows")
+        zero_shot = _zero_shot_setup(checkpoint, labels, labels_file, prompt)
     live_options = _live.LiveOptions(
         follow, raw_format, rate, channels, device_input, reconnect, chunk_seconds,
         stall_seconds, window, hop,
@@ -208,15 +233,26 @@ def predict_command(
                 _show(_common.out, apply_threshold(prediction, threshold), segments)
             bar.advance(task)
 
-        run = predict_files(
-            files,
-            model,
-            top_k=k,
-            mix=mix,
-            precision=precision,
-            on_file=on_file,
-        )
-    _write(run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold)
+        if zero_shot is not None:
+            from soundnet_cli.prediction.zeroshot import zero_shot_files
+
+            head, names, vectors, _ = zero_shot
+            run = zero_shot_files(
+                files, model, head, names, vectors, top_k=k, mix=mix, on_file=on_file
+            )
+        else:
+            run = predict_files(
+                files,
+                model,
+                top_k=k,
+                mix=mix,
+                precision=precision,
+                on_file=on_file,
+            )
+    header = (zero_shot[1], zero_shot[3]) if zero_shot is not None else None
+    _write(
+        run, fmt, out, steps=steps, segments=segments, top_k=k, threshold=threshold, header=header
+    )
     if not quiet and len(files) > 1:
         _common.info(f"{len(run.predictions)} predicted, {len(run.failures)} failed")
     if run.failures:
@@ -232,6 +268,7 @@ def _write(
     segments: bool,
     top_k: int,
     threshold: float | None,
+    header: tuple[list[str], list[str]] | None = None,
 ) -> None:
     from soundnet_cli.prediction.run import output_file, render_text, write_audacity, write_text
     from soundnet_cli.prediction.tables import apply_threshold
@@ -243,6 +280,10 @@ def _write(
         return
     if fmt != "table":
         text = render_text(run, fmt, segments=segments, top_k=top_k, threshold=threshold)
+        if header is not None:
+            from soundnet_cli.prediction.zeroshot import with_prompts
+
+            text = with_prompts(text, fmt, *header)
         if out is None:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -262,6 +303,37 @@ def _write(
     elif kept:
         _render_summaries(console, [p.as_dict() for p in kept])
     _common.info(f"wrote {write_text(buffer.getvalue(), output_file(out, fmt))}")
+
+
+def _zero_shot_setup(
+    checkpoint: Path | None, labels: str | None, labels_file: Path | None, prompts: list[str]
+) -> tuple[Any, list[str], Any, list[str]]:
+    """The embedding head, labels, their text vectors and the prompts; every problem (no
+    embedding head, no labels, another text tower) before any file is read."""
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.students.embedding import embedding_head
+    from soundnet_cli.teachers.text import (
+        DEFAULT_ENSEMBLE,
+        TextEncoder,
+        check_prompts,
+        parse_labels,
+    )
+
+    lines: list[str] = []
+    if labels_file is not None:
+        try:
+            lines = labels_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise UsageProblem(f"cannot read --labels-file {labels_file} ({exc.strerror})") from exc
+    names = parse_labels(labels, lines)
+    chosen = check_prompts(prompts or list(DEFAULT_ENSEMBLE))
+    head = embedding_head(checkpoint)
+    if not head.spec.clip:
+        raise UsageProblem(
+            f"{checkpoint}: its embedding head records no CLIP identity, so no text tower fits it"
+        )
+    encoder = TextEncoder(head.spec.clip)
+    return head, names, encoder.labels(names, chosen), chosen
 
 
 def _show(console: Console, prediction: Prediction, segments: bool) -> None:

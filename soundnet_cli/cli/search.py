@@ -102,6 +102,19 @@ def query_command(
         "Where the folder's checkpoint is now, if it moved (it must be the same model)."
     ),
     device: str = _options.device(),
+    text: str = typer.Option(
+        None,
+        "--text",
+        metavar='"A DOG BARKING"',
+        help="Find the files that sound like this text (a checkpoint distilled from a CLIP "
+        "teacher; the folder extracted at its embedding layer).",
+    ),
+    prompt: list[str] = typer.Option(
+        [],
+        "--prompt",
+        metavar='"... {} ..."',
+        help="With --text: prompt(s) around the text, {} for it [the text as given].",
+    ),
     json_output: bool = _options.json_flag(),
 ) -> None:
     """The files most like an audio file or an indexed file, by cosine similarity.
@@ -117,9 +130,18 @@ def query_command(
     * `soundnet search query feats --key dogs/bark-01 -k 5`
 
     * `soundnet search query feats dog.wav --json | jq -r '.results[].path'`
+
+    * `soundnet search query feats --text "a dog barking" -k 5` (text to audio: see
+      docs/clip.md)
     """
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.search import open_index, query_audio, query_key
+
+    if text is not None:
+        if audio is not None or key is not None:
+            raise UsageProblem("give --text, an AUDIO_FILE or --key KEY (one of them)")
+        _text_query(features, text, k, prompt, checkpoint, json_output)
+        return
 
     if (audio is None) == (key is None):
         raise UsageProblem("give an AUDIO_FILE or --key KEY (one of them)")
@@ -137,6 +159,40 @@ def query_command(
         _common.print_json(result.as_dict())
     else:
         _render(result.as_dict())
+
+
+def _text_query(
+    features: Path,
+    text: str,
+    k: int,
+    prompts: list[str],
+    checkpoint: Path | None,
+    json_output: bool,
+) -> None:
+    from soundnet_cli.search.text import query_text
+    from soundnet_cli.teachers.text import check_prompts
+
+    result = query_text(
+        features, text, k=k, prompts=check_prompts(prompts) or None, checkpoint=checkpoint
+    )
+    for key, reason in result.failures:
+        _common.error(f"{key}: {reason}")
+    if json_output:
+        _common.print_json(result.as_dict())
+    else:
+        table = Table(title=Text(f"nearest to the text {text!r}"), title_justify="left")
+        for name, justify in (("rank", "right"), ("score", "right"), ("time (s)", "right")):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column("key")
+        table.add_column("path")
+        for row in result.as_dict()["results"]:
+            time = "" if row["time"] is None else f"{row['time']:.2f}"
+            table.add_row(
+                str(row["rank"]), f"{row['score']:.3f}", time, Text(row["key"]), Text(row["path"])
+            )
+        _common.out.print(table)
+    if result.failures:
+        raise typer.Exit(1)
 
 
 def _render(result: dict[str, Any]) -> None:

@@ -18,6 +18,15 @@ weights_app = typer.Typer(
 @weights_app.command("fetch")
 @_common.handle_errors
 def fetch(
+    name: str = typer.Argument(
+        None,
+        metavar="[clip:MODEL/TAG]",
+        help="CLIP weights (image and text towers) to cache instead of SoundNet-8.",
+    ),
+    checkpoint: Path = _options.checkpoint(
+        "Fetch and verify (sha256) the CLIP text tower this checkpoint's embedding head "
+        "records, for zero-shot labels and text search."
+    ),
     force: bool = typer.Option(False, "--force", help="Download again even if cached."),
     index_url: str = typer.Option(
         None,
@@ -35,8 +44,16 @@ def fetch(
     * `soundnet weights fetch`
 
     * `SOUNDNET_HOME=/data/soundnet soundnet weights fetch --force`
+
+    * `soundnet weights fetch clip:ViT-B-32/openai` (CLIP weights, under $SOUNDNET_HOME/clip)
+
+    * `soundnet weights fetch --checkpoint run/` (the text tower of a CLIP-distilled student)
     """
     from soundnet_cli.weights.official import fetch_official, official_path
+
+    if name is not None or checkpoint is not None:
+        _fetch_clip(name, checkpoint, json_output)
+        return
 
     cached = official_path().is_file() and not force
     with download_progress(enabled=not json_output) as bar:
@@ -47,6 +64,47 @@ def fetch(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     _report(path, json_output, "already cached" if cached else "fetched and verified")
+
+
+def _fetch_clip(name: str | None, checkpoint: Path | None, json_output: bool) -> None:
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.weights.clip import (
+        ClipIdentity,
+        fetch_clip_weights,
+        parse_clip_name,
+        text_tower,
+    )
+
+    if name is not None and checkpoint is not None:
+        raise UsageProblem("give clip:MODEL/TAG or --checkpoint, not both")
+    if checkpoint is not None:
+        from soundnet_cli.students.embedding import embedding_head
+
+        head = embedding_head(checkpoint)
+        if not head.spec.clip:
+            raise UsageProblem(f"{checkpoint}: its embedding head records no CLIP weights")
+        identity = ClipIdentity.from_dict(head.spec.clip)
+        text_tower(identity)  # fetches, verifies the sha256, builds the tokenizer
+        summary = {"clip": identity.label, "sha256": identity.sha256, "verified": True}
+    else:
+        assert name is not None
+        if not name.startswith("clip:"):
+            raise UsageProblem(f"weights fetch takes clip:MODEL/TAG, not {name!r}")
+        model, tag = parse_clip_name(name.partition(":")[2])
+        if tag is None:
+            raise UsageProblem(f"{name}: name a pretrained tag, clip:{model}/TAG")
+        with download_progress(enabled=not json_output) as bar:
+            task = bar.add_task(f"{model}/{tag}", total=None)
+            path, sha = fetch_clip_weights(
+                model,
+                tag,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        summary = {"clip": name, "path": str(path), "sha256": sha}
+    if json_output:
+        _common.print_json(summary)
+    else:
+        _common.out.print(", ".join(f"{k}: {v}" for k, v in summary.items()), soft_wrap=True)
 
 
 @weights_app.command("import")

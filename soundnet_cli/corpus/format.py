@@ -7,7 +7,8 @@ Layout::
       shards/rank00000-000001/    one committed shard (a directory, renamed into place whole)
         index.json                its clips (offsets into the arrays), videos and failures
         audio.npy                 int16 PCM, every clip's samples back to back
-        <head>.npy                float16 posteriors, (frames, categories), aligned to frames
+        <head>.npy                float16 posteriors, (frames, categories), aligned to frames;
+                                  for an embedding head, float16 unit vectors (frames, size)
 
 Each rank (or worker) writes its own shard sequence ``rank<R>-<N>``; readers see the union.
 A shard is built in a hidden temporary directory and renamed into place when complete, so an
@@ -49,13 +50,32 @@ class CorpusError(SoundnetError):
 
 @dataclass(frozen=True)
 class HeadInfo:
+    """A head of the corpus: ``posteriors`` over categories, or an ``embedding`` of ``dim``
+    (manifests written before embedding heads existed have posterior heads only)."""
+
     name: str
     teacher: str
     categories: tuple[str, ...]
+    kind: str = "posteriors"
+    dim: int = 0
 
     @property
     def size(self) -> int:
-        return len(self.categories)
+        return self.dim if self.kind == "embedding" else len(self.categories)
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "teacher": self.teacher}
+        if self.kind == "embedding":
+            return data | {"kind": self.kind, "size": self.dim, "categories": []}
+        return data | {"categories": list(self.categories)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeadInfo:
+        kind = str(data.get("kind", "posteriors"))
+        if kind not in ("posteriors", "embedding"):
+            raise CorpusError(f"head {data.get('name')!r} has an unknown kind {kind!r}")
+        dim = int(data["size"]) if kind == "embedding" else 0
+        return cls(data["name"], data["teacher"], tuple(data["categories"]), kind, dim)
 
 
 @dataclass(frozen=True)
@@ -89,10 +109,7 @@ class CorpusManifest:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["heads"] = [
-            {"name": h.name, "teacher": h.teacher, "categories": list(h.categories)}
-            for h in self.heads
-        ]
+        data["heads"] = [h.as_dict() for h in self.heads]
         data["teachers"] = [dict(t) for t in self.teachers]
         return data
 
@@ -109,9 +126,7 @@ class CorpusManifest:
             frame_at=str(data["frame_at"]),
             mix=str(data["mix"]),
             teachers=tuple(dict(t) for t in data["teachers"]),
-            heads=tuple(
-                HeadInfo(h["name"], h["teacher"], tuple(h["categories"])) for h in data["heads"]
-            ),
+            heads=tuple(HeadInfo.from_dict(h) for h in data["heads"]),
         )
         manifest.check()
         return manifest
@@ -125,7 +140,9 @@ class CorpusManifest:
         if not self.heads:
             raise CorpusError("not a usable corpus manifest (it lists no heads)")
         for head in self.heads:
-            if not head.categories:
+            if head.kind == "embedding" and head.size < 1:
+                raise CorpusError(f"not a usable corpus manifest (head {head.name} has no size)")
+            if head.kind != "embedding" and not head.categories:
                 raise CorpusError(
                     f"not a usable corpus manifest (head {head.name} has no categories)"
                 )
@@ -496,6 +513,18 @@ class Corpus:
         """What `soundnet corpus info` shows."""
         heads = []
         for head in self.manifest.heads:
+            if head.kind == "embedding":
+                frames = sum(len(a) for a in self.posteriors(head.name))
+                heads.append(
+                    {
+                        "name": head.name,
+                        "teacher": head.teacher,
+                        "kind": head.kind,
+                        "size": head.size,
+                        "frames": frames,
+                    }
+                )
+                continue
             counts = np.zeros(head.size, np.int64)
             for array in self.posteriors(head.name):
                 if len(array):

@@ -153,7 +153,11 @@ def build_manifest(teachers: Sequence[Teacher], settings: PrepareSettings) -> Co
         frame_at=settings.frame_at,
         mix=settings.mix,
         teachers=tuple(t.describe() for t in teachers),
-        heads=tuple(HeadInfo(h.name, t.name, h.categories) for t in teachers for h in t.heads),
+        heads=tuple(
+            HeadInfo(h.name, t.name, h.categories, h.kind, h.dim if h.kind == "embedding" else 0)
+            for t in teachers
+            for h in t.heads
+        ),
     )
 
 

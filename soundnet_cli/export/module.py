@@ -38,12 +38,13 @@ class OutputSpec:
     """One output of the exported model."""
 
     name: str
-    kind: str  # "layer" or "head"
+    kind: str  # "layer", "head" or "embedding" (unit vectors of an embedding head)
     channels: int
     stride: int  # input samples per time step
     receptive_field: int
     offset: int
     categories: tuple[str, ...] | None = None
+    clip: dict[str, Any] | None = None  # an embedding head's CLIP identity (its text tower)
 
     def as_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -56,6 +57,8 @@ class OutputSpec:
         }
         if self.categories is not None:
             row["categories"] = list(self.categories)
+        if self.kind == "embedding":
+            row["clip"] = self.clip
         return row
 
 
@@ -103,7 +106,8 @@ def plan_export(model: Student, layers: Sequence[str] = (), heads: bool = False)
     """Check the requested outputs against ``model`` and describe them.
 
     ``layers`` are feature taps (duplicates dropped, order kept); ``heads`` adds one output per
-    output head. With neither, the model's default layer is exported.
+    output head, and one per embedding head the checkpoint holds (unit vectors per step of its
+    layer, (batch, size, time)). With neither, the model's default layer is exported.
     """
     taps = {info.name: info for info in model.feature_info}
     wanted = list(dict.fromkeys(layers))
@@ -145,8 +149,23 @@ def plan_export(model: Student, layers: Sequence[str] = (), heads: bool = False)
                     tuple(head.categories) if head.categories is not None else None,
                 )
             )
+    embedding = embedding_heads(model) if heads else {}
+    for name, head in embedding.items():
+        info = taps[head.spec.layer]
+        outputs.append(
+            OutputSpec(
+                name,
+                "embedding",
+                head.spec.size,
+                info.stride,
+                info.receptive_field,
+                info.offset,
+                clip=head.spec.clip,
+            )
+        )
     order = list(taps)
-    last = max((order.index(name) for name in wanted), default=-1)
+    wanted_taps = wanted + [h.spec.layer for h in embedding.values()]
+    last = max((order.index(name) for name in wanted_taps), default=-1)
     if needs_heads:
         last = order.index(info.name)
     min_samples = int(model.min_samples(order[last]))
@@ -155,6 +174,11 @@ def plan_export(model: Student, layers: Sequence[str] = (), heads: bool = False)
     return ExportPlan(
         str(model.architecture), int(model.sample_rate), tuple(outputs), min_samples, provenance
     )
+
+
+def embedding_heads(model: Any) -> dict[str, Any]:
+    """The embedding heads loaded with the model's checkpoint (none: empty)."""
+    return dict(getattr(model, "embedding_heads", None) or {})
 
 
 class ExportModule(nn.Module):
@@ -170,6 +194,11 @@ class ExportModule(nn.Module):
             self.student = model
         self.layers = [o.name for o in plan.outputs if o.kind == "layer"]
         self.head_names = [o.name for o in plan.outputs if o.kind == "head"]
+        wanted = [o.name for o in plan.outputs if o.kind == "embedding"]
+        heads = embedding_heads(model)
+        self.embedding = nn.ModuleDict({name: heads[name] for name in wanted})
+        self.embedding_layers = [heads[name].spec.layer for name in wanted]
+        self.needed = list(dict.fromkeys(self.layers + self.embedding_layers))
         if conv is not None:
             order = [info.name for info in conv.feature_info]
             head_layer = conv.head_layer
@@ -177,7 +206,7 @@ class ExportModule(nn.Module):
             stop = (
                 len(order) - 1
                 if self.head_names or head_layer in self.layers
-                else max(order.index(name) for name in self.layers)
+                else max(order.index(name) for name in self.needed)
             )
             self.block_names = [name for name in conv.blocks if order.index(name) <= stop]
             self.body = nn.ModuleList(conv.blocks[name] for name in self.block_names)
@@ -190,7 +219,11 @@ class ExportModule(nn.Module):
         x = (waveform * SCALE).unsqueeze(1)
         taps: dict[str, torch.Tensor] = {}
         if not self.direct:
-            taps.update(self.student.forward_features(x, self.layers))
+            taps.update(self.student.forward_features(x, self.needed))
+            for (name, head), layer in zip(
+                self.embedding.items(), self.embedding_layers, strict=True
+            ):
+                taps[name] = F.normalize(head(taps[layer]), dim=1)
             return tuple(taps[name] for name in self.names)
         for name, block in zip(self.block_names, self.body, strict=True):
             x = block(x)
@@ -201,6 +234,8 @@ class ExportModule(nn.Module):
             if self.head_names:
                 for name, head_logits in zip(self.head_names, logits, strict=True):
                     taps[name] = F.softmax(head_logits, dim=1)
+        for (name, head), layer in zip(self.embedding.items(), self.embedding_layers, strict=True):
+            taps[name] = F.normalize(head(taps[layer]), dim=1)
         return tuple(taps[name] for name in self.names)
 
 
@@ -222,9 +257,15 @@ def reference_outputs(
     """The plan's outputs computed by the model itself in PyTorch, for verification."""
     scaled = waveform * SCALE
     layers = [o.name for o in plan.outputs if o.kind == "layer"]
+    embedding = {
+        o.name: embedding_heads(model)[o.name] for o in plan.outputs if o.kind == "embedding"
+    }
+    needed = list(dict.fromkeys(layers + [h.spec.layer for h in embedding.values()]))
     with torch.inference_mode():
-        taps = dict(model.forward_features(scaled, layers)) if layers else {}
+        taps = dict(model.forward_features(scaled, needed)) if needed else {}
         conv = _conv_student(model)
         if conv is not None and any(o.kind == "head" for o in plan.outputs):
             taps.update({name: lp.exp() for name, lp in conv(scaled).items()})
+        for name, head in embedding.items():
+            taps[name] = F.normalize(head(taps[head.spec.layer]), dim=1)
     return [taps[name].float() for name in plan.names]

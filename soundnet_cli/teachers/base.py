@@ -1,9 +1,11 @@
 """The teacher API: heads with category names, a frame transform, probabilities per head.
 
-A teacher wraps an image classifier (``network``) whose logits are the concatenation of its
-heads' logits (one head for every builtin teacher). ``label(frames)`` takes decoded RGB frames
-as uint8 arrays, applies the teacher's own transform, and returns softmax probabilities per head,
-batched on the teacher's device (autocast on CUDA).
+A teacher wraps an image network (``network``) whose outputs are the concatenation of its
+heads' outputs (one head for every builtin teacher). ``label(frames)`` takes decoded RGB frames
+as uint8 arrays, applies the teacher's own transform, and returns per head either softmax
+probabilities (a ``posteriors`` head, the paper's) or L2-normalised vectors (an ``embedding``
+head of a declared size, such as CLIP's image embedding), batched on the teacher's device
+(autocast on CUDA).
 """
 
 from __future__ import annotations
@@ -29,16 +31,37 @@ def head_name_for(teacher: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", teacher.lower()).strip("-") or "head"
 
 
+HEAD_KINDS = ("posteriors", "embedding")
+
+
 @dataclass(frozen=True)
 class TeacherHead:
-    """One output of a teacher: its name and its category names, in output order."""
+    """One output of a teacher: its name and its category names, in output order; or, for an
+    ``embedding`` head, no categories and the vectors' size ``dim``."""
 
     name: str
-    categories: tuple[str, ...]
+    categories: tuple[str, ...] = ()
+    kind: str = "posteriors"
+    dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise SoundnetError(f"head {self.name!r}: kind must be one of {HEAD_KINDS}")
+        if self.kind == "embedding" and (self.dim < 1 or self.categories):
+            raise SoundnetError(f"embedding head {self.name!r} needs a size and no categories")
 
     @property
     def size(self) -> int:
-        return len(self.categories)
+        return self.dim if self.kind == "embedding" else len(self.categories)
+
+    @classmethod
+    def embedding(cls, name: str, dim: int) -> TeacherHead:
+        return cls(name, (), "embedding", int(dim))
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.kind == "embedding":
+            return {"name": self.name, "kind": self.kind, "size": self.size}
+        return {"name": self.name, "categories": list(self.categories)}
 
 
 @dataclass(frozen=True)
@@ -133,18 +156,25 @@ class Teacher(nn.Module):
                 f"{sum(sizes)}"
             )
         parts = torch.split(logits, sizes, dim=-1)
-        return {h.name: part.softmax(dim=-1) for h, part in zip(self.heads, parts, strict=True)}
+        return {
+            h.name: torch.nn.functional.normalize(part, dim=-1)
+            if h.kind == "embedding"
+            else part.softmax(dim=-1)
+            for h, part in zip(self.heads, parts, strict=True)
+        }
 
     @torch.inference_mode()
     def label(
         self, frames: np.ndarray | torch.Tensor, batch_size: int = 64
     ) -> dict[str, np.ndarray]:
-        """Probabilities per head, float32 (N, categories), for uint8 RGB frames (N, H, W, 3)."""
+        """Probabilities per head, float32 (N, categories), for uint8 RGB frames (N, H, W, 3);
+        for an embedding head, unit vectors (N, size)."""
         return self.label_pixels(self.transform(frames), batch_size)
 
     @torch.inference_mode()
     def label_pixels(self, pixels: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
-        """Probabilities per head for already-transformed frames (N, 3, crop, crop)."""
+        """Probabilities (or unit vectors) per head for already-transformed frames
+        (N, 3, crop, crop)."""
         device = self.device
         chunks: dict[str, list[np.ndarray]] = {h.name: [] for h in self.heads}
         for start in range(0, len(pixels), max(1, batch_size)):
@@ -166,7 +196,7 @@ class Teacher(nn.Module):
         """What a corpus manifest records about this teacher."""
         return {
             "name": self.name,
-            "heads": [{"name": h.name, "categories": list(h.categories)} for h in self.heads],
+            "heads": [h.as_dict() for h in self.heads],
             "transform": self.transform.as_dict(),
             "provenance": self.provenance,
         }

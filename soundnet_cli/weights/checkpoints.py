@@ -133,8 +133,10 @@ def save_state(
     heads: tuple[HeadSpec, ...],
     sample_rate: int,
     provenance: dict[str, Any] | None = None,
+    extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write tensors and metadata atomically to ``path``."""
+    """Write tensors and metadata atomically to ``path`` (``extra_metadata``: more keys, such as
+    ``embedding_heads``)."""
     from safetensors.torch import save_file
 
     metadata = {
@@ -143,7 +145,7 @@ def save_state(
         "heads": _encode_heads(heads),
         "sample_rate": str(sample_rate),
         "provenance": json.dumps(provenance or {}),
-    }
+    } | dict(extra_metadata or {})
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -151,10 +153,14 @@ def save_state(
 
 
 def save_checkpoint(
-    model: Student, path: str | os.PathLike[str], provenance: dict[str, Any] | None = None
+    model: Student,
+    path: str | os.PathLike[str],
+    provenance: dict[str, Any] | None = None,
+    embedding_heads: dict[str, Any] | None = None,
 ) -> Path:
     """Save a student: an ``nn.Module`` keeping ``HeadedStudent`` (``head_specs`` are what a
-    checkpoint rebuilds it with)."""
+    checkpoint rebuilds it with), with its embedding heads
+    (:mod:`soundnet_cli.students.embedding`) if any."""
     from torch import nn
 
     from soundnet_cli.students.contract import HeadedStudent
@@ -167,13 +173,25 @@ def save_checkpoint(
     architecture = model.architecture
     heads = tuple(model.head_specs)
     rate = int(model.sample_rate)
+    state = dict(model.state_dict())
+    extra: dict[str, str] = {}
+    if embedding_heads:
+        from soundnet_cli.students.embedding import (
+            METADATA,
+            embedding_metadata,
+            embedding_tensors,
+        )
+
+        state |= embedding_tensors(embedding_heads)
+        extra[METADATA] = embedding_metadata(embedding_heads)
     return save_state(
-        model.state_dict(),
+        state,
         path,
         architecture=str(architecture),
         heads=heads,
         sample_rate=rate,
         provenance=provenance,
+        extra_metadata=extra,
     )
 
 
@@ -225,9 +243,15 @@ def tensor_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor in a safetensors file, from its header (nothing loaded)."""
     from safetensors import safe_open
 
-    try:
+    from soundnet_cli.students.embedding import PREFIX
+
+    try:  # embedding heads' tensors are not the student's (read_embedding_heads reads them)
         with safe_open(str(path), framework="pt") as handle:
-            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+            return {
+                k: tuple(handle.get_slice(k).get_shape())
+                for k in handle.keys()  # noqa: SIM118
+                if not k.startswith(PREFIX)
+            }
     except Exception as exc:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
 
@@ -311,7 +335,9 @@ def load_checkpoint(
         if problem is not None:
             raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({problem})")
     try:
-        state = load_file(str(info.path), device="cpu")
+        from soundnet_cli.students.embedding import split_state
+
+        state, _ = split_state(load_file(str(info.path), device="cpu"))
         model = None
         if expected is not None:
             _refuse_values(path, info, state, expected)
@@ -324,6 +350,10 @@ def load_checkpoint(
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit {info.architecture} ({first})") from exc
     model.checkpoint_info = info
+    from soundnet_cli.students.embedding import read_embedding_heads
+
+    # a plain dict, not submodules: the student's own state dict stays as it was
+    model.__dict__["embedding_heads"] = read_embedding_heads(info.path)
     loaded: Student = model.to(device).eval()
     return loaded
 

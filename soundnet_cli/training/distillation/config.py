@@ -4,7 +4,7 @@ run may change."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from soundnet_cli.training.settings import (
 )
 
 LOSSES = ("kl", "l2")
+EMBEDDING_LOSSES = ("infonce", "cosine")
 # Settings a resumed run may change: they do not alter what the run computes.
 RESUMABLE = frozenset({"steps", "workers", "device", "log_every", "eval_every"})
 
@@ -42,6 +43,12 @@ class DistillConfig:
     workers: int = 2
     device: str = "auto"
     compile: bool = False
+    # embedding heads (teachers of kind "embedding", such as clip:...) and mixed runs
+    init: str = ""  # "" (the paper's init), "official" (SoundNet-8's weights) or a checkpoint
+    embedding_layer: str = ""  # the student layer embedding heads project; "" = default layer
+    embedding_loss: str = "infonce"
+    temperature: float = 0.07  # InfoNCE's initial temperature (learnt)
+    head_weights: dict[str, float] = field(default_factory=dict)  # head -> weight (default 1)
 
     def __post_init__(self) -> None:
         self.check()  # every config is valid from its construction: no caller checks again
@@ -60,6 +67,14 @@ class DistillConfig:
         check_positive("lr", self.lr)
         check_positive("kl_scale", self.kl_scale)
         check_positive("crop_seconds", self.crop_seconds)
+        if self.embedding_loss not in EMBEDDING_LOSSES:
+            raise UsageProblem(
+                f"--embedding-loss must be one of {', '.join(EMBEDDING_LOSSES)}, not "
+                f"{self.embedding_loss!r}"
+            )
+        check_positive("temperature", self.temperature)
+        for head, weight in self.head_weights.items():
+            check_positive(f"head_weight {head}", weight, zero=True)
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             check_positive(name, value, zero=True)
@@ -69,6 +84,7 @@ class DistillConfig:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["teachers"] = list(self.teachers)
+        data["head_weights"] = dict(self.head_weights)
         return data
 
     @classmethod
@@ -78,6 +94,7 @@ class DistillConfig:
         """``base`` updated with ``values`` (keys as in the dataclass, or with dashes)."""
         data = updated_settings((base or cls()).as_dict(), values, {f.name for f in fields(cls)})
         data["teachers"] = tuple(data["teachers"] or ())
+        data["head_weights"] = {str(k): float(v) for k, v in dict(data["head_weights"]).items()}
         return cls(**data)
 
 

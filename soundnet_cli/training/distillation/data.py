@@ -66,10 +66,13 @@ class CropDataset(torch.utils.data.Dataset):
     first crop (evaluation). Targets are renormalised to sum to one (float16 rounding).
     """
 
-    def __init__(self, root: Path, heads: Sequence[str], plan: CropPlan) -> None:
+    def __init__(
+        self, root: Path, heads: Sequence[str], plan: CropPlan, embedding: Sequence[str] = ()
+    ) -> None:
         self.corpus = Corpus(root)
         self.heads = list(heads)
         self.plan = plan
+        self.embedding = set(embedding)  # heads of unit vectors: renormalised to length one
 
     def __len__(self) -> int:
         return len(self.corpus)
@@ -92,5 +95,9 @@ class CropDataset(torch.utils.data.Dataset):
         targets = {}
         for head in self.heads:
             t = np.asarray(sample.posteriors[head][rows], dtype=np.float32)
-            targets[head] = torch.from_numpy(t / np.maximum(t.sum(axis=1, keepdims=True), 1e-12))
+            if head in self.embedding:
+                norm = np.linalg.norm(t, axis=1, keepdims=True)
+            else:
+                norm = t.sum(axis=1, keepdims=True)
+            targets[head] = torch.from_numpy(t / np.maximum(norm, 1e-12))
         return torch.from_numpy(int16_to_model(audio)), targets

@@ -7,6 +7,12 @@ readable steps: set up the run, build the data, run the shared loop
 Loss: for every head and student time step, KL(teacher || student) with the student's
 log-softmax, averaged over batch, time steps and heads, times ``kl_scale`` (250, as the
 release); ``loss="l2"`` is the ablation's squared error between the probabilities.
+
+Embedding heads (teachers of kind ``embedding``, such as ``clip:``) add, per head, symmetric
+InfoNCE over the global batch with a learnt temperature (or cosine distance), on a projection
+of ``embedding_layer`` pooled per frame interval (:mod:`.heads`, :mod:`.losses`). The total is
+``kl_scale`` x the mean over posterior heads of ``weight x KL`` plus the sum over embedding
+heads of ``weight x loss`` (weights from ``head_weights``, default 1).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ def distill_loss(
     *,
     kind: str = "kl",
     scale: float = 250.0,
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``scale`` x the mean over heads of the per-head loss; the per-head values are returned too.
 
@@ -69,7 +76,9 @@ def distill_loss(
         else:
             raise UsageProblem(f"unknown loss {kind!r}")
         per_head[head] = per_step.mean()
-    total = scale * torch.stack(list(per_head.values())).mean()
+    weights = weights or {}
+    weighted = [per_head[h] * weights[h] if h in weights else per_head[h] for h in per_head]
+    total = scale * torch.stack(weighted).mean()
     return total, per_head
 
 
@@ -148,6 +157,8 @@ class _Setup:
     aligned: list[int]
     optimizer: Any
     start: int
+    model: Any = None  # what is trained and checkpointed: the student, or a DistillNet
+    embedded: list[Any] = field(default_factory=list)  # the corpus's embedding heads
 
 
 def _set_up(
@@ -168,28 +179,141 @@ def _set_up(
     device = device_for(config.device, world)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    specs = [HeadSpec(h.name, h.size, h.categories) for h in heads]
-    student = get_plugins().students.create(config.student, heads=specs)
-    aligned = step_frames(
-        student,
-        student.head_spec.name,
-        plan.samples,
-        plan.frames,
-        corpus.manifest.frame_interval,
+    posterior = [h for h in heads if h.kind != "embedding"]
+    embedded = [h for h in heads if h.kind == "embedding"]
+    specs = [HeadSpec(h.name, h.size, h.categories) for h in posterior]
+    students = get_plugins().students
+    # a run of embedding heads alone keeps the student's own posterior heads, untrained
+    student = students.create(config.student, heads=specs) if specs else _headless(students, config)
+    if config.init:
+        _initialise(student, config.init)
+    if not specs:
+        for parameter in getattr(student, "heads", torch.nn.Module()).parameters():
+            parameter.requires_grad_(False)
+    aligned = (  # a run of embedding heads alone needs no output steps (nor their length)
+        step_frames(
+            student,
+            student.head_spec.name,
+            plan.samples,
+            plan.frames,
+            corpus.manifest.frame_interval,
+        )
+        if specs
+        else []
     )
-    student.to(device).train()
+    model = student
+    if embedded:
+        model = _distill_net(student, posterior, embedded, corpus, plan, config)
+    model.to(device).train()
     optimizer = torch.optim.Adam(
-        student.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
+        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2)
     )
     checkpoint = run_dir / LAST
     start = 0
     if resume:
         if not checkpoint.is_file():
             raise SoundnetError(f"{run_dir}: no checkpoint to resume from ({LAST})")
-        start = load_training_state(checkpoint, student, optimizer)
+        start = load_training_state(checkpoint, model, optimizer)
     return _Setup(
-        corpus, heads, plan, train_idx, held_idx, world, device, student, aligned, optimizer, start
+        corpus,
+        heads,
+        plan,
+        train_idx,
+        held_idx,
+        world,
+        device,
+        student,
+        aligned,
+        optimizer,
+        start,
+        model,
+        embedded,
     )
+
+
+def _headless(students: Any, config: DistillConfig) -> Any:
+    """The student of a run with embedding heads only: its default posterior heads (SoundNet-8's
+    objects and scenes, which ``init`` may fill), else one placeholder head; never trained."""
+    from soundnet_cli.students import HeadSpec
+
+    try:
+        return students.create(config.student)
+    except (SoundnetError, TypeError):
+        return students.create(config.student, heads=[HeadSpec("unused", 1)])
+
+
+def _distill_net(
+    student: Any, posterior: list[Any], embedded: list[Any], corpus: Any, plan: Any, config: Any
+) -> Any:
+    from soundnet_cli.models import default_layer
+    from soundnet_cli.students.embedding import spec_for
+    from soundnet_cli.training.distillation.heads import DistillNet
+
+    layer = config.embedding_layer or default_layer(student)
+    teachers = {t.get("name"): t for t in corpus.manifest.teachers}
+    specs = [
+        spec_for(
+            student,
+            h.name,
+            layer,
+            h.size,
+            teacher=h.teacher,
+            clip=(teachers.get(h.teacher, {}).get("provenance") or {}).get("clip"),
+        )
+        for h in embedded
+    ]
+    net = DistillNet(
+        student,
+        [h.name for h in posterior],
+        specs,
+        crop_samples=plan.samples,
+        frames=plan.frames,
+        interval=corpus.manifest.frame_interval,
+        temperature=config.temperature,
+    )
+    _freeze_unused(net, plan.samples)
+    return net
+
+
+def _freeze_unused(net: Any, samples: int) -> None:
+    """Freeze the parameters no loss reaches (layers past the embedding layer when no posterior
+    head is trained): DDP requires every trained parameter to get a gradient."""
+    import torch
+
+    was_training = net.training
+    net.eval()  # no BatchNorm statistics move
+    log_probs, vectors = net(torch.zeros(1, samples))
+    total = sum(v.sum() for v in [*log_probs.values(), *vectors.values()])
+    unused = [p for p in net.student.parameters() if p.requires_grad]  # not the temperatures
+    grads = torch.autograd.grad(total, unused, allow_unused=True)
+    for parameter, grad in zip(unused, grads, strict=True):
+        if grad is None and parameter is not None:
+            parameter.requires_grad_(False)
+    net.train(was_training)
+
+
+def _initialise(student: Any, init: str) -> None:
+    """Start from other weights: ``official`` (SoundNet-8's) or a checkpoint; every tensor
+    whose name and shape match is copied (the body, typically), the rest keep their init."""
+    from safetensors.torch import load_file
+
+    from soundnet_cli.students.embedding import split_state
+
+    if init == "official":
+        from soundnet_cli.weights.official import ensure_official
+
+        path = ensure_official()
+    else:
+        path = Path(init).expanduser()
+        if not path.is_file():
+            raise UsageProblem(f"--init: no such checkpoint {init!r} (or use 'official')")
+    state, _ = split_state(load_file(str(path)))
+    own = student.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matching:
+        raise UsageProblem(f"--init: {path} holds no tensor of {student.architecture}")
+    student.load_state_dict(matching, strict=False)
+    log.info("initialised %d of %d tensors from %s", len(matching), len(own), path)
 
 
 def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
@@ -200,7 +324,8 @@ def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
     from soundnet_cli.training.sampler import StepSampler
 
     names = [h.name for h in setup.heads]
-    dataset = CropDataset(setup.corpus.root, names, setup.plan)
+    embedded = [h.name for h in setup.embedded]
+    dataset = CropDataset(setup.corpus.root, names, setup.plan, embedded)
     sampler = StepSampler(
         setup.train_idx,
         config.batch_size,
@@ -223,9 +348,11 @@ def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
 def _export(setup: _Setup, run_dir: Path, corpus_path: Path, config: DistillConfig) -> Path:
     from soundnet_cli.weights.checkpoints import save_checkpoint
 
+    heads = setup.model.heads_for_export() if setup.embedded else None
     return save_checkpoint(
         setup.student,
         run_dir / STUDENT,
+        embedding_heads=heads,
         provenance={
             "source": "soundnet distill",
             "corpus": str(Path(corpus_path).resolve()),
@@ -311,17 +438,20 @@ def _train(
                 run_dir, {"corpus": str(Path(corpus_path).resolve()), "config": config.as_dict()}
             )
             trim_metrics(run_dir, setup.start)
-        wrapped = data_parallel(setup.student, setup.device, world)
+        wrapped = data_parallel(setup.model, setup.device, world)
         forward = torch.compile(wrapped) if config.compile else wrapped
         dataset, batches = _batches(setup, config)
-        names = [h.name for h in setup.heads]
-        index = torch.tensor(setup.aligned)
+        names = [h.name for h in setup.heads if h.kind != "embedding"]
+        embedded = [h.name for h in setup.embedded]
+        index = torch.tensor(setup.aligned, dtype=torch.long)
         on_cuda = setup.device.startswith("cuda")
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda)
 
         def compute_loss(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             wave, targets = batch
             wave = wave.to(setup.device, non_blocking=True)
+            if embedded:
+                return _mixed_loss(forward, setup, config, wave, targets, index, autocast)
             aligned = {
                 k: v[:, index].to(setup.device, non_blocking=True) for k, v in targets.items()
             }
@@ -335,11 +465,18 @@ def _train(
             )
 
         def evaluate() -> dict[str, float]:
-            return _agreement(setup.student, dataset, setup.held_idx, index, setup.device, names)
+            scores = (
+                _agreement(setup.student, dataset, setup.held_idx, index, setup.device, names)
+                if names
+                else {}
+            )
+            if embedded:
+                scores |= _cosine(setup.model, dataset, setup.held_idx, setup.device, embedded)
+            return scores
 
         loop = run_loop(
             run_dir=run_dir,
-            model=setup.student,
+            model=setup.model,
             optimizer=setup.optimizer,
             batches=batches,
             compute_loss=compute_loss,
@@ -364,7 +501,9 @@ def _train(
             result.student = _export(setup, run_dir, corpus_path, config)
             if setup.held_idx:
                 result.chance = {
-                    h.name: _chance(setup.corpus, setup.held_idx, h.name) for h in setup.heads
+                    h.name: _chance(setup.corpus, setup.held_idx, h.name)
+                    for h in setup.heads
+                    if h.kind != "embedding"
                 }
         barrier(world)
         return result
@@ -397,6 +536,82 @@ def _agreement(
             total += len(items) * len(index)
     student.train(was_training)
     return {name: round(hits[name] / total, 4) for name in names} if total else {}
+
+
+def _mixed_loss(
+    forward: Any,
+    setup: _Setup,
+    config: DistillConfig,
+    wave: torch.Tensor,
+    targets: Mapping[str, torch.Tensor],
+    index: torch.Tensor,
+    autocast: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KL over the posterior heads (as :func:`distill_loss`) plus each embedding head's loss."""
+    import torch
+
+    from soundnet_cli.training.distillation.losses import embedding_loss
+
+    with autocast:
+        log_probs, vectors = forward(wave)
+    total = torch.zeros((), device=wave.device)
+    parts: dict[str, torch.Tensor] = {}
+    if log_probs:
+        aligned = {k: targets[k][:, index].to(setup.device) for k in log_probs}
+        kl, parts = distill_loss(
+            {k: v.float() for k, v in log_probs.items()},
+            aligned,
+            kind=config.loss,
+            scale=config.kl_scale,
+            weights=config.head_weights,
+        )
+        total = total + kl
+    model = setup.model
+    for name, vector in vectors.items():
+        value = embedding_loss(
+            config.embedding_loss,
+            vector.float(),
+            targets[name].to(setup.device),
+            model.logit_scale[name],
+            setup.world,
+        )
+        parts[name] = value
+        total = total + config.head_weights.get(name, 1.0) * value
+    return total, parts
+
+
+def _cosine(
+    model: Any, dataset: Any, held: list[int], device: str, names: list[str]
+) -> dict[str, float]:
+    """Per embedding head, over the held-out clips' frames: ``<head>`` is top-1 retrieval (the
+    teacher vector nearest a frame's student vector is that frame's own, or an identical one)
+    and ``<head>-cosine`` the mean cosine of student and teacher vectors."""
+    import torch
+
+    students: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    teachers: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(held), 16):
+            items = [dataset[(i, -1)] for i in held[start : start + 16]]
+            wave = torch.stack([w for w, _ in items]).to(device)
+            _, vectors = model(wave)
+            for name in names:
+                students[name].append(vectors[name].reshape(-1, vectors[name].shape[-1]).cpu())
+                target = torch.stack([t[name] for _, t in items])
+                teachers[name].append(target.reshape(-1, target.shape[-1]))
+    model.train(was_training)
+    scores: dict[str, float] = {}
+    for name in names:
+        if not students[name]:
+            continue
+        s, t = torch.cat(students[name]).float(), torch.cat(teachers[name]).float()
+        nearest = (s @ t.T).argmax(dim=1)
+        hits = (t[nearest] * t).sum(dim=1) > 0.999
+        scores[name] = round(float(hits.float().mean()), 4)
+        scores[f"{name}-cosine"] = round(float((s * t).sum(dim=1).mean()), 4)
+    return scores
 
 
 def _chance(corpus: Any, held: list[int], head: str) -> float:
