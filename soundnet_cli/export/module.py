@@ -124,7 +124,7 @@ def plan_export(model: Student, layers: Sequence[str] = (), heads: bool = False)
         outputs.append(
             OutputSpec(name, "layer", info.channels, info.stride, info.receptive_field, info.offset)
         )
-    needs_heads = heads
+    head_layer: str | None = None
     if heads:
         conv = _conv_student(model)
         specs = conv.head_specs if conv is not None else None
@@ -132,7 +132,8 @@ def plan_export(model: Student, layers: Sequence[str] = (), heads: bool = False)
             raise UsageProblem(
                 f"{model.architecture} has no output heads to export", parameter="heads"
             )
-        info = taps[conv.head_layer]
+        head_layer = conv.head_layer
+        info = taps[head_layer]
         for head in specs:
             if head.name in wanted:
                 raise UsageProblem(
@@ -166,8 +167,8 @@ def plan_export(model: Student, layers: Sequence[str] = (), heads: bool = False)
     order = list(taps)
     wanted_taps = wanted + [h.spec.layer for h in embedding.values()]
     last = max((order.index(name) for name in wanted_taps), default=-1)
-    if needs_heads:
-        last = order.index(info.name)
+    if head_layer is not None:
+        last = order.index(head_layer)
     min_samples = int(model.min_samples(order[last]))
     checkpoint = getattr(model, "checkpoint_info", None)
     provenance = {"checkpoint": str(checkpoint.path)} if checkpoint is not None else {}
