@@ -310,13 +310,13 @@ class ShardSet:
 
 
 def _remote_manifest(url: str) -> CorpusManifest:
-    tried = []
+    reasons = []
     for name in (MANIFEST, f"../{MANIFEST}"):
         where = sibling(url, name)
-        tried.append(where)
         try:
             data = read_url(where)
-        except CorpusError:
+        except CorpusError as exc:
+            reasons.append(str(exc))
             continue
         try:
             return CorpusManifest.from_dict(json.loads(data))
@@ -324,7 +324,7 @@ def _remote_manifest(url: str) -> CorpusManifest:
             raise CorpusError(f"{where}: {exc}") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorpusError(f"{where}: damaged manifest ({exc})") from exc
-    raise CorpusError(f"{url}: no corpus manifest beside the shards (tried {', '.join(tried)})")
+    raise CorpusError(f"{url}: no corpus manifest beside the shards ({'; '.join(reasons)})")
 
 
 # -- converting ---------------------------------------------------------------------------------

@@ -171,8 +171,9 @@ class ShardStream(torch.utils.data.IterableDataset[Any]):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         info = torch.utils.data.get_worker_info()
-        lane = info.id if info is not None else 0
-        return lane_batches(self.plan, lane)
+        worker = info.id if info is not None else 0
+        # the loader asks worker 0 first: it serves the lane whose turn the start step is
+        return lane_batches(self.plan, (worker + self.plan.start_step) % self.plan.lanes)
 
 
 def lane_batches(
