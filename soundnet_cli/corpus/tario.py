@@ -38,6 +38,18 @@ BLOCK = 512
 def corpus_id(manifest: Any) -> str:
     """A short fingerprint of the corpus settings (teacher provenance aside): every clip of a
     shard carries it, so a shard of another corpus is recognised."""
+    known = _IDS.get(id(manifest))
+    if known is not None and known[0] is manifest:
+        return known[1]
+    ident = _corpus_id(manifest)
+    _IDS[id(manifest)] = (manifest, ident)
+    return ident
+
+
+_IDS: dict[int, tuple[Any, str]] = {}  # manifests are frozen: their id once each
+
+
+def _corpus_id(manifest: Any) -> str:
     data = manifest.as_dict()
     data["teachers"] = [{k: v for k, v in t.items() if k != "provenance"} for t in data["teachers"]]
     text = json.dumps(data, sort_keys=True, ensure_ascii=False)
@@ -112,7 +124,7 @@ def _padded(size: int) -> int:
 def tar_members(source: Any, where: str) -> Iterator[tuple[str, Any, int, int]]:
     """(name, buffer, offset, size) of each regular member: ``source`` is a buffer (an mmap,
     no copies) or a binary stream (one read per member). Damage is a one-line CorpusError."""
-    is_buffer = not hasattr(source, "read")
+    is_buffer = isinstance(source, (bytes, bytearray, memoryview, mmap.mmap))
     position = 0
     total = len(source) if is_buffer else 0
     long_name: str | None = None
@@ -302,7 +314,13 @@ def open_shard(url: str) -> Any:
             with open(path, "rb") as handle:
                 if os.fstat(handle.fileno()).st_size == 0:
                     raise CorpusError(f"{url}: truncated shard (empty)")
-                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                # mapped whole at once: page faults one by one cost more than the copy
+                if not hasattr(mmap, "MAP_SHARED"):  # Windows
+                    return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                populate = getattr(mmap, "MAP_POPULATE", 0)
+                return mmap.mmap(
+                    handle.fileno(), 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ
+                )
         except OSError as exc:
             raise CorpusError(f"{url}: cannot read ({_reason(exc)})") from exc
     return open_url(url)

@@ -213,14 +213,20 @@ def test_an_unreachable_url_is_one_line(shards):
     with http_server(shards / "tars") as base:
         pass  # the server is gone: its port refuses
     with pytest.raises(CorpusError, match="cannot read") as caught:
-        distill(f"{base}/shards/rank00000-000001.tar", shards / "gone", DistillConfig(**FAST))
+        distill(
+            f"{base}/shards/rank00000-000001.tar", shards / "gone", DistillConfig(steps=4, **FAST)
+        )
     assert "\n" not in str(caught.value)
     with http_server(shards / "tars") as base, pytest.raises(CorpusError, match="404"):
-        distill(f"{base}/shards/rank00000-000009.tar", shards / "gone", DistillConfig(**FAST))
+        distill(
+            f"{base}/shards/rank00000-000009.tar", shards / "gone", DistillConfig(steps=4, **FAST)
+        )
 
 
 def test_a_shard_of_another_corpus_is_refused(shards, tmp_path):
-    tone_corpus(tmp_path / "other", videos=4, frames=5)  # another clip length: another corpus
+    tone_corpus(tmp_path / "other", videos=4)
+    manifest = tmp_path / "other" / "manifest.json"  # another channel mix: another corpus
+    manifest.write_text(manifest.read_text().replace('"mix": "first"', '"mix": "mean"'))
     convert(tmp_path / "other", tmp_path / "other-tar", "shards")
     stray = tmp_path / "mixed"
     shutil.copytree(shards / "tars", stray)
@@ -231,7 +237,7 @@ def test_a_shard_of_another_corpus_is_refused(shards, tmp_path):
         )
     spec = f"file://{stray}/shards/rank00000-{{000001..000005}}.tar"
     with pytest.raises(CorpusError, match="another corpus") as caught:
-        distill(spec, tmp_path / "run", DistillConfig(**FAST))
+        distill(spec, tmp_path / "run", DistillConfig(steps=4, **FAST))
     assert "rank00000-000005.tar" in str(caught.value)
 
 

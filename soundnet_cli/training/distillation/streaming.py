@@ -22,8 +22,10 @@ The held-out videos are chosen from every shard's index by the same rule as for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,9 @@ class StreamPlan:
     per_rank: int
     start_step: int
     block: int = SHUFFLE_BLOCK
+    # >= 2: the audio batches cycle through this many buffers (no fresh pages to fault in per
+    # batch); only for a consumer done with a batch before it asks for the next but one
+    buffers: int = 0
 
 
 def make_plan(
@@ -184,8 +189,14 @@ def lane_batches(
     global_lane = plan.rank * plan.lanes + lane
     samples = lane_samples(plan, global_lane, given * plan.per_rank)
     crop = plan.crop
+    ring = [np.empty((plan.per_rank, crop.samples), np.int16) for _ in range(plan.buffers)]
+    made = 0
     while True:
-        audio = np.empty((plan.per_rank, crop.samples), np.int16)
+        if ring:
+            audio = ring[made % len(ring)]
+        else:
+            audio = np.empty((plan.per_rank, crop.samples), np.int16)
+        made += 1
         rows_of: dict[str, list[np.ndarray]] = {h: [] for h in plan.heads}
         for row in range(plan.per_rank):
             position, sample = next(samples)
@@ -239,7 +250,7 @@ def _inputs(plan: StreamPlan, tape: _Tape, position: int) -> Iterator[ShardSampl
             seen += 1
             if seen > skip:
                 yield sample
-        if hasattr(source, "read"):  # a stream (an mmap stays open: clips are views of it)
+        if not isinstance(source, mmap.mmap):  # a stream (an mmap stays open: clips view it)
             source.close()
         if seen != plan.counts[s]:
             raise CorpusError(
@@ -251,6 +262,11 @@ def _inputs(plan: StreamPlan, tape: _Tape, position: int) -> Iterator[ShardSampl
 
 
 def stream_loader(plan: StreamPlan, workers: int, pin_memory: bool) -> Iterator[Any]:
+    """This rank's batches; in the training process itself (no workers) the audio batches
+    cycle through two buffers: the training loop is done with a batch before it asks for the
+    next (with workers, batches go through shared memory and are fresh)."""
+    if workers == 0:
+        plan = dataclasses.replace(plan, buffers=2)
     loader = torch.utils.data.DataLoader(
         ShardStream(plan),
         batch_size=None,
