@@ -280,9 +280,11 @@ def read_url(url: str) -> bytes:
             raise CorpusError(f"{url}: cannot read ({_reason(exc)})") from exc
 
 
-def read_range(url: str, start: int, length: int) -> bytes:
-    """``length`` bytes at ``start``: a seek locally, a range request over HTTP or fsspec, a
-    read-through for ``pipe:``."""
+def read_range(url: str, start: int, length: int) -> tuple[bytes, bytes | None]:
+    """``length`` bytes at ``start`` (a seek locally, a range request over HTTP or fsspec), and
+    the whole shard when the source gave it all (a server that ignores ranges, ``pipe:``) so
+    the caller can keep it for the shard's other clips."""
+    whole = None
     if url.startswith(("http://", "https://")):
         request = urllib.request.Request(
             url, headers={"Range": f"bytes={start}-{start + length - 1}"}
@@ -291,19 +293,20 @@ def read_range(url: str, start: int, length: int) -> bytes:
             with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
                 data = response.read()
                 if response.status == 200:  # the server ignored the range
-                    data = data[start : start + length]
+                    whole, data = data, data[start : start + length]
         except (OSError, urllib.error.URLError) as exc:
             raise CorpusError(f"{url}: cannot read ({_reason(exc)})") from exc
     else:
         with open_url(url) as stream:
             if url.startswith("pipe:"):
-                _read_exact(stream, start)
+                whole = stream.read()
+                data = whole[start : start + length]
             else:
                 stream.seek(start)
-            data = _read_exact(stream, length)
+                data = _read_exact(stream, length)
     if len(data) != length:
         raise CorpusError(f"{url}: truncated shard (a clip reaches past its end)")
-    return data
+    return data, whole
 
 
 def open_shard(url: str) -> Any:
@@ -337,6 +340,7 @@ class TarShard:
     manifest: Any  # a CorpusManifest
     index: dict[str, Any]
     _map: Any = field(default=None, repr=False)
+    _whole: bytes | None = field(default=None, repr=False)  # from a source without ranges
 
     @classmethod
     def load(cls, url: str, manifest: Any) -> TarShard:
@@ -401,10 +405,16 @@ class TarShard:
                     raise CorpusError(f"{self.url}: truncated shard (clip {number})")
                 out[name] = np.frombuffer(self._map, dtype, count, offset).reshape(shape)
             else:
-                data = read_range(self.url, offset, count * dtype.itemsize)
+                size = count * dtype.itemsize
+                if self._whole is not None:
+                    data = self._whole[offset : offset + size]
+                    if len(data) != size:
+                        raise CorpusError(f"{self.url}: truncated shard (clip {number})")
+                else:
+                    data, self._whole = read_range(self.url, offset, size)
                 out[name] = np.frombuffer(data, dtype).reshape(shape)
         audio = out.pop("audio")
         return audio, out
 
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__ | {"_map": None}
+        return self.__dict__ | {"_map": None, "_whole": None}

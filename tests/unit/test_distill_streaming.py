@@ -291,3 +291,47 @@ def test_folder_and_streamed_batches_hold_the_same_clips(shards):
     assert sorted(s.info["video"] for s in got) == sorted(data.clips[i].video for i in train)
     for sample in got:
         assert np.array_equal(sample.audio, by_video[sample.info["video"]].audio)
+
+
+class RangeHandler(QuietHandler):
+    """Serves ``Range: bytes=a-b`` as a 206 (http.server alone ignores ranges)."""
+
+    def do_GET(self):
+        wanted = self.headers.get("Range")
+        if not wanted:
+            return super().do_GET()
+        first, last = (int(x) for x in wanted.split("=")[1].split("-"))
+        data = Path(self.translate_path(self.path)).read_bytes()[first : last + 1]
+        self.send_response(206)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_held_out_clips_are_read_by_range_or_whole(shards):
+    """A clip of a remote shard is one range request; a server that ignores ranges sends the
+    whole shard once, kept for the shard's other clips."""
+    from soundnet_cli.corpus.tario import read_range
+
+    folder = Corpus(shards / "tars")
+    shard = shards / "tars" / "shards" / "rank00000-000002.tar"
+    handler = functools.partial(RangeHandler, directory=str(shards / "tars"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        data, whole = read_range(f"{base}/shards/rank00000-000002.tar", 1000, 300)
+        assert data == shard.read_bytes()[1000:1300] and whole is None
+        ranged = ShardSet(f"{base}/shards/rank00000-{{000001..000005}}.tar")
+        assert all(np.array_equal(ranged[i].audio, folder[i].audio) for i in range(len(folder)))
+        assert all(s._whole is None for s in ranged.shard_list)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with http_server(shards / "tars") as base:
+        data, whole = read_range(f"{base}/shards/rank00000-000002.tar", 1000, 300)
+        assert data == shard.read_bytes()[1000:1300] and whole == shard.read_bytes()
+        plain = ShardSet(f"{base}/shards/rank00000-{{000001..000005}}.tar")
+        for i in range(len(folder)):
+            assert np.array_equal(plain[i].posteriors["tones"], folder[i].posteriors["tones"])
+        assert all(s._whole is not None for s in plain.shard_list)
