@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--held-out", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0, help="init, order and crops [0]")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N clips")
     parser.add_argument("--work", type=Path, default=None, help="keep files here")
     parser.add_argument("--skip-probe", action="store_true")
@@ -229,12 +230,13 @@ def main() -> None:
         device=args.device,
         workers=args.workers,
         held_out=args.held_out,
+        seed=args.seed,
         log_every=5,
         eval_every=max(10, args.steps // 4),
         checkpoint_every=args.steps,
     )
     started = time.perf_counter()
-    run = work / ("run-http" if args.shards_over_http else "run")
+    run = work / (("run-http" if args.shards_over_http else "run") + f"-seed{args.seed}")
     with corpus_source(work, args.shards_over_http) as source:
         figures["corpus_source"] = source
         result = distill(source, run, config, overwrite=True)
