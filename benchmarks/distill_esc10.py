@@ -11,13 +11,18 @@
 
     python benchmarks/distill_esc10.py                       # about 15 minutes on 2 CPU cores
     python benchmarks/distill_esc10.py --steps 200 --batch-size 32 --device cuda
+    python benchmarks/distill_esc10.py --shards-over-http    # tar shards from a local server
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ESC10 = REPO.parent / "shared" / "data" / "esc10"
+ESC10 = Path(os.environ.get("SOUNDNET_ESC10", REPO.parent / "shared" / "data" / "esc10"))
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (128, 128, 0), (0, 0, 128),
@@ -152,6 +157,36 @@ def accuracy_of(report: dict) -> float:
     return round(float(report["summary"]["pool5"]["mean"]), 4)
 
 
+@contextlib.contextmanager
+def corpus_source(work: Path, over_http: bool):
+    """The corpus folder, or its tar shards served by `python -m http.server` on 127.0.0.1."""
+    if not over_http:
+        yield str(work / "corpus")
+        return
+    from soundnet_cli.corpus.shards import convert
+
+    convert(work / "corpus", work / "corpus-tar", "shards")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=work / "corpus-tar",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            time.sleep(0.05)
+        names = sorted(p.name for p in (work / "corpus-tar" / "shards").glob("*.tar"))
+        yield "::".join(f"http://127.0.0.1:{port}/shards/{name}" for name in names)
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -160,9 +195,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--held-out", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0, help="init, order and crops [0]")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N clips")
     parser.add_argument("--work", type=Path, default=None, help="keep files here")
     parser.add_argument("--skip-probe", action="store_true")
+    parser.add_argument(
+        "--shards-over-http",
+        action="store_true",
+        help="convert the corpus to tar shards and distill from a local HTTP server",
+    )
     args = parser.parse_args()
 
     from soundnet_cli.training.distillation import DistillConfig, distill, read_metrics
@@ -189,14 +230,18 @@ def main() -> None:
         device=args.device,
         workers=args.workers,
         held_out=args.held_out,
+        seed=args.seed,
         log_every=5,
         eval_every=max(10, args.steps // 4),
         checkpoint_every=args.steps,
     )
     started = time.perf_counter()
-    result = distill(work / "corpus", work / "run", config)
+    run = work / (("run-http" if args.shards_over_http else "run") + f"-seed{args.seed}")
+    with corpus_source(work, args.shards_over_http) as source:
+        figures["corpus_source"] = source
+        result = distill(source, run, config, overwrite=True)
     figures["distill_s"] = round(time.perf_counter() - started, 1)
-    metrics = read_metrics(work / "run")
+    metrics = read_metrics(run)
     figures["steps"] = result.steps
     figures["loss_first_last"] = [round(metrics[0]["loss"], 3), round(metrics[-1]["loss"], 3)]
     figures["samples_per_s"] = round(float(np.mean([m["samples_per_s"] for m in metrics])), 2)

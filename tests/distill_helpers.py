@@ -41,9 +41,12 @@ def register_tiny_student() -> None:
         registry.add("tiny-student", tiny_student, description="test", plugin="test")
 
 
-def tone_corpus(root: Path, videos: int = 12, frames: int = 4, seed: int = 0) -> Path:
+def tone_corpus(
+    root: Path, videos: int = 12, frames: int = 4, seed: int = 0, shard_bytes: int = 128 << 20
+) -> Path:
     """A corpus whose 'sound' is a tone per class and whose teacher posteriors name the class:
-    the student can learn it. Clips of ``frames`` 1-s intervals."""
+    the student can learn it. Clips of ``frames`` 1-s intervals (``shard_bytes`` small makes
+    several shards)."""
     rng = np.random.default_rng(seed)
     manifest = CorpusManifest(
         sample_rate=RATE,
@@ -55,7 +58,7 @@ def tone_corpus(root: Path, videos: int = 12, frames: int = 4, seed: int = 0) ->
         heads=(HeadInfo("tones", "tone-teacher", CLASSES),),
     )
     write_manifest(root, manifest)
-    writer = ShardWriter(root, manifest)
+    writer = ShardWriter(root, manifest, shard_bytes=shard_bytes)
     t = np.arange(frames * RATE) / RATE
     for v in range(videos):
         label = v % len(CLASSES)

@@ -12,8 +12,12 @@ from soundnet_cli.cli import _common, _options
 
 
 def distill_command(
-    source: Path = typer.Argument(
-        None, help="A corpus (from `soundnet prepare`), or a folder of videos to prepare first."
+    source: str = typer.Argument(
+        None,
+        metavar="CORPUS",
+        help="A corpus folder (from `soundnet prepare`), shard URLs to stream (a brace pattern, "
+        "URLs joined by ::, or @FILE listing them; https://, s3://, gs://, file://, pipe:), "
+        "or a folder of videos to prepare first.",
     ),
     out: Path = typer.Option(None, "--out", "-o", help="The run directory (new)."),
     resume: Path = typer.Option(
@@ -117,6 +121,8 @@ def distill_command(
 
     * `soundnet distill ./videos --teacher clip:ViT-B-32/openai --init official --out run/`
       (an embedding head: then `soundnet predict --labels ...`, `search query --text ...`)
+
+    * `soundnet distill 'https://host/corpus/shards/rank00000-{000001..000400}.tar' --out run/`
 
     * `torchrun --nproc-per-node 8 -m soundnet_cli distill corpus/ --batch-size 512 --out run/`
     """

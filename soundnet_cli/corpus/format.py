@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from soundnet_cli.atomic import atomic_path
-from soundnet_cli.errors import SoundnetError, UsageProblem
+from soundnet_cli.corpus.tario import CorpusError as CorpusError  # re-exported
+from soundnet_cli.corpus.tario import TarShard
+from soundnet_cli.errors import UsageProblem
 
 FORMAT = "soundnet-corpus/1"
 MANIFEST = "manifest.json"
@@ -42,10 +44,6 @@ SHARDS = "shards"
 INDEX = "index.json"
 AUDIO = "audio.npy"
 SHARD_NAME = re.compile(r"^rank(\d{5})-(\d{6})$")
-
-
-class CorpusError(SoundnetError):
-    """A corpus directory that cannot be read or does not match the settings."""
 
 
 @dataclass(frozen=True)
@@ -295,26 +293,42 @@ class ShardWriter:
         if not self._videos and not self._failed:
             return None
         name = f"rank{self.rank:05d}-{self._next:06d}"
-        tmp = self.shards_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir()
-        try:
-            audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
-            np.save(tmp / AUDIO, audio)
-            for head in self.manifest.heads:
-                parts = self._posteriors[head.name]
-                array = np.concatenate(parts) if parts else np.zeros((0, head.size), np.float16)
-                np.save(tmp / f"{head.name}.npy", array)
-            index = {"clips": self._clips, "videos": self._videos, "failed": self._failed}
-            (tmp / INDEX).write_text(json.dumps(index, ensure_ascii=False) + "\n")
-            for item in tmp.iterdir():
-                _fsync(item)
-            os.rename(tmp, self.shards_dir / name)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.int16)
+        heads = {}
+        for head in self.manifest.heads:
+            parts = self._posteriors[head.name]
+            heads[head.name] = (
+                np.concatenate(parts) if parts else np.zeros((0, head.size), np.float16)
+            )
+        index = {"clips": self._clips, "videos": self._videos, "failed": self._failed}
+        commit_dir_shard(self.shards_dir, name, audio, heads, index)
         self._next += 1
         self._reset()
         return self.shards_dir / name
+
+
+def commit_dir_shard(
+    shards_dir: Path,
+    name: str,
+    audio: np.ndarray,
+    heads: Mapping[str, np.ndarray],
+    index: Mapping[str, Any],
+) -> Path:
+    """Write one directory shard whole: built in a hidden folder, then renamed into place."""
+    tmp = shards_dir / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        np.save(tmp / AUDIO, audio)
+        for head, array in heads.items():
+            np.save(tmp / f"{head}.npy", array)
+        (tmp / INDEX).write_text(json.dumps(dict(index), ensure_ascii=False) + "\n")
+        for item in tmp.iterdir():
+            _fsync(item)
+        os.rename(tmp, shards_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return shards_dir / name
 
 
 def _fsync(path: Path) -> None:
@@ -368,16 +382,20 @@ class Corpus:
         self.clips, self.videos, self.failures, self.shards = [], {}, {}, []
         self._maps: dict[tuple[str, str], np.ndarray] = {}
         shard_dir = self.root / SHARDS
+        self._tars: dict[str, Any] = {}
         names = sorted(
-            (p.name for p in shard_dir.iterdir() if SHARD_NAME.match(p.name))
+            (p.name for p in shard_dir.iterdir() if _is_shard_name(p.name))
             if shard_dir.is_dir()
             else []
         )
         for name in names:
-            try:
-                index = json.loads((shard_dir / name / INDEX).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise CorpusError(f"{shard_dir / name}: damaged shard index ({exc})") from exc
+            if name.endswith(".tar"):  # a tar shard (corpus/shards.py): its index beside it
+                index = self.tar_shard(name).index
+            else:
+                try:
+                    index = json.loads((shard_dir / name / INDEX).read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    raise CorpusError(f"{shard_dir / name}: damaged shard index ({exc})") from exc
             self.shards.append(name)
             for failure in index.get("failed", []):
                 self.failures[failure["video"]] = failure
@@ -404,7 +422,10 @@ class Corpus:
                     f"{shard_dir / name / INDEX}: damaged clip entry ({type(exc).__name__}: {exc})"
                 ) from exc
             self._check_clips(name, refs)
-            self._check_extents(name, refs)
+            if name.endswith(".tar"):
+                self.tar_shard(name).check_extents()
+            else:
+                self._check_extents(name, refs)
             self.clips.extend(refs)
 
     def _check_clips(self, shard: str, refs: Sequence[ClipRef]) -> None:
@@ -470,13 +491,16 @@ class Corpus:
 
     def __getitem__(self, i: int) -> Sample:
         ref = self.clips[i]
-        audio = self._array(ref.shard, AUDIO)[ref.audio_offset : ref.audio_offset + ref.samples]
-        posteriors = {
-            h.name: self._array(ref.shard, f"{h.name}.npy")[
-                ref.frame_offset : ref.frame_offset + ref.frames
-            ]
-            for h in self.manifest.heads
-        }
+        if ref.shard.endswith(".tar"):
+            audio, posteriors = self.tar_shard(ref.shard).arrays(self._tar_clip[i])
+        else:
+            audio = self._array(ref.shard, AUDIO)[ref.audio_offset : ref.audio_offset + ref.samples]
+            posteriors = {
+                h.name: self._array(ref.shard, f"{h.name}.npy")[
+                    ref.frame_offset : ref.frame_offset + ref.frames
+                ]
+                for h in self.manifest.heads
+            }
         for name, values in posteriors.items():  # checked per clip: a whole corpus is large
             if not np.isfinite(values).all():
                 raise CorpusError(
@@ -497,9 +521,32 @@ class Corpus:
 
     def posteriors(self, head: str) -> Iterator[np.ndarray]:
         """Every shard's posterior array for ``head`` (frames, categories), memory-mapped."""
-        self.manifest.head(head)
+        size = self.manifest.head(head).size
         for shard in self.shards:
-            yield self._array(shard, f"{head}.npy")
+            if shard.endswith(".tar"):
+                tar = self.tar_shard(shard)
+                parts = [tar.arrays(n)[1][head] for n in range(len(tar.index["clips"]))]
+                yield np.concatenate(parts) if parts else np.zeros((0, size), np.float16)
+            else:
+                yield self._array(shard, f"{head}.npy")
+
+    def tar_shard(self, name: str) -> Any:
+        """The tar shard ``name`` (its index and clips; soundnet_cli.corpus.shards.TarShard)."""
+        if name not in self._tars:
+            self._tars[name] = TarShard.load(str(self.root / SHARDS / name), self.manifest)
+        return self._tars[name]
+
+    @property
+    def _tar_clip(self) -> list[int]:
+        """For each clip, its number within its shard (what a tar shard is indexed by)."""
+        if getattr(self, "_numbers", None) is None:
+            numbers, last, count = [], None, 0
+            for ref in self.clips:
+                count = count + 1 if ref.shard == last else 0
+                last = ref.shard
+                numbers.append(count)
+            self._numbers = numbers
+        return self._numbers
 
     @property
     def seconds(self) -> float:
@@ -563,6 +610,11 @@ class Corpus:
             "teachers": [t["name"] for t in self.manifest.teachers],
             "heads": heads,
         }
+
+
+def _is_shard_name(name: str) -> bool:
+    """A committed shard: a folder ``rankR-N`` or a tar file ``rankR-N.tar``."""
+    return bool(SHARD_NAME.match(name[:-4] if name.endswith(".tar") else name))
 
 
 def is_corpus(path: Path) -> bool:

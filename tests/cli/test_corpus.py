@@ -85,3 +85,46 @@ def test_not_a_corpus(run, tmp_path):
 def test_help_has_examples(run):
     result = run("corpus", "info", "--help")
     assert result.exit_code == 0 and "Examples" in result.stdout
+
+
+def test_convert_info_and_verify_on_tar_shards(run, corpus_dir, tmp_path):
+    tars, back = tmp_path / "tars", tmp_path / "back"
+    result = run("corpus", "convert", str(corpus_dir), str(tars), "--to", "shards")
+    assert result.exit_code == 0, result.output
+    assert "2 shards written (2 clips), 0 already there" in result.stdout
+    assert sorted(p.name for p in (tars / "shards").iterdir()) == [
+        "rank00000-000001.json",
+        "rank00000-000001.tar",
+        "rank00001-000001.json",
+        "rank00001-000001.tar",
+    ]
+    info = json.loads(run("corpus", "info", str(tars), "--json").stdout)
+    reference = json.loads(run("corpus", "info", str(corpus_dir), "--json").stdout)
+    assert {k: v for k, v in info.items() if k != "path"} == {
+        k: v for k, v in reference.items() if k != "path"
+    }
+    verified = run("corpus", "verify", str(tars))
+    assert verified.exit_code == 0 and "2 clips in 2 shards, all readable" in verified.stdout
+    assert run("corpus", "convert", str(tars), str(back), "--to", "dirs").exit_code == 0
+    for path in corpus_dir.rglob("*"):
+        if path.is_file():
+            assert (back / path.relative_to(corpus_dir)).read_bytes() == path.read_bytes()
+
+
+def test_verify_names_a_damaged_shard(run, corpus_dir, tmp_path):
+    tars = tmp_path / "tars"
+    run("corpus", "convert", str(corpus_dir), str(tars), "--to", "shards")
+    shard = tars / "shards" / "rank00001-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[512 + 10] ^= 0xFF  # a byte of the first member's JSON: not JSON any more
+    shard.write_bytes(bytes(data))
+    result = run("corpus", "verify", str(tars))
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "rank00001-000001.tar" in lines[0] and "JSON" in lines[0]
+
+
+def test_convert_usage(run, corpus_dir, tmp_path):
+    result = run("corpus", "convert", str(corpus_dir), str(tmp_path / "x"), "--to", "zip")
+    assert result.exit_code == 2 and "--to" in result.stderr
+    assert "Examples" in run("corpus", "convert", "--help").stdout

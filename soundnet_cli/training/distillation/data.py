@@ -7,9 +7,10 @@ step), so a resumed run sees exactly the samples an uninterrupted one sees.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ class CropPlan:
     samples_per_frame: int
 
 
-def crop_plan(corpus: Corpus, crop_seconds: float) -> CropPlan:
+def crop_plan(corpus: Any, crop_seconds: float) -> CropPlan:
     m = corpus.manifest
     ratio = crop_seconds / m.frame_interval
     if abs(ratio - round(ratio)) > 1e-6 or ratio < 1:
@@ -43,19 +44,25 @@ def crop_plan(corpus: Corpus, crop_seconds: float) -> CropPlan:
     return CropPlan(int(round(ratio)) * int(round(per_frame)), int(round(ratio)), int(per_frame))
 
 
-def split_videos(corpus: Corpus, held_out: float) -> tuple[list[int], list[int]]:
+def split_videos(corpus: Any, held_out: float) -> tuple[list[int], list[int]]:
     """Clip indices for training and for the held-out agreement check, split by video (a stable
     hash of its path), so no video is on both sides."""
+    held_keys = held_out_videos(corpus.videos, held_out)
     train: list[int] = []
     held: list[int] = []
-    keys = sorted(corpus.videos)
-    wanted = int(round(held_out * len(keys))) if len(keys) > 1 else 0
-    wanted = max(1, wanted) if held_out > 0 and len(keys) > 1 else wanted
-    ranked = sorted(keys, key=lambda k: hashlib.sha256(k.encode()).hexdigest())
-    held_keys = set(ranked[:wanted])
     for i, ref in enumerate(corpus.clips):
         (held if ref.video in held_keys else train).append(i)
     return train, held
+
+
+def held_out_videos(videos: Iterable[str], held_out: float) -> set[str]:
+    """The held-out videos: the ``held_out`` fraction (at least one when asked for any) that
+    rank first by a stable hash of their key; a function of the videos, not of the shards."""
+    keys = sorted(videos)
+    wanted = int(round(held_out * len(keys))) if len(keys) > 1 else 0
+    wanted = max(1, wanted) if held_out > 0 and len(keys) > 1 else wanted
+    ranked = sorted(keys, key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+    return set(ranked[:wanted])
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -67,9 +74,13 @@ class CropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, root: Path, heads: Sequence[str], plan: CropPlan, embedding: Sequence[str] = ()
+        self,
+        root: Path | Any,
+        heads: Sequence[str],
+        plan: CropPlan,
+        embedding: Sequence[str] = (),
     ) -> None:
-        self.corpus = Corpus(root)
+        self.corpus = Corpus(Path(root)) if isinstance(root, (str, Path)) else root  # or a ShardSet
         self.heads = list(heads)
         self.plan = plan
         self.embedding = set(embedding)  # heads of unit vectors: renormalised to length one

@@ -109,7 +109,7 @@ class DistillResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     agreement: dict[str, float] | None = None
     chance: dict[str, float] | None = None
-    corpus: Path | None = None
+    corpus: Path | str | None = None
 
 
 def select_heads(manifest: Any, teachers: tuple[str, ...]) -> list[Any]:
@@ -126,16 +126,29 @@ def select_heads(manifest: Any, teachers: tuple[str, ...]) -> list[Any]:
     return [h for h in heads if h.teacher in teachers]
 
 
-def read_run(run_dir: Path) -> tuple[Path, DistillConfig]:
+def corpus_source(source: str | Path) -> Path | str:
+    """A local corpus folder (a Path) or shard URLs to stream (the text as given)."""
+    from soundnet_cli.training.distillation.streaming import is_stream_source
+
+    if isinstance(source, Path) or not is_stream_source(source):
+        return Path(source)
+    return source
+
+
+def _recorded(source: Path | str) -> str:
+    return str(source.resolve()) if isinstance(source, Path) else source
+
+
+def read_run(run_dir: Path) -> tuple[Path | str, DistillConfig]:
     """The corpus and the settings a distill run was started with."""
     payload = read_config(run_dir, "distill run")
     try:
-        return Path(payload["corpus"]), DistillConfig.from_mapping(payload["config"])
+        return corpus_source(payload["corpus"]), DistillConfig.from_mapping(payload["config"])
     except (KeyError, TypeError) as exc:
         raise SoundnetError(f"{run_dir}: its config.json is not a distill run's ({exc})") from exc
 
 
-def resume_settings(run_dir: Path, given: Mapping[str, Any]) -> tuple[Path, DistillConfig]:
+def resume_settings(run_dir: Path, given: Mapping[str, Any]) -> tuple[Path | str, DistillConfig]:
     """The corpus and settings to continue ``run_dir`` with: the recorded ones, with only the
     settings that do not change the computation (steps, workers, device, logging) updated."""
     corpus, recorded = read_run(run_dir)
@@ -162,7 +175,7 @@ class _Setup:
 
 
 def _set_up(
-    corpus_path: Path, run_dir: Path, config: DistillConfig, resume: bool, world: World
+    corpus_path: Path | str, run_dir: Path, config: DistillConfig, resume: bool, world: World
 ) -> _Setup:
     """Read the corpus, build the student and optimiser, and restore a checkpoint to resume."""
     import torch
@@ -172,7 +185,12 @@ def _set_up(
     from soundnet_cli.students import HeadSpec
     from soundnet_cli.training.distillation.data import crop_plan, split_videos
 
-    corpus = Corpus(corpus_path)
+    if isinstance(corpus_path, Path):
+        corpus: Any = Corpus(corpus_path)
+    else:  # shard URLs: every shard's index, clips read by range (held-out ones)
+        from soundnet_cli.corpus.shards import ShardSet
+
+        corpus = ShardSet(corpus_path)
     heads = select_heads(corpus.manifest, config.teachers)
     plan = crop_plan(corpus, config.crop_seconds)
     train_idx, held_idx = split_videos(corpus, config.held_out)
@@ -316,7 +334,7 @@ def _initialise(student: Any, init: str) -> None:
     log.info("initialised %d of %d tensors from %s", len(matching), len(own), path)
 
 
-def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
+def _batches(setup: _Setup, config: DistillConfig, run_dir: Path) -> tuple[Any, Any]:
     """The crop dataset and an endless iterator of this rank's batches from the start step."""
     import torch
 
@@ -325,6 +343,30 @@ def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
 
     names = [h.name for h in setup.heads]
     embedded = [h.name for h in setup.embedded]
+    if not isinstance(setup.corpus.root, Path):  # shard URLs: streamed
+        if embedded:
+            raise UsageProblem(
+                "embedding heads are not streamed from shards yet; convert the corpus to "
+                "folders (soundnet corpus convert SRC DST --to dirs)"
+            )
+        from soundnet_cli.training.distillation import streaming
+
+        held = {setup.corpus.clips[i].video for i in setup.held_idx}
+        plan = streaming.make_plan(
+            setup.corpus,
+            held,
+            names,
+            setup.plan,
+            seed=config.seed,
+            rank=setup.world.rank,
+            world=setup.world.size,
+            workers=config.workers,
+            batch_size=config.batch_size,
+            start_step=setup.start,
+        )
+        streaming.check_layout(run_dir, plan, setup.world.main, resume=setup.start > 0)
+        stream = streaming.stream_loader(plan, config.workers, setup.device.startswith("cuda"))
+        return CropDataset(setup.corpus, names, setup.plan), stream
     dataset = CropDataset(setup.corpus.root, names, setup.plan, embedded)
     sampler = StepSampler(
         setup.train_idx,
@@ -345,7 +387,7 @@ def _batches(setup: _Setup, config: DistillConfig) -> tuple[Any, Any]:
     return dataset, iter(loader)
 
 
-def _export(setup: _Setup, run_dir: Path, corpus_path: Path, config: DistillConfig) -> Path:
+def _export(setup: _Setup, run_dir: Path, corpus_path: Path | str, config: DistillConfig) -> Path:
     from soundnet_cli.weights.checkpoints import save_checkpoint
 
     heads = setup.model.heads_for_export() if setup.embedded else None
@@ -355,7 +397,7 @@ def _export(setup: _Setup, run_dir: Path, corpus_path: Path, config: DistillConf
         embedding_heads=heads,
         provenance={
             "source": "soundnet distill",
-            "corpus": str(Path(corpus_path).resolve()),
+            "corpus": _recorded(corpus_path),
             "teachers": sorted({h.teacher for h in setup.heads}),
             "steps": config.steps,
             "loss": config.loss,
@@ -364,7 +406,7 @@ def _export(setup: _Setup, run_dir: Path, corpus_path: Path, config: DistillConf
 
 
 def distill(
-    corpus_path: Path,
+    corpus_path: Path | str,
     run_dir: Path,
     config: DistillConfig,
     *,
@@ -378,7 +420,7 @@ def distill(
     exported student, unless ``overwrite`` (which deletes them first)."""
     if not resume:
         claim_run(run_dir, overwrite=overwrite)
-    return _train(Path(corpus_path), Path(run_dir), config, resume=resume, on_step=on_step)
+    return _train(corpus_source(corpus_path), Path(run_dir), config, resume=resume, on_step=on_step)
 
 
 def claim_run(run_dir: Path, *, overwrite: bool) -> None:
@@ -390,7 +432,7 @@ def claim_run(run_dir: Path, *, overwrite: bool) -> None:
 
 
 def distill_source(
-    source: Path,
+    source: Path | str,
     run_dir: Path,
     config: DistillConfig,
     *,
@@ -400,12 +442,16 @@ def distill_source(
     on_failure: Callable[[str, str], None] | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
 ) -> DistillResult:
-    """A new run from ``source``, a corpus or a folder of videos: claim ``run_dir`` (before
-    any preparing), prepare the videos into RUN_DIR/corpus if need be, then train."""
+    """A new run from ``source``, a corpus (a folder or shard URLs) or a folder of videos:
+    claim ``run_dir`` (before any preparing), prepare the videos into RUN_DIR/corpus if need
+    be, then train."""
     run_dir = Path(run_dir)
     claim_run(run_dir, overwrite=overwrite)
+    source = corpus_source(source)
+    if not isinstance(source, Path):
+        return _train(source, run_dir, config, resume=False, on_step=on_step)
     corpus = prepare_source(
-        Path(source),
+        source,
         run_dir,
         config,
         weights=weights,
@@ -416,7 +462,7 @@ def distill_source(
 
 
 def _train(
-    corpus_path: Path,
+    corpus_path: Path | str,
     run_dir: Path,
     config: DistillConfig,
     *,
@@ -427,6 +473,7 @@ def _train(
     import torch
 
     from soundnet_cli.runtime import world_from_env
+    from soundnet_cli.training.distillation.streaming import to_model_scale
 
     world = world_from_env()
     created = join_process_group(device_for(config.device, world), world)
@@ -434,13 +481,11 @@ def _train(
     def run_in_group() -> DistillResult:  # its locals, DDP included, go before the group
         setup = _set_up(corpus_path, run_dir, config, resume, world)
         if world.main:
-            write_config(
-                run_dir, {"corpus": str(Path(corpus_path).resolve()), "config": config.as_dict()}
-            )
+            write_config(run_dir, {"corpus": _recorded(corpus_path), "config": config.as_dict()})
             trim_metrics(run_dir, setup.start)
         wrapped = data_parallel(setup.model, setup.device, world)
         forward = torch.compile(wrapped) if config.compile else wrapped
-        dataset, batches = _batches(setup, config)
+        dataset, batches = _batches(setup, config, run_dir)
         names = [h.name for h in setup.heads if h.kind != "embedding"]
         embedded = [h.name for h in setup.embedded]
         index = torch.tensor(setup.aligned, dtype=torch.long)
@@ -449,7 +494,7 @@ def _train(
 
         def compute_loss(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             wave, targets = batch
-            wave = wave.to(setup.device, non_blocking=True)
+            wave = to_model_scale(wave.to(setup.device, non_blocking=True))  # int16 streamed
             if embedded:
                 return _mixed_loss(forward, setup, config, wave, targets, index, autocast)
             aligned = {
