@@ -13,6 +13,7 @@ import io
 import pickle
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -130,10 +131,11 @@ def to_state_dict(params: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
 
 
 def imagenet_categories() -> list[str]:
-    """The 1,000 ImageNet category names of torchvision (no download: they ship with it)."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1,000 ImageNet category names of torchvision, as ``imagenet_categories.txt`` beside
+    this module holds them (copied from ``OBJECT_NAMES_SOURCE``; a test keeps the copy equal):
+    reading the file costs nothing, importing torchvision about a second a command."""
+    text = (Path(__file__).with_name("imagenet_categories.txt")).read_text(encoding="utf-8")
+    return text.splitlines()
 
 
 def is_release_object_list(names: Sequence[str] | None) -> bool:

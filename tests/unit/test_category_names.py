@@ -49,3 +49,11 @@ def test_other_object_lists_are_left_alone(tmp_path):
     own = tuple(f"thing {i}" for i in range(1000))
     path = save_checkpoint(soundnet8(heads=(HeadSpec("objects", 1000, own),)), tmp_path / "o.st")
     assert read_info(path).heads[0].categories == own
+
+
+def test_the_shipped_names_are_torchvisions_own():
+    """The copy the package reads (so that no command imports torchvision for names) equals
+    torchvision's ImageNet categories at every index."""
+    from torchvision.models import ResNet50_Weights
+
+    assert sound8.imagenet_categories() == list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
