@@ -143,6 +143,8 @@ def test_mixed_run_resumes_exactly_after_a_kill(tmp_path, corpus):
 KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
+import torch
+torch.set_num_threads(1)  # as the in-process runs it is compared with
 sys.path.insert(0, {repo!r})
 from soundnet_cli.training.distillation import DistillConfig, distill
 from tests.distill_helpers import register_tiny_student
@@ -161,8 +163,15 @@ def test_mixed_run_killed_with_sigkill_resumes(tmp_path, corpus):
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "b")], timeout=300)
     assert done.returncode == -9
     config = DistillConfig(steps=8, checkpoint_every=4, **FAST)
-    whole = distill(corpus, tmp_path / "a", config)
-    resumed = distill(corpus, tmp_path / "b", config, resume=True)
+    # One thread here as in the killed process: exactness is per thread count (reduction order),
+    # and earlier tests may have left this process another.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = distill(corpus, tmp_path / "a", config)
+        resumed = distill(corpus, tmp_path / "b", config, resume=True)
+    finally:
+        torch.set_num_threads(threads)
     assert [loss for _, loss in resumed.losses] == [loss for _, loss in whole.losses[4:]]
 
 
