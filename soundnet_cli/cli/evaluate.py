@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import TaskID
@@ -107,20 +108,15 @@ def evaluate_command(
     torch.manual_seed(0)  # students without weights get the same features (and cache) each run
     if zero_shot:
         _zero_shot(
-            data, dataset, root, checkpoint, probe, C, no_cache, device, solver, out, json_output
-        )
+            data, dataset, root, checkpoint, probe, C, no_cache, device, solver, out, json_output,
+            _options.size_value(max_memory),
+        )  # fmt: skip
         return
     model = load_model(checkpoint, student, device)
     layers = layers or [default_layer(model)]
     out = out or Path(f"soundnet-evaluate-{dataset}")
     with file_progress(enabled=not json_output) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
+        progress = _stage_progress(bar)
         report = evaluate(
             data,
             root,
@@ -171,6 +167,7 @@ def _zero_shot(
     solver: str | None,
     out: Path | None,
     json_output: bool = False,
+    max_memory: int | None = None,
 ) -> dict[str, object]:
     """`evaluate --zero-shot`: the report of :func:`evaluate_zero_shot`, written to
     OUT/zero-shot.json and shown as a table (or printed as JSON)."""
@@ -188,13 +185,7 @@ def _zero_shot(
     encoder = TextEncoder(head.spec.clip)
     model = load_model(checkpoint, None, device)
     with file_progress(enabled=not json_output) as bar:
-        tasks: dict[str, TaskID] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
-
+        progress = _stage_progress(bar)
         report = evaluate_zero_shot(
             data,
             root,
@@ -206,6 +197,7 @@ def _zero_shot(
             use_cache=not no_cache,
             device=resolve_device(device),
             solver=solver,
+            max_memory=max_memory,
             progress=progress,
         )
     out = out or Path(f"soundnet-evaluate-{dataset}")
@@ -278,3 +270,15 @@ def _render(report: EvaluationReport) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(_common.torch_command(evaluate_command))
+
+
+def _stage_progress(bar: Any) -> Callable[[str, int, int], None]:
+    """``progress(stage, done, total)`` for the library: one bar task per stage."""
+    tasks: dict[str, TaskID] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return progress

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from soundnet_cli.evaluation.features import FeatureCache, compute_features, model_key
-from soundnet_cli.evaluation.protocol import _run_split
+from soundnet_cli.evaluation.protocol import _run_split, plan_layer_fit
 
 
 def evaluate_zero_shot(
@@ -35,6 +35,7 @@ def evaluate_zero_shot(
     device: str = "cpu",
     mix: str = "first",
     solver: str | None = None,
+    max_memory: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     from soundnet_cli.media.audio import RESAMPLER
@@ -50,6 +51,21 @@ def evaluate_zero_shot(
     protocol = dataset.protocol
     tag = f"{dataset.name}-repeat{protocol.repeat_to}-{mix}-{RESAMPLER}"
     cache = FeatureCache(FeatureCache.default_root(model_key(model), tag)) if use_cache else None
+    make_entry = get_plugins().probes.get(probe)
+
+    def make(c: float) -> Any:
+        return build_probe(make_entry.factory, c, solver=solver, device=device)
+
+    plan_layer_fit(
+        model,
+        layer,
+        make,
+        protocol.window_seconds,
+        max((len(split.train) for split in splits), default=0),
+        len({c.label for c in clips}),
+        protocol.repeat_to,
+        max_memory,
+    )  # the probe beside zero-shot keeps the same memory budget, refused before any feature
     done = [0]
 
     def tick() -> None:
@@ -75,15 +91,10 @@ def evaluate_zero_shot(
     guess_single = np.asarray(classes)[np.argmax(vectors @ single.T, axis=1)]
     guess_ensemble = np.asarray(classes)[np.argmax(vectors @ ensemble.T, axis=1)]
     truth = np.asarray([c.label for c in clips])
-    make_entry = get_plugins().probes.get(probe)
-
-    def make(c: float) -> Any:
-        return build_probe(make_entry.factory, c, solver=solver, device=device)
-
     rows = []
     for n, split in enumerate(splits):
         test = np.asarray(split.test)
-        probed = _run_split(clips, features, split, layer, model, dataset, make, C)
+        probed = _run_split(clips, features, split, layer, model, dataset, make, C, max_memory)
         rows.append(
             {
                 "split": split.name,

@@ -129,3 +129,27 @@ def test_a_layer_beyond_the_memory_budget_is_refused_before_any_feature(
     message = " ".join(result.stderr.split())
     assert "probe fit on conv2" in message and "256.0 MB budget (--max-memory)" in message
     assert "unexpected" not in message
+
+
+def test_zero_shot_keeps_the_probes_memory_budget(tree, monkeypatch):
+    """The linear probe that `evaluate --zero-shot` reports beside zero-shot is planned against
+    the same budget, before any feature is computed (it used to be fitted without one)."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from soundnet_cli.evaluation import zeroshot
+    from soundnet_cli.plugins import get_plugins
+    from soundnet_cli.probes.budget import ProbeMemoryError
+    from soundnet_cli.students import soundnet8
+
+    def never(*args, **kwargs):
+        raise AssertionError("features were computed")
+
+    monkeypatch.setattr(zeroshot, "compute_features", never)
+    head = SimpleNamespace(spec=SimpleNamespace(layer="conv2"))
+    dataset = get_plugins().datasets.create("esc50")
+    with pytest.raises(ProbeMemoryError, match="probe fit on conv2"):
+        zeroshot.evaluate_zero_shot(
+            dataset, tree, soundnet8(), head, encoder=None, use_cache=False, max_memory=2**20
+        )
