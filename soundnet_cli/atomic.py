@@ -37,21 +37,20 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     An exception or interruption leaves ``target`` untouched and removes the temporary file.
     """
     name, fd = _open_temporary(os.fspath(target))
-    tmp = Path(name)
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-    try:
-        yield tmp
+    try:  # at once: a Ctrl-C before this point would leave the temporary file behind
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        yield Path(name)
         # Some writers (safetensors) replace the file with a private one: give the result the
         # mode a new file gets.
-        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
-            os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        if stat.S_IMODE(os.stat(name).st_mode) != mode:
+            os.chmod(name, mode)
+        os.replace(name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            os.unlink(name)
         raise
 
 

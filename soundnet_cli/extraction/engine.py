@@ -379,6 +379,9 @@ class _Extractor:
                 self.summary.failures.append(Failure(path, error))
             self.folder.lost.clear()
             return
+        except KeyboardInterrupt:
+            self.folder.discard_temporaries(item.source)
+            raise
         self._succeeded(item.source, item.duration, shapes)
 
     def _long(self, source: Source, path: Path) -> None:
@@ -393,6 +396,9 @@ class _Extractor:
         except OSError as exc:
             self._failed(source, _not_written(source, self.folder, exc))
             return
+        except KeyboardInterrupt:
+            self.folder.discard_temporaries(source)
+            raise
         self._succeeded(source, duration, shapes)
 
     def _stream(self, source: Source, audio: StreamingAudio) -> dict[str, tuple[int, int]]:
@@ -470,20 +476,24 @@ def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
     buffer: queue_module.Queue[tuple[str, Any]] = queue_module.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def hand_over(kind: str, value: Any) -> bool:
+        """Put into the buffer unless the consumer has gone (never blocks for good)."""
+        while not stop.is_set():
+            try:
+                buffer.put((kind, value), timeout=0.1)
+                return True
+            except queue_module.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        buffer.put(("item", item), timeout=0.1)
-                        break
-                    except queue_module.Full:
-                        continue
-                if stop.is_set():
+                if not hand_over("item", item):
                     return
-            buffer.put(("end", None))
+            hand_over("end", None)
         except BaseException as exc:  # handed to the consumer
-            buffer.put(("error", exc))
+            hand_over("error", exc)
 
     thread = threading.Thread(target=produce, name="soundnet-chunks", daemon=True)
     thread.start()
@@ -496,8 +506,11 @@ def _prefetch(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
                 raise value
             yield value
     finally:
+        # Wait for the producer to finish the item in hand: a daemon thread still inside a
+        # decoder or a torch op when the interpreter exits aborts the process ("terminate
+        # called without an active exception") instead of exiting 130 after Ctrl-C.
         stop.set()
-        thread.join(timeout=5)
+        thread.join()
 
 
 def extract(

@@ -354,6 +354,11 @@ class FeatureFolder:
             return None
         return row if row is not None else self._recovered_row(source)
 
+    def discard_temporaries(self, source: Source) -> None:
+        """Remove what an interrupted write of ``source`` may have left: a Ctrl-C can land
+        between a temporary file's creation and the code that would remove it."""
+        self._remove_stale_temporaries(self.path / n for n in self.names(source.key))
+
     def _remove_stale_temporaries(self, targets: Iterable[Path]) -> None:
         """Delete temporary files a killed run left beside this rank's outputs, and its
         scratch folder."""
