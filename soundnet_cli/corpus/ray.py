@@ -97,9 +97,7 @@ def labelled_on_ray(
             compute=ray.data.ActorPoolStrategy(size=int(actors)),
             num_gpus=gpus,
             num_cpus=cpus,
-            max_restarts=-1,  # a lost actor is replaced ...
-            max_task_retries=-1,  # ... and its batch retried
-        )
+        )  # Ray Data replaces a lost actor and retries its batch (max_restarts=-1 by default)
         for row in labelled.iter_rows():
             yield _from_row(row, manifest)
 
