@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from soundnet_cli.errors import UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem, reason
 
 
 @dataclass(frozen=True)
@@ -192,12 +192,16 @@ def ray_cluster(address: str | None = None) -> Iterator[Any]:
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(
-            address=address,
-            log_to_driver=False,
-            include_dashboard=False,
-            configure_logging=False,
-        )
+        try:
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                include_dashboard=False,
+                configure_logging=False,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise SoundnetError(f"cannot join {where}: {reason(exc)}") from exc
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

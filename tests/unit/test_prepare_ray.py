@@ -201,36 +201,31 @@ def grey_and_tiny():
     teachers.add("tiny", lambda **kw: tiny_random_teacher(), description="t", plugin="test")
 
 
-def test_the_cli_prepares_urls_on_ray_and_a_404_is_one_line(
+def test_the_cli_prepares_urls_on_both_engines_and_a_404_is_one_line(
     tmp_path, videos, local_cluster, grey_and_tiny, monkeypatch
 ):
     from ..cli.test_extract_inputs import serving
 
     monkeypatch.setenv("COLUMNS", "1000")
-    args = ["-t", "grey-level", "-t", "tiny", *FAST]
+    args = ["-t", "grey-level", "-t", "tiny", *FAST, "--json"]
     with serving(videos) as base:
         urls = [f"{base}/v{i}.mp4" for i in range(3)] + [f"{base}/gone.mp4"]
-        result = CliRunner().invoke(
-            build_app(),
-            ["prepare", *urls, "-o", str(tmp_path / "ray"), *args, "--engine", "ray", "--json"],
-        )
-    assert result.exit_code == 1, result.output  # the 404 is a failed video
-    report = json.loads(result.stdout)
-    assert report["prepared"] == 3 and [f["path"] for f in report["failed"]] == [urls[-1]]
-    assert "404" in report["failed"][0]["reason"] and "\n" not in report["failed"][0]["reason"]
+        results = {
+            engine: CliRunner().invoke(
+                build_app(),
+                ["prepare", *urls, "-o", str(tmp_path / engine), *args, "--engine", engine],
+            )
+            for engine in ("ray", "local")
+        }
+    for result in results.values():
+        assert result.exit_code == 1, result.output  # the 404 is a failed video
+        report = json.loads(result.stdout)
+        assert report["prepared"] == 3 and [f["path"] for f in report["failed"]] == [urls[-1]]
+        assert "404" in report["failed"][0]["reason"]
+        assert "\n" not in report["failed"][0]["reason"]
     corpus = Corpus(tmp_path / "ray")
     assert sorted(corpus.videos) == urls[:3] and list(corpus.failures) == [urls[-1]]
-    local = [str(videos / f"v{i}.mp4") for i in range(3)]
-    CliRunner().invoke(build_app(), ["prepare", *local, "-o", str(tmp_path / "local"), *args])
-    theirs = Corpus(tmp_path / "local")
-    assert len(corpus) == len(theirs)
-    for ours, other in zip(
-        sorted(corpus, key=lambda s: (s.ref.video, s.ref.clip)),
-        sorted(theirs, key=lambda s: (s.ref.video, s.ref.clip)),
-        strict=True,
-    ):
-        assert Path(ours.ref.video).name == Path(other.ref.video).name
-        assert np.array_equal(ours.audio, other.audio)
+    assert_same_corpus(tmp_path / "ray", tmp_path / "local")
 
 
 def test_engine_ray_without_ray_is_one_line_and_exit_2(tmp_path, videos, monkeypatch):
