@@ -79,9 +79,11 @@ def prepare_command(
     `--frame-interval` (seeking, not decoding every frame), labels the frames with every
     `--teacher` in large batches, and writes the corpus format of docs/commands/prepare.md.
     Rerunning with the same `--out` resumes: finished videos are skipped. Under `torchrun`, each
-    rank takes its share of the videos and writes its own shards. Bad videos (no audio or video
-    stream, corrupt, shorter than one interval) are recorded with a reason and skipped; the exit
-    code is then 1.
+    rank takes its share of the videos and writes its own shards. With `--engine ray`, videos
+    are decoded in Ray tasks and labelled in teacher actors across a cluster, and the corpus is
+    written as tar shards; a killed job resumes the same way. Bad videos (no audio or video
+    stream, corrupt, shorter than one interval, a URL that cannot be fetched) are recorded with
+    a reason and skipped; the exit code is then 1.
 
     Examples:
 
