@@ -2,6 +2,7 @@
 
 One place for every command (extract, prepare, distill, finetune): torchrun sets ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK``; a rank on a CUDA machine takes the GPU of its local rank.
+The Ray engines (extract, prepare) join or start their cluster and size their actor pool here.
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from soundnet_cli.errors import UsageProblem
+from soundnet_cli.errors import SoundnetError, UsageProblem, reason
 
 
 @dataclass(frozen=True)
@@ -164,3 +168,59 @@ def leave_process_group(created: bool) -> None:
 
         gc.collect()
         dist.destroy_process_group()
+
+
+# -- Ray (the optional `soundnet-cli[ray]` extra; imported only inside these functions) ---------
+RAY_EXTRA = "pip install 'soundnet-cli[ray]'"
+
+
+def require_ray() -> None:
+    """A usage error naming the extra when ray is not installed (before any work)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UsageProblem(f"the ray engine needs ray: {RAY_EXTRA}", parameter="engine")
+
+
+@contextmanager
+def ray_cluster(address: str | None = None) -> Iterator[Any]:
+    """Ray, connected: to ``address`` (``auto``, ``HOST:PORT``), to the cluster this process
+    already joined, or to a local one started here and stopped on leaving. Ray Data's own
+    progress bars and statistics are off (the CLI shows its own)."""
+    require_ray()
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                include_dashboard=False,
+                configure_logging=False,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise SoundnetError(f"cannot join {where}: {reason(exc)}") from exc
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def ray_actors(actors: int | None, gpus_per_actor: float, cpus_per_actor: float) -> int:
+    """Model actors on the connected cluster: ``actors`` when given, else one per
+    ``gpus_per_actor`` GPUs, else one per two CPUs (decoding keeps the rest busy)."""
+    import ray
+
+    if actors:
+        return int(actors)
+    resources = ray.cluster_resources()
+    if gpus_per_actor:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
+    return max(1, int(resources.get("CPU", 1) // (2 * max(cpus_per_actor, 1e-3))))

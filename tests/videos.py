@@ -122,3 +122,22 @@ def grey_level_teacher(name: str = "grey-level"):
     transform = FrameTransform(resize=24, crop=24, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     head = TeacherHead(name, tuple(f"frame-{i:02d}" for i in range(63)))
     return Teacher(name, GreyLevel(), [head], transform, {"weights": "test"})
+
+
+def tiny_random_teacher(seed: int = 0, name: str = "tiny"):
+    """A small randomly initialised teacher (a linear layer over 16x16 pixels, 10 categories):
+    spread-out posteriors, so engines are compared on real arithmetic. The same ``seed`` gives
+    the same weights in every process."""
+    import torch
+    from torch import nn
+
+    from soundnet_cli.teachers.base import FrameTransform, Teacher, TeacherHead
+
+    generator = torch.Generator().manual_seed(seed)
+    network = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    transform = FrameTransform(resize=16, crop=16)
+    head = TeacherHead(name, tuple(f"class-{i}" for i in range(10)))
+    return Teacher(name, network, [head], transform, {"weights": f"random seed {seed}"})

@@ -253,3 +253,56 @@ def size_value(value: str | None) -> int | None:
 def max_memory(help: str) -> Any:
     """``--max-memory``: a size such as 4G or 512M (checked while parsing)."""
     return typer.Option(None, "--max-memory", help=help, callback=_check_size)
+
+
+ENGINES = ("local", "ray")
+
+
+def _check_engine(value: str) -> str:
+    if value not in ENGINES:
+        raise typer.BadParameter(f"must be one of {', '.join(ENGINES)}, not {value!r}")
+    if value == "ray":
+        from soundnet_cli.errors import UsageProblem
+        from soundnet_cli.runtime import require_ray
+
+        try:
+            require_ray()
+        except UsageProblem as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def engine(help: str = "local (here) or ray (a Ray cluster; needs soundnet-cli[ray]).") -> Any:
+    """``--engine``: local or ray; ray refused up front (exit 2) when the extra is missing."""
+    return typer.Option("local", "--engine", help=help, callback=_check_engine)
+
+
+def ray_address() -> Any:
+    """``--ray-address``: the cluster the ray engine joins."""
+    return typer.Option(
+        None, "--ray-address", help="auto or HOST:PORT [default: start a local Ray]."
+    )
+
+
+def ray_actors(what: str = "Model") -> Any:
+    """``--ray-actors``: how many model (or teacher) actors."""
+    return typer.Option(
+        None, "--ray-actors", min=1, help=f"{what} actors [default: one a GPU, else CPUs / 2]."
+    )
+
+
+def ray_gpus_per_actor(what: str = "model") -> Any:
+    """``--ray-gpus-per-actor``: 0 runs the actors on CPUs."""
+    return typer.Option(
+        0.0,
+        "--ray-gpus-per-actor",
+        min=0.0,
+        help=f"GPUs per {what} actor (1: one a GPU; 0: CPU actors).",
+    )
+
+
+def ray_decode_tasks() -> Any:
+    """``--ray-decode-tasks``: concurrent decode tasks."""
+    return typer.Option(
+        None, "--ray-decode-tasks", min=1, help="Concurrent decode tasks [default: up to CPUs]."
+    )

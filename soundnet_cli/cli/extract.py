@@ -65,21 +65,11 @@ def extract_command(
         "--shard",
         help="I/N: only slice I (from 0) of N of the sorted inputs, e.g. a Slurm array task.",
     ),
-    engine: str = typer.Option(
-        "local", "--engine", help="local (threads here) or ray (needs soundnet-cli[ray])."
-    ),
-    ray_address: str = typer.Option(
-        None, "--ray-address", help="auto or HOST:PORT [default: start a local Ray]."
-    ),
-    ray_actors: int = typer.Option(
-        None, "--ray-actors", min=1, help="Model actors [default: one a GPU, else CPUs / 2]."
-    ),
-    ray_gpus: float = typer.Option(
-        0.0, "--ray-gpus-per-actor", min=0.0, help="GPUs per model actor (1: one a GPU)."
-    ),
-    ray_decode_tasks: int = typer.Option(
-        None, "--ray-decode-tasks", min=1, help="Concurrent decode tasks [default: up to CPUs]."
-    ),
+    engine: str = _options.engine("local (threads here) or ray (needs soundnet-cli[ray])."),
+    ray_address: str = _options.ray_address(),
+    ray_actors: int = _options.ray_actors(),
+    ray_gpus: float = _options.ray_gpus_per_actor(),
+    ray_decode_tasks: int = _options.ray_decode_tasks(),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Redo inputs whose outputs exist (default: skip them)."
     ),
@@ -227,16 +217,15 @@ def _inputs(
 
 def _check_engine_and_format(engine: str, fmt: str, dtype: str) -> None:
     """Refuse an engine or format whose optional extra is missing, before the model loads."""
-    import importlib.util
-
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.extraction.engine import ENGINES
     from soundnet_cli.extraction.writers import DTYPES, FORMATS
+    from soundnet_cli.runtime import require_ray
 
     if engine not in ENGINES:
         raise UsageProblem(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if engine == "ray" and importlib.util.find_spec("ray") is None:
-        raise UsageProblem("--engine ray needs ray: pip install 'soundnet-cli[ray]'")
+    if engine == "ray":
+        require_ray()
     if fmt not in FORMATS:
         raise UsageProblem(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if fmt == "parquet":

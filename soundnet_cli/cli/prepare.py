@@ -12,8 +12,11 @@ from soundnet_cli.cli import _common, _options
 
 
 def prepare_command(
-    videos: list[Path] = typer.Argument(
-        ..., help="Video files or directories (searched recursively)."
+    videos: list[str] = typer.Argument(
+        None,
+        help="Video files, directories (searched recursively) or URLs (http(s)://, file://, "
+        "s3://, gs://, ... through fsspec).",
+        show_default=False,
     ),
     teacher: list[str] = typer.Option(
         ...,
@@ -58,6 +61,16 @@ def prepare_command(
     world_size: int = typer.Option(
         None, "--world-size", help="Number of shares (default: $WORLD_SIZE or 1)."
     ),
+    files_from: str = typer.Option(
+        None, "--files-from", help="A text file (or - for stdin) listing videos, one a line."
+    ),
+    engine: str = _options.engine(
+        "local (threads here, or torchrun ranks) or ray (a Ray cluster; needs soundnet-cli[ray])."
+    ),
+    ray_address: str = _options.ray_address(),
+    ray_actors: int = _options.ray_actors("Teacher"),
+    ray_gpus: float = _options.ray_gpus_per_actor("teacher"),
+    ray_decode_tasks: int = _options.ray_decode_tasks(),
     json_output: bool = _options.json_flag("Print a JSON report for scripts."),
 ) -> None:
     """Turn a folder of videos into a distillation corpus.
@@ -66,9 +79,11 @@ def prepare_command(
     `--frame-interval` (seeking, not decoding every frame), labels the frames with every
     `--teacher` in large batches, and writes the corpus format of docs/commands/prepare.md.
     Rerunning with the same `--out` resumes: finished videos are skipped. Under `torchrun`, each
-    rank takes its share of the videos and writes its own shards. Bad videos (no audio or video
-    stream, corrupt, shorter than one interval) are recorded with a reason and skipped; the exit
-    code is then 1.
+    rank takes its share of the videos and writes its own shards. With `--engine ray`, videos
+    are decoded in Ray tasks and labelled in teacher actors across a cluster, and the corpus is
+    written as tar shards; a killed job resumes the same way. Bad videos (no audio or video
+    stream, corrupt, shorter than one interval, a URL that cannot be fetched) are recorded with
+    a reason and skipped; the exit code is then 1.
 
     Examples:
 
@@ -79,11 +94,15 @@ def prepare_command(
     * `torchrun --nproc-per-node 4 -m soundnet_cli prepare ./videos -t vgg16-imagenet -o corpus`
 
     * `soundnet prepare ./videos -t timm:resnet18 --random-init -o /tmp/dry-run --json`
+
+    * `soundnet prepare s3://bucket/videos -t vgg16-places --engine ray --ray-address auto
+      --ray-gpus-per-actor 1 -o corpus`
     """
     from soundnet_cli.corpus.prepare import PrepareSettings
     from soundnet_cli.runtime import wait_for_ranks, world_from_env
     from soundnet_cli.teachers import parse_weight_specs
 
+    inputs = _inputs(videos, files_from)  # usage errors before any teacher loads
     world = world_from_env(rank, world_size)
     settings = PrepareSettings(
         clip_seconds=clip_seconds,
@@ -97,7 +116,25 @@ def prepare_command(
     )
     settings.check()
     weights = parse_weight_specs(teacher_weights)
-    report = _run(videos, out, teacher, settings, weights, random_init, device, world, json_output)
+    engine_options = {
+        "address": ray_address,
+        "actors": ray_actors,
+        "gpus_per_actor": ray_gpus,
+        "decode_tasks": ray_decode_tasks,
+    }
+    report = _run(
+        inputs,
+        out,
+        teacher,
+        settings,
+        weights,
+        random_init,
+        device,
+        world,
+        json_output,
+        engine,
+        engine_options,
+    )
     wait_for_ranks(world)  # before exiting 1 for bad videos: torchrun would stop the others
     if json_output:
         _common.print_json(report.as_dict())
@@ -107,8 +144,26 @@ def prepare_command(
         raise typer.Exit(1)
 
 
+def _inputs(videos: list[str] | None, files_from: str | None) -> list[str]:
+    """The videos named on the command line and in ``--files-from``; usage errors (exit 2)
+    for none at all or an unknown URL scheme."""
+    from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.extraction.inputs import read_file_list
+    from soundnet_cli.media.urls import check_url, is_url
+
+    inputs = list(videos or [])
+    if files_from is not None:
+        inputs.extend(read_file_list(files_from))
+    if not inputs:
+        raise UsageProblem("give video files, folders or URLs, or --files-from LIST")
+    for item in inputs:
+        if is_url(item):
+            check_url(item)
+    return inputs
+
+
 def _run(
-    videos: list[Path],
+    videos: list[str],
     out: Path,
     teachers: list[str],
     settings: Any,
@@ -117,13 +172,16 @@ def _run(
     device: str,
     world: Any,
     json_output: bool,
+    engine: str,
+    engine_options: dict[str, Any],
 ) -> Any:
     from soundnet_cli.cli._progress import file_progress
     from soundnet_cli.corpus.prepare import prepare_videos
 
     bar = file_progress(enabled=not json_output)
     with bar:
-        task = bar.add_task(f"preparing (rank {world.rank}/{world.size})", total=None)
+        where = "on ray" if engine == "ray" else f"rank {world.rank}/{world.size}"
+        task = bar.add_task(f"preparing ({where})", total=None)
 
         def progress(p: Any) -> None:
             rate = f"{p.videos_per_second:.2f} videos/s, {p.seconds / 3600:.2f} h of video"
@@ -142,6 +200,8 @@ def _run(
             random_init=random_init,
             device=device,
             world=world,
+            engine=engine,
+            engine_options=engine_options,
             on_progress=progress,
             on_failure=failure,
         )

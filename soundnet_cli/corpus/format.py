@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,16 +208,27 @@ class VideoRecord:
     duration: float  # seconds of audio kept (whole frame intervals)
 
 
+CommitShard = Callable[[Path, str, np.ndarray, Mapping[str, np.ndarray], Mapping[str, Any]], Path]
+
+
 class ShardWriter:
-    """Buffers clips of one rank and commits them as whole shards."""
+    """Buffers clips of one rank and commits them as whole shards: shard directories, or
+    whatever ``commit`` writes (``corpus.shards.commit_tar_shard``: tar shards). Shard numbers
+    continue after the rank's existing shards of either form."""
 
     def __init__(
-        self, root: Path, manifest: CorpusManifest, rank: int = 0, shard_bytes: int = 128 << 20
+        self,
+        root: Path,
+        manifest: CorpusManifest,
+        rank: int = 0,
+        shard_bytes: int = 128 << 20,
+        commit: CommitShard | None = None,
     ):
         self.root = Path(root)
         self.manifest = manifest
         self.rank = rank
         self.shard_bytes = max(1, shard_bytes)
+        self.commit: CommitShard = commit or commit_dir_shard
         self.shards_dir = self.root / SHARDS
         self.shards_dir.mkdir(parents=True, exist_ok=True)
         self._clean_stale()
@@ -228,13 +239,16 @@ class ShardWriter:
 
     def _own_shards(self) -> Iterator[re.Match[str]]:
         for entry in self.shards_dir.iterdir():
-            match = SHARD_NAME.match(entry.name)
+            match = SHARD_NAME.match(entry.name.removesuffix(".tar"))
             if match and int(match.group(1)) == self.rank:
                 yield match
 
     def _clean_stale(self) -> None:
         for entry in self.shards_dir.glob(f".rank{self.rank:05d}-*"):
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:  # a tar shard's temporary file
+                entry.unlink(missing_ok=True)
 
     def _reset(self) -> None:
         self._audio: list[np.ndarray] = []
@@ -301,10 +315,10 @@ class ShardWriter:
                 np.concatenate(parts) if parts else np.zeros((0, head.size), np.float16)
             )
         index = {"clips": self._clips, "videos": self._videos, "failed": self._failed}
-        commit_dir_shard(self.shards_dir, name, audio, heads, index)
+        written = self.commit(self.shards_dir, name, audio, heads, index)
         self._next += 1
         self._reset()
-        return self.shards_dir / name
+        return written
 
 
 def commit_dir_shard(

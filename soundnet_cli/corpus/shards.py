@@ -29,7 +29,7 @@ import re
 import shutil
 import tarfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,21 @@ def write_tar_shard(
         for tmp in (tmp_tar, tmp_index):
             tmp.unlink(missing_ok=True)
     return shards_dir / f"{name}{TAR}"
+
+
+def tar_committer(manifest: CorpusManifest) -> Callable[..., Path]:
+    """A ``ShardWriter`` commit that writes each shard as a tar shard (and its index)."""
+
+    def commit(
+        shards_dir: Path,
+        name: str,
+        audio: np.ndarray,
+        heads: Mapping[str, np.ndarray],
+        index: Mapping[str, Any],
+    ) -> Path:
+        return write_tar_shard(shards_dir, name, manifest, index, audio, heads)
+
+    return commit
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:

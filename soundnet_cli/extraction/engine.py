@@ -760,10 +760,9 @@ def _check_settings(
     if engine not in ENGINES:
         raise UsageProblem(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if engine == "ray":
-        import importlib.util
+        from soundnet_cli.runtime import require_ray
 
-        if importlib.util.find_spec("ray") is None:
-            raise UsageProblem("the ray engine needs ray: pip install 'soundnet-cli[ray]'")
+        require_ray()
 
 
 def default_workers(device_type: str) -> int:

@@ -260,3 +260,34 @@ def test_index_is_written_before_the_tar(tmp_path, dirs, monkeypatch):
     assert len(Corpus(tmp_path / "t")) == 0
     assert json.loads((tmp_path / "t" / "shards" / "rank00000-000001.json").read_text())
     assert convert(dirs, tmp_path / "t", "shards").shards == 4
+
+
+def test_the_shard_writer_commits_tar_shards_and_numbers_after_either_form(tmp_path):
+    """What `prepare --engine ray` writes: whole tar shards through the rank's ShardWriter; a
+    later writer of either form continues the numbering (no `rankR-N` and `rankR-N.tar` pair),
+    and a killed tar writer's temporary file is removed by the next writer of that rank."""
+    from soundnet_cli.corpus.format import ShardWriter, VideoRecord, write_manifest
+    from soundnet_cli.corpus.shards import tar_committer
+
+    from .test_corpus import manifest, random_clip
+
+    m = manifest()
+    write_manifest(tmp_path, m)
+    rng = np.random.default_rng(0)
+    clips = {key: [random_clip(rng, 2)] for key in ("/v/a", "/v/b", "/v/c")}
+    tars = ShardWriter(tmp_path, m, 0, 1, tar_committer(m))  # a shard a video
+    for key in ("/v/a", "/v/b"):
+        tars.add_video(VideoRecord(key, key, 2.0), clips[key])
+    stale = tmp_path / "shards" / ".rank00000-000003.abcd1234.tar.tmp"
+    stale.write_bytes(b"partial")
+    dirs = ShardWriter(tmp_path, m, 0, 1)
+    assert not stale.exists()
+    dirs.add_video(VideoRecord("/v/c", "/v/c", 2.0), clips["/v/c"])
+    corpus = Corpus(tmp_path)
+    assert corpus.shards == ["rank00000-000001.tar", "rank00000-000002.tar", "rank00000-000003"]
+    assert verify(corpus) == []
+    for sample in corpus:
+        written = clips[sample.ref.video][0]
+        assert np.array_equal(sample.audio, written.audio)
+        for head, values in written.posteriors.items():
+            assert np.array_equal(sample.posteriors[head], values.astype(np.float16))

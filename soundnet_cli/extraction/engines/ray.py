@@ -77,31 +77,14 @@ def results_on_ray(
     the cluster's CPUs), ``gpus_per_actor`` (0: CPU actors), ``cpus_per_actor`` (1),
     ``decode_tasks`` (concurrent decode tasks; default: Ray decides), ``decode_batch`` (inputs a
     decode task takes, 8)."""
-    import ray
+    from soundnet_cli.runtime import ray_actors, ray_cluster
 
     if not files:
         return
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(
-            address=options.get("address"),
-            log_to_driver=False,
-            include_dashboard=False,
-            configure_logging=False,
-        )
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the CLI shows its own, as for the local engine
-    context.print_on_execution_start = False
-    context.enable_auto_log_stats = False
-    try:
-        resources = ray.cluster_resources()
+    with ray_cluster(options.get("address")) as ray:
         gpus = float(options.get("gpus_per_actor") or 0)
         cpus = float(options.get("cpus_per_actor") or 1)
-        actors = options.get("actors") or (
-            max(1, int(resources.get("GPU", 0) // gpus))
-            if gpus
-            else max(1, int(resources.get("CPU", 1) // (2 * cpus)))
-        )
+        actors = ray_actors(options.get("actors"), gpus, cpus)
         layers = list(layers)
         sample_rate = int(student.sample_rate)
         chunk_samples = int(chunk_seconds * sample_rate)
@@ -148,9 +131,6 @@ def results_on_ray(
                     for name in layers
                 }
             yield Result(int(row["index"]), error, float(row["duration"]), shapes, features)
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 class _Geometry:
