@@ -15,6 +15,7 @@ removed); a video's key, what resuming matches on, is its absolute path or its U
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from soundnet_cli.corpus.format import (
+    MANIFEST,
     Corpus,
     CorpusManifest,
     ShardWriter,
@@ -147,7 +149,44 @@ def prepare_corpus(
         require_ray()
     out = Path(out)
     manifest = build_manifest(teachers, settings)
+    new_folder = not out.exists()
     write_manifest(out, manifest)
+    try:
+        return _prepare_into(
+            out, manifest, videos, teachers, settings, rank, world_size, engine, engine_options,
+            on_progress, on_failure,
+        )  # fmt: skip
+    except BaseException:
+        if new_folder:
+            _remove_if_empty(out)
+        raise
+
+
+def _remove_if_empty(out: Path) -> None:
+    """Remove the corpus folder a failed first run made, when it holds no clip yet (only the
+    manifest and empty folders): a cluster that cannot be joined leaves nothing behind."""
+    entries = list(out.rglob("*"))
+    if any(p.is_file() and p != out / MANIFEST for p in entries):
+        return
+    with contextlib.suppress(OSError):  # another rank began writing: keep the folder
+        for path in sorted(entries, key=lambda p: len(p.parts), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        out.rmdir()
+
+
+def _prepare_into(
+    out: Path,
+    manifest: CorpusManifest,
+    videos: Sequence[str | Path],
+    teachers: Sequence[Teacher],
+    settings: PrepareSettings,
+    rank: int,
+    world_size: int,
+    engine: str,
+    engine_options: Mapping[str, Any] | None,
+    on_progress: Callable[[PrepareProgress], None] | None,
+    on_failure: Callable[[str, str], None] | None,
+) -> PrepareReport:
     finished = Corpus(out).finished() if is_corpus(out) else set()
     if settings.retry_failed:
         finished -= set(Corpus(out).failures)

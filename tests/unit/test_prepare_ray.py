@@ -274,3 +274,28 @@ def test_the_local_engine_never_imports_ray(tmp_path, videos):
         capture_output=True, text=True, env=env, cwd=REPO, check=True,
     )  # fmt: skip
     assert done.stdout.split() == ["False"]
+
+
+def test_a_cluster_that_cannot_be_joined_leaves_no_corpus_folder(tmp_path, videos, monkeypatch):
+    """The Ray engine fails before any clip (here: joining the cluster, stood in for by a
+    replacement of the engine, since Ray retries an unreachable address for minutes): the
+    corpus folder this run made is removed; one that existed before is kept."""
+    import soundnet_cli.corpus.ray as ray_engine
+    from soundnet_cli.errors import SoundnetError
+
+    def cannot_join(*args, **kwargs):
+        raise SoundnetError("cannot join the Ray cluster at 10.0.0.1:6379")
+        yield  # a generator, as the engine is
+
+    monkeypatch.setattr(ray_engine, "labelled_on_ray", cannot_join)
+    settings = PrepareSettings(clip_seconds=2, frame_interval=1, workers=0)
+    out = tmp_path / "new"
+    with pytest.raises(SoundnetError, match="cannot join"):
+        prepare_corpus([videos / "v0.mp4"], out, teachers(), settings, engine="ray")
+    assert not out.exists()
+
+    kept = tmp_path / "kept"
+    prepare_corpus([videos / "v0.mp4"], kept, teachers(), settings)
+    with pytest.raises(SoundnetError, match="cannot join"):
+        prepare_corpus([videos / "v1.mp4"], kept, teachers(), settings, engine="ray")
+    assert len(Corpus(kept)) > 0
