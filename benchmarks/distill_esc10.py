@@ -12,6 +12,8 @@
     python benchmarks/distill_esc10.py                       # about 15 minutes on 2 CPU cores
     python benchmarks/distill_esc10.py --steps 200 --batch-size 32 --device cuda
     python benchmarks/distill_esc10.py --shards-over-http    # tar shards from a local server
+    python benchmarks/distill_esc10.py --skip-probe --compare-storage 0,1,2,3,4 --work W
+        # folder vs tar shards over HTTP, one run each per seed: agreement mean and spread
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ def corpus_source(work: Path, over_http: bool):
         return
     from soundnet_cli.corpus.shards import convert
 
-    convert(work / "corpus", work / "corpus-tar", "shards")
+    if not (work / "corpus-tar" / "manifest.json").is_file():
+        convert(work / "corpus", work / "corpus-tar", "shards")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -187,6 +190,43 @@ def corpus_source(work: Path, over_http: bool):
         server.wait()
 
 
+def distill_config(args: argparse.Namespace, seed: int):
+    from soundnet_cli.training.distillation import DistillConfig
+
+    return DistillConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        workers=args.workers,
+        held_out=args.held_out,
+        seed=seed,
+        log_every=5,
+        eval_every=max(10, args.steps // 4),
+        checkpoint_every=args.steps,
+    )
+
+
+def compare_storage(work: Path, seeds: list[int], args: argparse.Namespace) -> dict:
+    """Held-out agreement per seed from the folder and from HTTP shards; mean and sd each."""
+    from soundnet_cli.training.distillation import distill
+
+    found: dict[str, list[float]] = {"folder": [], "http_shards": []}
+    for seed in seeds:
+        for name, over_http in (("folder", False), ("http_shards", True)):
+            with corpus_source(work, over_http) as source:
+                result = distill(
+                    source, work / f"run-{name}-seed{seed}", distill_config(args, seed),
+                    overwrite=True,
+                )  # fmt: skip
+            found[name].append(round(float(result.agreement["class-colour"]), 4))
+    summary: dict[str, object] = {"seeds": seeds, **found}
+    for name, values in found.items():
+        summary[f"{name}_mean"] = round(float(np.mean(values)), 4)
+        summary[f"{name}_sd"] = round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else None
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
@@ -204,9 +244,16 @@ def main() -> None:
         action="store_true",
         help="convert the corpus to tar shards and distill from a local HTTP server",
     )
+    parser.add_argument(
+        "--compare-storage",
+        default="",
+        metavar="SEEDS",
+        help="distill once from the folder and once from HTTP shards per seed (e.g. 0,1,2) and "
+        "print the held-out agreement of each with its mean and standard deviation",
+    )
     args = parser.parse_args()
 
-    from soundnet_cli.training.distillation import DistillConfig, distill, read_metrics
+    from soundnet_cli.training.distillation import distill, read_metrics
 
     rows = esc10_rows()
     if args.limit:
@@ -214,27 +261,24 @@ def main() -> None:
     classes = sorted({r["category"] for r in rows})
     work = args.work or Path(tempfile.mkdtemp(prefix="distill-esc10-"))
     figures: dict[str, object] = {"clips": len(rows), "classes": len(classes), "work": str(work)}
-    started = time.perf_counter()
-    videos = build_videos(rows, work / "videos", classes)
-    figures["make_videos_s"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    report = prepare(videos, work / "corpus", classes)
-    figures["prepare_s"] = round(time.perf_counter() - started, 1)
-    figures["prepared"] = report["prepared"]
-    figures["failed"] = len(report["failed"])
+    if (work / "corpus" / "manifest.json").is_file() and args.work:
+        figures["prepared"] = "reused " + str(work / "corpus")
+    else:
+        started = time.perf_counter()
+        videos = build_videos(rows, work / "videos", classes)
+        figures["make_videos_s"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        report = prepare(videos, work / "corpus", classes)
+        figures["prepare_s"] = round(time.perf_counter() - started, 1)
+        figures["prepared"] = report["prepared"]
+        figures["failed"] = len(report["failed"])
+    if args.compare_storage:
+        seeds = [int(s) for s in args.compare_storage.split(",")]
+        figures |= compare_storage(work, seeds, args)
+        print(json.dumps(figures, indent=2))
+        return
 
-    config = DistillConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
-        workers=args.workers,
-        held_out=args.held_out,
-        seed=args.seed,
-        log_every=5,
-        eval_every=max(10, args.steps // 4),
-        checkpoint_every=args.steps,
-    )
+    config = distill_config(args, args.seed)
     started = time.perf_counter()
     run = work / (("run-http" if args.shards_over_http else "run") + f"-seed{args.seed}")
     with corpus_source(work, args.shards_over_http) as source:
