@@ -549,7 +549,8 @@ def extract(
     _check_settings(layers, fmt, pool, mix, chunk_seconds, precision, dtype, engine)
     if student is None:
         student = _default_model()
-    infos = {name: feature_of(student, name) for name in layers}  # LayerError: a usage error
+    for name in layers:
+        feature_of(student, name)  # LayerError: a usage error
     if rank is None or world_size is None:
         world = world_from_env()
         rank, world_size = world.rank, world.size
@@ -559,29 +560,9 @@ def extract(
         raise UsageProblem("no audio files found in the given paths")
     slice_index, slices = shard_of or (0, 1)
     mine = shard(shard(sources, slice_index, slices), rank, world_size)
-    from soundnet_cli.weights.identity import identity
-
-    who = identity(student)  # hashes a checkpoint once; later runs read the remembered digest
-    settings = FolderSettings(
-        architecture=str(getattr(student, "architecture", type(student).__name__)),
-        checkpoint=str(who.path) if who.path is not None else None,
-        checkpoint_sha256=who.file_sha256,
-        sample_rate=int(student.sample_rate),
-        layers={
-            name: {
-                "channels": info.channels,
-                "stride": info.stride,
-                "receptive_field": info.receptive_field,
-                "offset": info.offset,
-            }
-            for name, info in infos.items()
-        },
-        fmt=fmt,
-        pool=pool,
-        mix=mix,
-        precision=precision if optimise else "fp32",  # the plain model always runs in fp32
-        resampler=RESAMPLER,
-        dtype=dtype,
+    precision_run = precision if optimise else "fp32"  # the plain model always runs in fp32
+    settings = folder_settings(
+        student, layers, fmt=fmt, pool=pool, mix=mix, precision=precision_run, dtype=dtype
     )
     # each slice of each rank has its own lock and part files in a shared folder
     folder = FeatureFolder(Path(out), settings, rank=slice_index * world_size + rank)
@@ -646,6 +627,46 @@ def extract(
             _finish(folder, summary)
             summary.elapsed = time.perf_counter() - started
         return summary
+
+
+def folder_settings(
+    student: Student,
+    layers: Sequence[str],
+    *,
+    fmt: str,
+    pool: str | None,
+    mix: str,
+    precision: str,
+    dtype: str,
+) -> FolderSettings:
+    """The settings a features folder records (``features.json``) for ``student``'s
+    ``layers``: the same for files and live input. ``precision``: what the model runs in (the
+    plain model always runs in fp32)."""
+    from soundnet_cli.weights.identity import identity
+
+    who = identity(student)  # hashes a checkpoint once; later runs read the remembered digest
+    layer_infos = {name: feature_of(student, name) for name in layers}
+    return FolderSettings(
+        architecture=str(getattr(student, "architecture", type(student).__name__)),
+        checkpoint=str(who.path) if who.path is not None else None,
+        checkpoint_sha256=who.file_sha256,
+        sample_rate=int(student.sample_rate),
+        layers={
+            name: {
+                "channels": info.channels,
+                "stride": info.stride,
+                "receptive_field": info.receptive_field,
+                "offset": info.offset,
+            }
+            for name, info in layer_infos.items()
+        },
+        fmt=fmt,
+        pool=pool,
+        mix=mix,
+        precision=precision,
+        resampler=RESAMPLER,
+        dtype=dtype,
+    )
 
 
 def _run_on_ray(

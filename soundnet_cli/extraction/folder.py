@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -194,9 +194,9 @@ class FeatureFolder:
             for name, geometry in settings.layers.items()
         }
 
-    def _times(self, layer: str, steps: int) -> np.ndarray:
+    def _times(self, layer: str, steps: int, first: int = 0) -> np.ndarray:
         geometry = SimpleNamespace(**self.settings.layers[layer])
-        return step_times(geometry, steps, self.settings.sample_rate)
+        return step_times(geometry, steps, self.settings.sample_rate, first)
 
     # -- names --
     def stem(self, key: str) -> str:
@@ -399,6 +399,58 @@ class FeatureFolder:
                 yield streams
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    # -- a followed stream, in pieces --
+    def taken(self, key: str) -> str | None:
+        """What of the input ``key`` (a live input's name) the folder holds already: its
+        outputs, or pieces of a followed stream (``key/NNNNNN``); None when nothing."""
+        finding = self.writer.check(self.path, self.stem(key), dict.fromkeys(self.layers))
+        if finding.damage is not None or len(finding.missing) < len(self.layers):
+            return f"the outputs of {key}"
+        prefix = f"{key}/"
+        if any(k.startswith(prefix) for k in self.manifest.rows()) or (self.path / key).is_dir():
+            return f"pieces of {key} (a followed stream)"
+        return None
+
+    def write_piece(
+        self,
+        stream: Source,
+        index: int,
+        features: Mapping[str, np.ndarray],
+        first_steps: Mapping[str, int],
+        duration: float,
+    ) -> Source:
+        """Write piece ``index`` of the followed stream ``stream``: an input of its own, keyed
+        ``<key>/<index:06d>``, whose steps continue the stream's (``first_steps``: the stream's
+        step each layer's piece starts at; step numbers and times count from the stream's
+        start). Its files are written whole (a table format commits a part at once), then its
+        manifest row, and ``manifest.jsonl`` is brought up to date for readers that tail it.
+        ``duration``: seconds of audio that arrived for this piece."""
+        piece = Source(stream.file, f"{stream.key}/{index:06d}")
+        first = {name: int(first_steps.get(name, 0)) for name in self.layers}
+        spec = replace(
+            self.spec,
+            times=lambda layer, steps: self._times(layer, steps, first[layer]),
+            first_steps=first,
+        )
+        stem = self.stem(piece.key)
+        self.writer.write(self.path, stem, features, spec, source=stream.display)
+        self.writer.flush(self.path)
+        row = self._row(piece, "ok", duration)
+        row["layers"] = {
+            name: {
+                "shape": list(features[name].shape),
+                "first_step": first[name],
+                "first_time": round(float(self._times(name, 1, first[name])[0]), 9),
+                "step_seconds": self.timing[name]["step_seconds"],
+            }
+            for name in self.layers
+        }
+        row["stream"] = stream.key
+        row["piece"] = index
+        self.manifest.append(row)
+        self.manifest.merge()
+        return piece
 
     # -- manifest rows --
     def _row(self, source: Source, status: str, duration: float | None) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class _Entry:
     path: str
     stem: str
     features: dict[str, np.ndarray]
+    first_steps: Mapping[str, int] = field(default_factory=dict)  # a followed stream's piece
 
 
 @dataclass
@@ -133,7 +134,14 @@ class ParquetWriter(Writer):
         source: str = "",
     ) -> None:
         self.spec = spec
-        self.buffer.append(_Entry(source or stem, stem, {n: features[n] for n in spec.layers}))
+        self.buffer.append(
+            _Entry(
+                source or stem,
+                stem,
+                {n: features[n] for n in spec.layers},
+                dict(spec.first_steps),
+            )
+        )
         if len(self.buffer) >= self.inputs_per_part:
             self.flush(out)
 
@@ -336,10 +344,11 @@ def _table(entries: Sequence[_Entry], layer: str, spec: WriteSpec) -> Any:
             blocks.append(values[None, :])
             continue
         count = values.shape[0]
-        first = offset + np.arange(count) * stride
+        begin = int(entry.first_steps.get(layer, 0))  # a piece continues its stream's steps
+        first = offset + np.arange(begin, begin + count) * stride
         paths.extend([entry.path] * count)
         keys.extend([entry.stem] * count)
-        steps.extend(range(count))
+        steps.extend(range(begin, begin + count))
         starts.extend(np.maximum(first, 0.0).tolist())
         ends.extend((first + field_span).tolist())
         blocks.append(values)
