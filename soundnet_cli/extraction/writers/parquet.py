@@ -6,7 +6,8 @@ Files: ``part-<layer>-r<rank>-<run>-<n>.parquet``, one row per input, layer and 
     path    string         the input as given (a path or URL)
     key     string         its output stem (the input's key; ``manifest.jsonl`` maps them)
     layer   string
-    step    int32          the step's index (null when the folder pools: one row per input)
+    step    int32          the step's index (null when the folder pools: one row per input;
+                           in a piece of a followed stream, the stream's step)
     start   float64        seconds: where the step's receptive field starts (clipped at 0)
     end     float64        seconds: where it ends (pooled rows: null)
     vector  fixed_size_list<float32 | float16>[channels]
