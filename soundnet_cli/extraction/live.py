@@ -267,6 +267,11 @@ def _read(audio: LiveAudio, features: StreamedFeatures, sink: Any, rate: int) ->
                 steps = _finite(features.push(block), audio.source.name)
                 sink.add(steps, features.received / rate)
     except KeyboardInterrupt:
+        audio.close()
+        with deferred_interrupt():  # the audio so far ends there, as if the stream had
+            tail = audio.drain()
+            if len(tail) and features.received:
+                sink.add(_finite(features.push(tail), audio.source.name), audio.samples / rate)
         log.warning(
             "[%s] %s: interrupted at %.1f s of audio; writing the features it determines",
             utc_stamp(),

@@ -494,5 +494,12 @@ class LiveAudio:
         finally:
             self._stop.set()
 
+    def drain(self) -> np.ndarray:
+        """After the consumer stopped early (Ctrl-C): the samples the resampler still holds,
+        as if the stream had ended there (what a file cut at that point would give)."""
+        tail = self._flush()
+        self.samples += len(tail)
+        return tail
+
     def close(self) -> None:
         self._stop.set()

@@ -216,9 +216,10 @@ def test_ctrl_c_mid_follow_leaves_whole_pieces_and_exits_130(clip, checkpoint, f
         joined = np.concatenate(found[layer])
         assert len(joined) == model.output_length(layer, received)
         # the audio up to Ctrl-C, written as if the stream had ended there: the steps whose
-        # receptive field lies inside it are the file's
+        # receptive field lies inside it (before the last 0.1 s, which the resampler ends as
+        # at the end of a file) are the file's
         info = feature_of(model, layer)
-        settled = (received - info.receptive_field - info.offset) // info.stride
+        settled = (received - RATE // 10 - info.receptive_field - info.offset) // info.stride
         assert settled > 0
         assert_close_to_scale(joined[:settled], from_file[layer][:settled], 1e-5, layer)
 
@@ -262,3 +263,67 @@ def test_an_http_url_is_still_a_file_to_fetch_without_follow():
     assert live_input([url], LiveOptions(), "extract", http_files=True) is None
     assert live_input([url], LiveOptions(follow=True), "extract", http_files=True) is not None
     assert live_input(["rtsp://cam/x"], LiveOptions(), "extract", http_files=True) is not None
+
+
+def test_a_stream_url_followed_to_its_end_gives_the_features_of_the_file(checkpoint, tmp_path):
+    from .test_predict_live import serve
+
+    samples = (varied(24.0, RATE)[:, 0] * 32767).astype("<i2")
+    wav = tmp_path / "mono.wav"
+    sf.write(str(wav), samples, RATE, subtype="PCM_16")
+    common = ["--checkpoint", str(checkpoint), *layer_args()]
+    assert invoke(str(wav), "-o", str(tmp_path / "file"), *common).exit_code == 0
+    server = serve(0, samples.tobytes(), 0, len(samples) * 2)  # a WAV of unknown length
+    url = f"http://127.0.0.1:{server.server_address[1]}/live.wav"
+    try:
+        result = invoke(url, "--follow", "--name", "radio", "-o", str(tmp_path / "live"), *common)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.exit_code == 0, result.stderr
+    for layer in LAYERS:
+        want = np.load(tmp_path / "file" / f"mono.{layer}.npy")
+        got = np.concatenate(
+            [np.load(p) for p in sorted((tmp_path / "live" / "radio").glob(f"*.{layer}.npy"))]
+        )
+        assert got.shape == want.shape, layer
+        assert_close_to_scale(got, want, 1e-5, layer)
+    rows = (tmp_path / "live" / "manifest.jsonl").read_text().splitlines()
+    assert all(json.loads(row)["path"] == url for row in rows)
+
+
+def test_a_sound_card_is_followed_until_ctrl_c(checkpoint, tmp_path, monkeypatch):
+    """A (fake) sound card at 16 kHz delivers 25 s and then nothing; Ctrl-C (as SIGINT
+    arrives) ends the input and the pieces join into the features of the same samples."""
+    import _thread
+    import threading
+
+    from soundnet_cli.extraction.live import extract_live
+    from soundnet_cli.media.live import LiveAudio, LiveInput
+    from soundnet_cli.models import load_student
+
+    recorded = varied(25.0, 16000)[:, :1]
+    blocks = np.array_split(recorded, 20)
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(blocks))
+    wav = tmp_path / "card.wav"
+    sf.write(str(wav), recorded, 16000, subtype="FLOAT")
+    common = ["--checkpoint", str(checkpoint), *layer_args()]
+    assert invoke(str(wav), "-o", str(tmp_path / "file"), *common).exit_code == 0
+    model = load_student(checkpoint)
+    audio = LiveAudio(LiveInput("device", "USB Mic"))
+    out = tmp_path / "live"
+    timer = threading.Timer(6.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        summary = extract_live(audio, LAYERS, out, model=model, follow=True, chunk_seconds=4.0)
+    finally:
+        timer.cancel()
+    assert summary.interrupted and summary.name == "mic-USB-Mic"
+    assert summary.audio_seconds == pytest.approx(25.0, abs=1e-3)
+    for layer in LAYERS:
+        want = np.load(tmp_path / "file" / f"card.{layer}.npy")
+        got = np.concatenate(
+            [np.load(p) for p in sorted((out / "mic-USB-Mic").glob(f"*.{layer}.npy"))]
+        )
+        assert got.shape == want.shape, layer
+        assert_close_to_scale(got, want, 1e-5, layer)
