@@ -75,6 +75,16 @@ def stall_seconds_option() -> Any:
     )
 
 
+def window_option(help: str) -> Any:
+    return _options.number(None, "--window", above=0.0, help=help)
+
+
+def hop_option() -> Any:
+    return _options.number(
+        None, "--hop", above=0.0, help="Seconds between window starts (default: the window)."
+    )
+
+
 def live_input(
     inputs: list[str], options: LiveOptions, command: str = "predict", http_files: bool = False
 ) -> LiveInput | None:
@@ -83,8 +93,8 @@ def live_input(
     ``http_files``: an http(s) URL is a file to fetch (extract) unless ``--follow`` or
     ``--reconnect`` says it is a stream."""
     from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.extraction.windows import check_window
     from soundnet_cli.media.live import LiveInput, check_device, parse_input
-    from soundnet_cli.prediction.follow import check_window
 
     check_window(options.window, options.hop)
     if options.device_input is not None:
@@ -316,6 +326,8 @@ def extract_live(
     overwrite: bool,
     quiet: bool,
     json_output: bool,
+    window: float | None = None,
+    hop: float | None = None,
 ) -> None:
     """`soundnet extract` of a live input: whole at its end, or in pieces with ``--follow``.
     Exits 130 after Ctrl-C (what the audio so far determines written whole)."""
@@ -343,6 +355,8 @@ def extract_live(
         precision=precision,
         dtype=dtype,
         overwrite=overwrite,
+        window=window,
+        hop=hop,
     )
     if json_output:
         _common.print_json(summary.as_dict())

@@ -126,6 +126,8 @@ def extract_command(
     device_input: str = _live.device_input_option(),
     reconnect: bool = _live.reconnect_option(),
     stall_seconds: float = _live.stall_seconds_option(),
+    window: float = _live.window_option("With --pool: one vector per sliding window this long."),
+    hop: float = _live.hop_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     json_output: bool = _options.json_flag("Print the summary as JSON."),
 ) -> None:
@@ -152,6 +154,8 @@ def extract_command(
 
     * `soundnet extract s3://bucket/audio --format parquet --engine ray --ray-address auto -o f`
 
+    * `soundnet extract ./clips --pool mean --window 5 --hop 1 --out windows`
+
     * `ffmpeg -i rtsp://cam/stream -f wav - | soundnet extract - --follow --format parquet -o f`
     """
     from soundnet_cli.cli._model import load_model
@@ -163,18 +167,23 @@ def extract_command(
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if window is None and hop is not None:
+        raise UsageProblem("--hop is the step between windows: give --window too")
+    if window is not None and pool is None:
+        raise UsageProblem("--window pools features over windows: give --pool mean or max too")
     live_options = _live.LiveOptions(
         follow, raw_format, rate, channels, device_input, reconnect,
-        chunk_seconds or 6.0, stall_seconds,
+        chunk_seconds or 6.0, stall_seconds, window, hop,
     )  # fmt: skip
     source = _live.live_input(list(paths or []), live_options, command="extract", http_files=True)
     if source is not None:
-        _check_live(files_from, shard_text, engine, pool, follow, fmt, dtype)
+        _check_live(files_from, shard_text, engine, pool, window, follow, fmt, dtype)
         model = load_model(checkpoint, student, device_for(device, world_from_env()))
         _live.extract_live(
             source, model, live_options, layers=layer or [default_layer(model)], out=out,
             name=name, fmt=fmt, pool=pool, mix=mix, precision=precision, optimise=not plain,
-            dtype=dtype, overwrite=overwrite, quiet=quiet or _common.state.quiet,
+            dtype=dtype, overwrite=overwrite, quiet=quiet or _common.state.quiet, window=window,
+            hop=hop,
             json_output=json_output,
         )  # fmt: skip
         return
@@ -223,6 +232,8 @@ def extract_command(
             progress=progress,
             dtype=dtype,
             part_size=part_size,
+            window=window,
+            hop=hop,
             shard_of=shard_of,
             engine=engine,
             engine_options={
@@ -269,6 +280,7 @@ def _check_live(
     shard_text: str | None,
     engine: str,
     pool: str | None,
+    window: float | None,
     follow: bool,
     fmt: str,
     dtype: str,
@@ -282,8 +294,11 @@ def _check_live(
         raise UsageProblem("--shard splits a list of inputs; a live input is one")
     if engine != "local":
         raise UsageProblem("a live input runs here: --engine local only")
-    if follow and pool is not None:
-        raise UsageProblem("--pool reduces a whole input to one vector; it cannot go with --follow")
+    if follow and pool is not None and window is None:
+        raise UsageProblem(
+            "--pool reduces a whole input to one vector; it cannot go with --follow unless "
+            "--window pools it over windows"
+        )
     _check_engine_and_format(engine, fmt, dtype)
 
 

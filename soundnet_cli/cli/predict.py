@@ -103,12 +103,8 @@ def predict_command(
         "receptive field plus one chunk.",
     ),
     stall_seconds: float = _live.stall_seconds_option(),
-    window: float = _options.number(
-        None, "--window", above=0.0, help="Rows pooled over sliding windows of this many seconds."
-    ),
-    hop: float = _options.number(
-        None, "--hop", above=0.0, help="Seconds between window starts (default: the window)."
-    ),
+    window: float = _live.window_option("Rows pooled over sliding windows of this many seconds."),
+    hop: float = _live.hop_option(),
 ) -> None:
     """Top objects and scenes per time step and per file, as tables, CSV or label tracks.
 

@@ -86,6 +86,8 @@ class FolderSettings:
     precision: str = "fp32"
     resampler: str = RESAMPLER
     dtype: str = "float32"  # of the stored vectors (float16: the parquet format only)
+    window: float | None = None  # seconds: pooled over sliding windows (with ``pool``)
+    hop: float | None = None  # seconds between window starts
 
     # the settings two runs into one folder must share, as named in features.json
     SHARED: ClassVar[tuple[str, ...]] = (
@@ -98,9 +100,22 @@ class FolderSettings:
         "pool",
         "format",
         "dtype",
+        "window",
+        "hop",
     )
 
     def as_dict(self) -> dict[str, Any]:
+        if self.window is not None:  # recorded only when set: other folders read as before
+            return {
+                **self._as_dict(),
+                "window": self.window,
+                "hop": self.hop,
+                "times": "window i covers [i * hop, i * hop + window) seconds (the last one "
+                "cut at the end of the input); its steps pooled by their overlap with it",
+            }
+        return self._as_dict()
+
+    def _as_dict(self) -> dict[str, Any]:
         return {
             "soundnet_cli": __version__,
             "architecture": self.architecture,
@@ -128,8 +143,8 @@ class FolderSettings:
             theirs = recorded.get(key, ASSUMED_FOR_OLD_FOLDERS.get(key))
             if key == "sample_rate" and key not in recorded:
                 continue  # not recorded by the first versions; always 22,050 then
-            if theirs != mine[key]:
-                return f"{key} was {theirs!r}, now {mine[key]!r}"
+            if theirs != mine.get(key):
+                return f"{key} was {theirs!r}, now {mine.get(key)!r}"
         return None
 
 
@@ -183,18 +198,28 @@ class FeatureFolder:
             pool=settings.pool,
             provenance=settings.as_dict(),
             times=self._times,
+            windows=settings.window is not None,
         )
         self.manifest = FeatureManifest(self.path)
         self._suffix_bytes = max(len(n.encode()) for n in self.writer.names("", self.layers))
         self.timing = {  # of every manifest row
             name: {
                 "first_time": round(float(self._times(name, 1)[0]), 9),
-                "step_seconds": geometry["stride"] / settings.sample_rate,
+                "step_seconds": (
+                    settings.hop or settings.window
+                    if settings.window is not None
+                    else geometry["stride"] / settings.sample_rate
+                ),
             }
             for name, geometry in settings.layers.items()
         }
 
     def _times(self, layer: str, steps: int, first: int = 0) -> np.ndarray:
+        """Seconds of steps ``first`` to ``first + steps``: their centres, or where each
+        window starts when the folder pools over windows."""
+        if self.settings.window is not None:
+            hop = self.settings.hop or self.settings.window
+            return np.arange(first, first + steps, dtype=np.float64) * hop
         geometry = SimpleNamespace(**self.settings.layers[layer])
         return step_times(geometry, steps, self.settings.sample_rate, first)
 
@@ -471,7 +496,11 @@ class FeatureFolder:
         row = self._row(source, "ok", duration)
         row["layers"] = {
             name: {
-                "shape": [shapes[name][1]] if self.settings.pool else list(shapes[name]),
+                "shape": (
+                    [shapes[name][1]]
+                    if self.settings.pool and self.settings.window is None
+                    else list(shapes[name])
+                ),
                 **self.timing[name],
             }
             for name in self.layers

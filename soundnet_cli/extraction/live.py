@@ -35,6 +35,7 @@ from soundnet_cli.extraction.engine import (
     _check_settings,
     _default_model,
     folder_settings,
+    window_pool,
 )
 from soundnet_cli.extraction.folder import FeatureFolder
 from soundnet_cli.extraction.inputs import Source
@@ -83,8 +84,21 @@ class _Pieces:
         self.folder, self.stream, self.summary = folder, stream, summary
         self.done = dict.fromkeys(folder.layers, 0)
         self.written_seconds = 0.0
+        self.windows = (
+            {n: window_pool(folder, n) for n in folder.layers}
+            if folder.settings.window is not None
+            else None
+        )
+        self.duration: float | None = None
 
     def add(self, steps: Mapping[str, np.ndarray], received_seconds: float) -> None:
+        if self.windows is not None:  # the windows the steps close
+            steps = {
+                n: pool.add(steps[n])
+                if self.duration is None
+                else np.concatenate([pool.add(steps[n]), pool.finish(self.duration)])
+                for n, pool in self.windows.items()
+            }
         if not any(len(part) for part in steps.values()):
             return
         self.folder.write_piece(
@@ -98,6 +112,10 @@ class _Pieces:
         self.summary.pieces += 1
         for name, part in steps.items():
             self.done[name] += len(part)
+
+    def ending(self, duration: float) -> None:
+        """The stream ends at ``duration`` seconds: the next ``add`` is the last."""
+        self.duration = duration
 
     def close(self, duration: float) -> None:
         pass
@@ -121,6 +139,9 @@ class _Spool:
             for index, name in enumerate(channels)
         }
 
+    def ending(self, duration: float) -> None:
+        pass
+
     def add(self, steps: Mapping[str, np.ndarray], received_seconds: float) -> None:
         for name, part in steps.items():
             if len(part):
@@ -140,10 +161,19 @@ class _Spool:
         shapes = {name: (self.counts[name], self.channels[name]) for name in self.channels}
         try:
             self.folder.writer.forget(self.folder.path, [self.folder.stem(self.source.key)])
-            with self.folder.stream(self.source, shapes) as streams:
+            if self.folder.settings.window is not None:  # only the windows are held
+                windows = {}
                 for name in self.channels:
-                    for block in self._read(name):
-                        streams.add(name, block)
+                    pool = window_pool(self.folder, name)
+                    found = [pool.add(block) for block in self._read(name)]
+                    windows[name] = np.concatenate([*found, pool.finish(duration)])
+                self.folder.write(self.source, windows)
+                shapes = {name: windows[name].shape for name in windows}
+            else:
+                with self.folder.stream(self.source, shapes) as streams:
+                    for name in self.channels:
+                        for block in self._read(name):
+                            streams.add(name, block)
             self.folder.succeeded(self.source, duration, shapes)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -169,6 +199,8 @@ def extract_live(
     precision: str = "fp32",
     dtype: str = "float32",
     overwrite: bool = False,
+    window: float | None = None,
+    hop: float | None = None,
 ) -> LiveSummary:
     """Extract ``layers`` of the live input ``audio`` into the features folder ``out``.
 
@@ -179,13 +211,19 @@ def extract_live(
     name already). The model runs in chunks of ``chunk_seconds``: a step is written at most
     its layer's receptive field plus one chunk after its audio arrived. Ctrl-C ends the input
     there and is reported in the summary (``interrupted``), after what the audio so far
-    determines is written whole.
+    determines is written whole. ``window``/``hop`` (with ``pool``) pool over sliding windows
+    as for files; with ``follow``, each piece holds the windows that closed.
     """
     started = time.perf_counter()
     layers = list(dict.fromkeys(layers))
-    _check_settings(layers, fmt, pool, audio.mix, chunk_seconds, precision, dtype)
-    if follow and pool is not None:
-        raise UsageProblem("--pool reduces a whole input to one vector; it cannot go with --follow")
+    _check_settings(
+        layers, fmt, pool, audio.mix, chunk_seconds, precision, dtype, window=window, hop=hop
+    )
+    if follow and pool is not None and window is None:
+        raise UsageProblem(
+            "--pool reduces a whole input to one vector; it cannot go with --follow unless "
+            "--window pools it over windows"
+        )
     student: Any = model if model is not None else _default_model()
     infos = {layer: feature_of(student, layer) for layer in layers}
     key = name or output_name(audio.source.name)
@@ -193,8 +231,9 @@ def extract_live(
         raise UsageProblem(f"--name {key!r} cannot name files in the features folder")
     precision_run = precision if optimise else "fp32"
     settings = folder_settings(
-        student, layers, fmt=fmt, pool=pool, mix=audio.mix, precision=precision_run, dtype=dtype
-    )
+        student, layers, fmt=fmt, pool=pool, mix=audio.mix, precision=precision_run, dtype=dtype,
+        window=window, hop=hop,
+    )  # fmt: skip
     folder = FeatureFolder(Path(out), settings)
     source = Source(audio.source.name, key)
     folder.create()
@@ -225,6 +264,7 @@ def extract_live(
             with deferred_interrupt():
                 if features.received:
                     _check_length(student, layers, features.received, audio.source.name)
+                    sink.ending(duration)
                     sink.add(_finite(features.finish(), audio.source.name), duration)
                     sink.close(duration)
                 elif not summary.interrupted:

@@ -36,6 +36,9 @@ class WriteSpec:
     # A piece of a followed stream: each layer's first step is this step of the stream
     # (``times`` counts from it too); empty for a whole input.
     first_steps: Mapping[str, int] = field(default_factory=dict)
+    # Pooled over sliding windows: each layer is (windows, channels), ``times`` gives where
+    # each window starts, and the provenance holds ``window`` and ``hop`` (seconds).
+    windows: bool = False
 
 
 @dataclass(frozen=True)

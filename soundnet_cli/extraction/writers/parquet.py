@@ -346,12 +346,18 @@ def _table(entries: Sequence[_Entry], layer: str, spec: WriteSpec) -> Any:
             continue
         count = values.shape[0]
         begin = int(entry.first_steps.get(layer, 0))  # a piece continues its stream's steps
-        first = offset + np.arange(begin, begin + count) * stride
         paths.extend([entry.path] * count)
         keys.extend([entry.stem] * count)
         steps.extend(range(begin, begin + count))
-        starts.extend(np.maximum(first, 0.0).tolist())
-        ends.extend((first + field_span).tolist())
+        if spec.windows:  # step k: the window [k * hop, k * hop + window)
+            window = float(settings.get("window") or 0.0)
+            first = np.arange(begin, begin + count) * float(settings.get("hop") or window)
+            starts.extend(first.tolist())
+            ends.extend((first + window).tolist())
+        else:
+            first = offset + np.arange(begin, begin + count) * stride
+            starts.extend(np.maximum(first, 0.0).tolist())
+            ends.extend((first + field_span).tolist())
         blocks.append(values)
     channels = int(blocks[0].shape[1]) if blocks else int(geometry.get("channels", 0))
     flat = (
