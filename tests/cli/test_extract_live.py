@@ -327,3 +327,83 @@ def test_a_sound_card_is_followed_until_ctrl_c(checkpoint, tmp_path, monkeypatch
         )
         assert got.shape == want.shape, layer
         assert_close_to_scale(got, want, 1e-5, layer)
+
+
+def reference_windows(steps: np.ndarray, geometry: dict, duration: float, window: float,
+                      hop: float, how: str) -> np.ndarray:  # fmt: skip
+    """Windows computed here from the definition (an independent implementation): spans from
+    the midpoints between step centres, pooled by overlap (mean) or over those overlapping."""
+    centres = (geometry["offset"] + np.arange(len(steps)) * geometry["stride"]
+               + (geometry["receptive_field"] - 1) / 2) / RATE  # fmt: skip
+    middle = (centres[:-1] + centres[1:]) / 2
+    starts = np.minimum(np.r_[0.0, middle], duration)
+    ends = np.minimum(np.r_[middle, duration], duration)
+    out, k = [], 0
+    while True:
+        begin = k * hop
+        end = min(begin + window, duration)
+        overlap = np.clip(np.minimum(ends, end) - np.maximum(starts, begin), 0, None)
+        if how == "mean":
+            out.append((overlap[:, None] * steps).sum(0) / overlap.sum())
+        else:
+            out.append(steps[overlap > 0].max(0))
+        k += 1
+        if begin + window >= duration:
+            return np.array(out)
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_windows_with_a_hop_are_the_same_for_a_file_stdin_and_a_followed_stream(
+    how, clip, checkpoint, from_file, tmp_path
+):
+    common = ["--checkpoint", str(checkpoint), "--pool", how, "--window", "10", "--hop", "4",
+              *layer_args()]  # fmt: skip
+    bytes_in = clip.read_bytes()
+    runs = {
+        "file": invoke(str(clip), "-o", str(tmp_path / "file"), *common),
+        "long": invoke(str(clip), "-o", str(tmp_path / "long"), "--chunk-seconds", "8", *common),
+        "stdin": invoke("-", "-o", str(tmp_path / "stdin"), *common, stdin=bytes_in),
+        "follow": invoke(
+            "-",
+            "--follow",
+            "-o",
+            str(tmp_path / "follow"),
+            "--chunk-seconds",
+            "4",
+            *common,
+            stdin=bytes_in,
+        ),  # fmt: skip
+    }
+    for name, result in runs.items():
+        assert result.exit_code == 0, (name, result.stderr)
+    settings = json.loads((tmp_path / "file" / "features.json").read_text())
+    assert (settings["window"], settings["hop"], settings["pool"]) == (10.0, 4.0, how)
+    for layer in LAYERS:
+        want = reference_windows(from_file[layer], settings["layers"][layer], 34.0, 10, 4, how)
+        assert want.shape[0] == 7  # starts 0, 4, ..., 24; the last reaches 34 s
+        found = {
+            "file": np.load(tmp_path / "file" / f"clip.{layer}.npy"),
+            "long": np.load(tmp_path / "long" / f"clip.{layer}.npy"),
+            "stdin": np.load(tmp_path / "stdin" / f"stdin.{layer}.npy"),
+            "follow": np.concatenate(
+                [np.load(p) for p in sorted((tmp_path / "follow" / "stdin").glob(f"*.{layer}.npy"))]
+            ),
+        }
+        for name, got in found.items():
+            assert got.shape == want.shape, (name, layer)
+            assert_close_to_scale(got, want, 1e-5, f"{name} {layer}")
+    row = json.loads((tmp_path / "file" / "manifest.jsonl").read_text())
+    assert row["layers"]["pool5"]["shape"] == [7, 256]
+    assert row["layers"]["pool5"]["step_seconds"] == 4.0
+    # a window is not a setting a later run may change
+    other = invoke(str(clip), "-o", str(tmp_path / "file"), *common[:-len(layer_args()) - 2],
+                   "--hop", "5", *layer_args())  # fmt: skip
+    one_line_error(other, 2, "hop was 4.0, now 5.0")
+
+
+def test_window_options_need_a_pool(clip, checkpoint, tmp_path):
+    args = [str(clip), "-o", str(tmp_path / "out"), "--checkpoint", str(checkpoint)]
+    one_line_error(invoke(*args, "--window", "5"), 2, "give --pool mean or max too")
+    one_line_error(invoke(*args, "--hop", "5"), 2, "give --window too")
+    one_line_error(invoke(*args, "--pool", "mean", "--window", "-1"), 2, "--window")
+    assert not (tmp_path / "out").exists()
