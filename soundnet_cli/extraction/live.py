@@ -60,7 +60,7 @@ class LiveSummary:
     out: Path
     name: str  # the input's key in the folder
     audio_seconds: float = 0.0
-    steps: dict[str, int] = field(default_factory=dict)  # per layer
+    steps: dict[str, int] = field(default_factory=dict)  # rows written per layer (windows)
     pieces: int = 0  # written with follow
     interrupted: bool = False
     elapsed: float = 0.0
@@ -120,6 +120,9 @@ class _Pieces:
     def close(self, duration: float) -> None:
         pass
 
+    def written(self) -> dict[str, int]:
+        return dict(self.done)
+
     def abort(self) -> None:
         pass
 
@@ -134,6 +137,7 @@ class _Spool:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
         self.counts = dict.fromkeys(channels, 0)
+        self.shapes = dict.fromkeys(channels, 0)  # rows written per layer, once closed
         self.files: dict[str, BinaryIO] = {
             name: open(self.dir / f"{index}.f32", "wb")  # noqa: SIM115  (closed in close/abort)
             for index, name in enumerate(channels)
@@ -175,8 +179,12 @@ class _Spool:
                         for block in self._read(name):
                             streams.add(name, block)
             self.folder.succeeded(self.source, duration, shapes)
+            self.shapes = {name: int(shape[0]) for name, shape in shapes.items()}
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def written(self) -> dict[str, int]:
+        return dict(self.shapes)
 
     def abort(self) -> None:
         for handle in self.files.values():
@@ -280,10 +288,7 @@ def extract_live(
             finally:
                 folder.manifest.merge()
         summary.audio_seconds = duration
-        summary.steps = {
-            layer: student.output_length(layer, features.received) if features.received else 0
-            for layer in layers
-        }
+        summary.steps = sink.written()
         summary.elapsed = time.perf_counter() - started
         return summary
 

@@ -248,8 +248,12 @@ def test_bad_live_input_is_one_line(clip, checkpoint, tmp_path, monkeypatch):
 def test_pooled_stdin_is_pooled_like_the_file(clip, checkpoint, from_file, tmp_path):
     out = tmp_path / "out"
     args = ["-o", str(out), "--checkpoint", str(checkpoint), "--pool", "mean", *layer_args()]
-    result = invoke("-", *args, stdin=clip.read_bytes())
+    result = invoke("-", *args, "--json", stdin=clip.read_bytes())
     assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["name"] == "stdin" and not summary["interrupted"]
+    assert summary["audio_seconds"] == pytest.approx(34.0, abs=1e-3)
+    assert summary["steps"] == {layer: len(from_file[layer]) for layer in LAYERS}
     for layer in LAYERS:
         got = np.load(out / f"stdin.{layer}.npy")
         assert got.shape == (from_file[layer].shape[1],)
