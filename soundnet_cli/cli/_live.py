@@ -328,6 +328,8 @@ def extract_live(
     json_output: bool,
     window: float | None = None,
     hop: float | None = None,
+    compile_model: bool = False,
+    threads: int | None = None,
 ) -> None:
     """`soundnet extract` of a live input: whole at its end, or in pieces with ``--follow``.
     Exits 130 after Ctrl-C (what the audio so far determines written whole)."""
@@ -341,6 +343,10 @@ def extract_live(
         reconnect=options.reconnect,
         stall_seconds=options.stall_seconds,
     )
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     summary = run(
         audio,
         layers,
@@ -357,6 +363,7 @@ def extract_live(
         overwrite=overwrite,
         window=window,
         hop=hop,
+        compile=compile_model,
     )
     if json_output:
         _common.print_json(summary.as_dict())

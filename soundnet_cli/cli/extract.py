@@ -183,8 +183,7 @@ def extract_command(
             source, model, live_options, layers=layer or [default_layer(model)], out=out,
             name=name, fmt=fmt, pool=pool, mix=mix, precision=precision, optimise=not plain,
             dtype=dtype, overwrite=overwrite, quiet=quiet or _common.state.quiet, window=window,
-            hop=hop,
-            json_output=json_output,
+            hop=hop, json_output=json_output, compile_model=compile_model, threads=threads,
         )  # fmt: skip
         return
     if name is not None:

@@ -209,6 +209,7 @@ def extract_live(
     overwrite: bool = False,
     window: float | None = None,
     hop: float | None = None,
+    compile: bool = False,
 ) -> LiveSummary:
     """Extract ``layers`` of the live input ``audio`` into the features folder ``out``.
 
@@ -257,7 +258,7 @@ def extract_live(
         if optimise:
             from soundnet_cli.models import for_inference
 
-            student = for_inference(student, layers, precision=precision)
+            student = for_inference(student, layers, precision=precision, compile=compile)
         rate = int(student.sample_rate)
         features = StreamedFeatures(student, layers, int(round(chunk_seconds * rate)))
         summary = LiveSummary(folder.path, key)
