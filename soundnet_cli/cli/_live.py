@@ -1,5 +1,6 @@
-"""`soundnet predict` on live input (``-``, stream URLs, ``mic:NAME``), ``--follow``, and pooled
-``--window``/``--hop`` rows: option checks (before anything is loaded) and the runs."""
+"""Live input (``-``, stream URLs, ``mic:NAME``) for `soundnet predict` and `soundnet extract`:
+the options both declare (:func:`follow_option` ...), their checks (before anything is loaded),
+and the runs; `predict`'s ``--follow`` rows and pooled ``--window``/``--hop`` rows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from soundnet_cli.cli import _common
+from soundnet_cli.cli import _common, _options
 
 if TYPE_CHECKING:
     from soundnet_cli.media.live import LiveInput, RawFormat
@@ -31,17 +32,76 @@ class LiveOptions:
     hop: float | None = None
 
 
-def live_input(inputs: list[str], options: LiveOptions) -> LiveInput | None:
+# -- the options both commands declare ---------------------------------------------------------
+def follow_option(help: str) -> Any:
+    return typer.Option(False, "--follow", help=help)
+
+
+def raw_format_option() -> Any:
+    return typer.Option(
+        None, "--raw-format", help="stdin is headerless PCM: s16le, s32le or f32le."
+    )
+
+
+def rate_option() -> Any:
+    return typer.Option(None, "--rate", help="Sample rate of --raw-format PCM (Hz).")
+
+
+def channels_option() -> Any:
+    return typer.Option(None, "--channels", help="Channels of --raw-format PCM (default 1).")
+
+
+def device_input_option() -> Any:
+    return typer.Option(
+        None,
+        "--device-input",
+        help="Record from this sound card (name or number; see `soundnet devices`); the same "
+        "as the input mic:NAME.",
+    )
+
+
+def reconnect_option() -> Any:
+    return typer.Option(
+        False, "--reconnect", help="Reopen a stream URL that ends or fails, with back-off."
+    )
+
+
+def stall_seconds_option() -> Any:
+    return _options.number(
+        5.0,
+        "--stall-seconds",
+        above=0.0,
+        help="Report a live input that sends nothing for this long.",
+    )
+
+
+def window_option(help: str) -> Any:
+    return _options.number(None, "--window", above=0.0, help=help)
+
+
+def hop_option() -> Any:
+    return _options.number(
+        None, "--hop", above=0.0, help="Seconds between window starts (default: the window)."
+    )
+
+
+def live_input(
+    inputs: list[str], options: LiveOptions, command: str = "predict", http_files: bool = False
+) -> LiveInput | None:
     """The one live input among ``inputs`` (with ``--device-input``), or None for files;
-    usage errors for every combination that cannot work, before anything is loaded."""
+    usage errors for every combination that cannot work, before anything is loaded.
+    ``http_files``: an http(s) URL is a file to fetch (extract) unless ``--follow`` or
+    ``--reconnect`` says it is a stream."""
     from soundnet_cli.errors import UsageProblem
+    from soundnet_cli.extraction.windows import check_window
     from soundnet_cli.media.live import LiveInput, check_device, parse_input
-    from soundnet_cli.prediction.follow import check_window
 
     check_window(options.window, options.hop)
     if options.device_input is not None:
         inputs = [*inputs, f"mic:{options.device_input}"]
     lives = [parsed for text in inputs if (parsed := parse_input(text)) is not None]
+    if http_files and not (options.follow or options.reconnect):
+        lives = [s for s in lives if not s.target.lower().startswith(("http://", "https://"))]
     if lives and len(inputs) > 1:
         raise UsageProblem(
             "a live input (-, a stream URL or mic:NAME) must be the only input; "
@@ -63,13 +123,13 @@ def live_input(inputs: list[str], options: LiveOptions) -> LiveInput | None:
         raise UsageProblem(f"--stall-seconds must be positive, not {options.stall_seconds}")
     raw_format(options)  # its own checks
     if source is not None and source.kind == "stdin":
-        check_stdin(sys.stdin)
+        check_stdin(sys.stdin, command)
     if source is not None and source.kind == "device":
         check_device(source.target)
     return source if source is None else LiveInput(source.kind, source.target)
 
 
-def check_stdin(stream: Any) -> None:
+def check_stdin(stream: Any, command: str = "predict") -> None:
     """A usage error for ``-`` when stdin is a terminal: nothing is piped in."""
     from soundnet_cli.errors import UsageProblem
 
@@ -77,7 +137,7 @@ def check_stdin(stream: Any) -> None:
     if isatty is not None and isatty():
         raise UsageProblem(
             "the input - reads audio from stdin, which is a terminal: pipe audio in "
-            "(ffmpeg -i SOURCE -f wav - | soundnet predict -)"
+            f"(ffmpeg -i SOURCE -f wav - | soundnet {command} -)"
         )
 
 
@@ -247,3 +307,72 @@ def predict_windows(
     else:
         render_rows(found, fmt, out, "predictions")
     return failed
+
+
+def extract_live(
+    source: LiveInput,
+    model: Any,
+    options: LiveOptions,
+    *,
+    layers: list[str],
+    out: Path,
+    name: str | None,
+    fmt: str,
+    pool: str | None,
+    mix: str,
+    precision: str,
+    optimise: bool,
+    dtype: str,
+    overwrite: bool,
+    quiet: bool,
+    json_output: bool,
+    window: float | None = None,
+    hop: float | None = None,
+    compile_model: bool = False,
+    threads: int | None = None,
+) -> None:
+    """`soundnet extract` of a live input: whole at its end, or in pieces with ``--follow``.
+    Exits 130 after Ctrl-C (what the audio so far determines written whole)."""
+    from soundnet_cli.extraction.live import extract_live as run
+    from soundnet_cli.media.live import LiveAudio
+
+    audio = LiveAudio(
+        source,
+        raw=raw_format(options),
+        mix=mix,  # type: ignore[arg-type]
+        reconnect=options.reconnect,
+        stall_seconds=options.stall_seconds,
+    )
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    summary = run(
+        audio,
+        layers,
+        out,
+        model=model,
+        name=name,
+        follow=options.follow,
+        fmt=fmt,
+        pool=pool,
+        chunk_seconds=options.chunk_seconds,
+        optimise=optimise,
+        precision=precision,
+        dtype=dtype,
+        overwrite=overwrite,
+        window=window,
+        hop=hop,
+        compile=compile_model,
+    )
+    if json_output:
+        _common.print_json(summary.as_dict())
+    elif not quiet:
+        pieces = f" in {summary.pieces} pieces" if options.follow else ""
+        _common.info(
+            f"{source.name}: {summary.audio_seconds:.1f} s of audio extracted{pieces} into "
+            f"{summary.out} as {summary.name}"
+        )
+    if summary.interrupted:
+        _common.error("interrupted")
+        raise typer.Exit(130)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from soundnet_cli.cli import _common, _options
+from soundnet_cli.cli import _common, _live, _options
 
 if TYPE_CHECKING:
     from soundnet_cli.students.contract import Student
@@ -21,7 +21,9 @@ def extract_command(
     paths: list[str] = typer.Argument(
         None,
         help="Audio or video files, folders (searched recursively, following links once), or "
-        "URLs (http(s)://, file://, s3://, gs://, ... through fsspec).",
+        "URLs (http(s)://, file://, s3://, gs://, ... through fsspec); or one live input: - "
+        "(stdin), a stream URL (rtsp://, srt://, ...; http(s):// with --follow or "
+        "--reconnect) or mic:NAME.",
         show_default=False,
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (mirrors the input tree)."),
@@ -91,12 +93,31 @@ def extract_command(
         False, "--plain", help="Run the model as defined (no inference rewrites)."
     ),
     chunk_seconds: float = _options.number(
-        60.0,
+        None,
         "--chunk-seconds",
         at_least=1.0,
         at_most=_options.MAX_CHUNK_SECONDS,
-        help="Longer inputs are streamed in chunks this long (1 s to 1 h).",
+        help="Longer inputs are streamed in chunks this long (1 s to 1 h) [default: 60; 6 for "
+        "live input, whose latency is the layer's receptive field plus one chunk].",
     ),
+    follow: bool = _live.follow_option(
+        "Live input: append features to the folder in pieces as the audio arrives "
+        "(<name>/NNNNNN), so a reader can tail it."
+    ),
+    name: str = typer.Option(
+        None,
+        "--name",
+        help="Live input: its name (output stem) in the folder [default: stdin for -, "
+        "mic-NAME, or the URL's host and path].",
+    ),
+    raw_format: str = _live.raw_format_option(),
+    rate: int = _live.rate_option(),
+    channels: int = _live.channels_option(),
+    device_input: str = _live.device_input_option(),
+    reconnect: bool = _live.reconnect_option(),
+    stall_seconds: float = _live.stall_seconds_option(),
+    window: float = _live.window_option("With --pool: one vector per sliding window this long."),
+    hop: float = _live.hop_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     json_output: bool = _options.json_flag("Print the summary as JSON."),
 ) -> None:
@@ -122,6 +143,10 @@ def extract_command(
     * `soundnet extract --files-from urls.txt --format parquet --out feats --shard 3/10`
 
     * `soundnet extract s3://bucket/audio --format parquet --engine ray --ray-address auto -o f`
+
+    * `soundnet extract ./clips --pool mean --window 5 --hop 1 --out windows`
+
+    * `ffmpeg -i rtsp://cam/stream -f wav - | soundnet extract - --follow --format parquet -o f`
     """
     from soundnet_cli.cli._model import load_model
     from soundnet_cli.cli._progress import file_progress
@@ -132,6 +157,28 @@ def extract_command(
 
     if pool is not None and pool not in POOLS:
         raise UsageProblem(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
+    if window is None and hop is not None:
+        raise UsageProblem("--hop is the step between windows: give --window too")
+    if window is not None and pool is None:
+        raise UsageProblem("--window pools features over windows: give --pool mean or max too")
+    live_options = _live.LiveOptions(
+        follow, raw_format, rate, channels, device_input, reconnect,
+        chunk_seconds or 6.0, stall_seconds, window, hop,
+    )  # fmt: skip
+    source = _live.live_input(list(paths or []), live_options, command="extract", http_files=True)
+    if source is not None:
+        _check_live(files_from, shard_text, engine, pool, window, follow, fmt, dtype)
+        model = load_model(checkpoint, student, device_for(device, world_from_env()))
+        _live.extract_live(
+            source, model, live_options, layers=layer or [default_layer(model)], out=out,
+            name=name, fmt=fmt, pool=pool, mix=mix, precision=precision, optimise=not plain,
+            dtype=dtype, overwrite=overwrite, quiet=quiet or _common.state.quiet, window=window,
+            hop=hop, json_output=json_output, compile_model=compile_model, threads=threads,
+        )  # fmt: skip
+        return
+    if name is not None:
+        raise UsageProblem("--name names a live input (-, a stream URL or mic:NAME)")
+    chunk_seconds = chunk_seconds or 60.0
     job = world_from_env()
     inputs, shard_of = _inputs(paths, files_from, shard_text)  # usage errors before the model
     _check_engine_and_format(engine, fmt, dtype)
@@ -174,6 +221,8 @@ def extract_command(
             progress=progress,
             dtype=dtype,
             part_size=part_size,
+            window=window,
+            hop=hop,
             shard_of=shard_of,
             engine=engine,
             engine_options={
@@ -213,6 +262,33 @@ def _inputs(
         if is_url(item):
             check_url(item)
     return inputs, shard_of
+
+
+def _check_live(
+    files_from: str | None,
+    shard_text: str | None,
+    engine: str,
+    pool: str | None,
+    window: float | None,
+    follow: bool,
+    fmt: str,
+    dtype: str,
+) -> None:
+    """Usage errors for options that cannot go with a live input, before the model loads."""
+    from soundnet_cli.errors import UsageProblem
+
+    if files_from is not None:
+        raise UsageProblem("a live input must be the only input; it cannot go with --files-from")
+    if shard_text is not None:
+        raise UsageProblem("--shard splits a list of inputs; a live input is one")
+    if engine != "local":
+        raise UsageProblem("a live input runs here: --engine local only")
+    if follow and pool is not None and window is None:
+        raise UsageProblem(
+            "--pool reduces a whole input to one vector; it cannot go with --follow unless "
+            "--window pools it over windows"
+        )
+    _check_engine_and_format(engine, fmt, dtype)
 
 
 def _check_engine_and_format(engine: str, fmt: str, dtype: str) -> None:

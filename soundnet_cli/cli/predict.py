@@ -85,28 +85,15 @@ def predict_command(
         "ensemble of docs/clip.md].",
     ),
     json_output: bool = _options.json_flag("Same as --format json."),
-    follow: bool = typer.Option(
-        False,
-        "--follow",
-        help="Live input: write each row as soon as its audio has arrived (table, csv, tsv, "
-        "jsonl; audacity at the end).",
+    follow: bool = _live.follow_option(
+        "Live input: write each row as soon as its audio has arrived (table, csv, tsv, "
+        "jsonl; audacity at the end)."
     ),
-    raw_format: str = typer.Option(
-        None, "--raw-format", help="stdin is headerless PCM: s16le, s32le or f32le."
-    ),
-    rate: int = typer.Option(None, "--rate", help="Sample rate of --raw-format PCM (Hz)."),
-    channels: int = typer.Option(
-        None, "--channels", help="Channels of --raw-format PCM (default 1)."
-    ),
-    device_input: str = typer.Option(
-        None,
-        "--device-input",
-        help="Record from this sound card (name or number; see `soundnet devices`); the same "
-        "as the input mic:NAME.",
-    ),
-    reconnect: bool = typer.Option(
-        False, "--reconnect", help="Reopen a stream URL that ends or fails, with back-off."
-    ),
+    raw_format: str = _live.raw_format_option(),
+    rate: int = _live.rate_option(),
+    channels: int = _live.channels_option(),
+    device_input: str = _live.device_input_option(),
+    reconnect: bool = _live.reconnect_option(),
     chunk_seconds: float = _options.number(
         6.0,
         "--chunk-seconds",
@@ -115,18 +102,9 @@ def predict_command(
         help="Live input is run in chunks of this many seconds: the latency is the layer's "
         "receptive field plus one chunk.",
     ),
-    stall_seconds: float = _options.number(
-        5.0,
-        "--stall-seconds",
-        above=0.0,
-        help="Report a live input that sends nothing for this long.",
-    ),
-    window: float = _options.number(
-        None, "--window", above=0.0, help="Rows pooled over sliding windows of this many seconds."
-    ),
-    hop: float = _options.number(
-        None, "--hop", above=0.0, help="Seconds between window starts (default: the window)."
-    ),
+    stall_seconds: float = _live.stall_seconds_option(),
+    window: float = _live.window_option("Rows pooled over sliding windows of this many seconds."),
+    hop: float = _live.hop_option(),
 ) -> None:
     """Top objects and scenes per time step and per file, as tables, CSV or label tracks.
 

@@ -106,7 +106,9 @@ def chunked_features(
         yield {name: part[0].t().float().cpu().numpy() for name, part in parts.items()}
 
 
-def step_times(info: Any, steps: int, sample_rate: int) -> np.ndarray:
-    """``FeatureInfo.step_centres`` as a float64 array (fast for millions of steps)."""
+def step_times(info: Any, steps: int, sample_rate: int, first: int = 0) -> np.ndarray:
+    """``FeatureInfo.step_centres`` as a float64 array (fast for millions of steps): of steps
+    ``first`` to ``first + steps``."""
     half = (info.receptive_field - 1) / 2
-    return (info.offset + np.arange(steps, dtype=np.float64) * info.stride + half) / sample_rate
+    index = np.arange(first, first + steps, dtype=np.float64)
+    return (info.offset + index * info.stride + half) / sample_rate

@@ -32,14 +32,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from soundnet_cli.errors import AudioError, SoundnetError, UsageProblem, reason
-from soundnet_cli.extraction.chunks import chunked_features
+from soundnet_cli.extraction.chunks import chunked_features, step_times
 from soundnet_cli.extraction.folder import FeatureFolder, FolderSettings
 from soundnet_cli.extraction.inputs import Source, discover, shard
+from soundnet_cli.extraction.windows import WindowPool, check_window
 from soundnet_cli.extraction.writers import DTYPES, FORMATS
 from soundnet_cli.extraction.writers.base import pooled as _pooled
 from soundnet_cli.media.audio import (
@@ -369,9 +371,12 @@ class _Extractor:
             if not np.isfinite(values).all():
                 self._failed(item.source, _not_finite(item.source, name))
                 return
+        if self.folder.settings.window is not None:
+            duration = len(item.samples) / self.model.sample_rate
+            features = {n: windowed(self.folder, n, f, duration) for n, f in features.items()}
         shapes = {n: f.shape for n, f in features.items()}
         try:
-            self.folder.write(item.source, {n: _pooled(f, self.pool) for n, f in features.items()})
+            self.folder.write(item.source, {n: self._pooled(f) for n, f in features.items()})
         except OSError as exc:
             self._failed(item.source, _not_written(item.source, self.folder, exc))
             for path, error in self.folder.lost:  # inputs a table held, lost with its part
@@ -383,6 +388,10 @@ class _Extractor:
             self.folder.discard_temporaries(item.source)
             raise
         self._succeeded(item.source, item.duration, shapes)
+
+    def _pooled(self, features: np.ndarray) -> np.ndarray:
+        """An input's steps as the folder stores them (windows are pooled already)."""
+        return features if self.folder.settings.window is not None else _pooled(features, self.pool)
 
     def _long(self, source: Source, path: Path) -> None:
         try:
@@ -402,6 +411,8 @@ class _Extractor:
         self._succeeded(source, duration, shapes)
 
     def _stream(self, source: Source, audio: StreamingAudio) -> dict[str, tuple[int, int]]:
+        if self.folder.settings.window is not None:
+            return self._stream_windows(source, audio)
         shapes = {
             n: (self.model.output_length(n, audio.samples), self.infos[n].channels)
             for n in self.layers
@@ -421,6 +432,24 @@ class _Extractor:
                         raise AudioError(_not_finite(source, name))
                     streams.add(name, steps)
         return shapes
+
+    def _stream_windows(self, source: Source, audio: StreamingAudio) -> dict[str, tuple[int, int]]:
+        """A long input pooled over windows: its chunks go through a :class:`WindowPool` per
+        layer (only the windows are held), then it is written whole."""
+        pools = {n: window_pool(self.folder, n) for n in self.layers}
+        found: dict[str, list[np.ndarray]] = {n: [] for n in self.layers}
+        parts = chunked_features(
+            self.model, audio.window, audio.samples, self.layers, self.chunk_samples, self.device
+        )
+        for part in _prefetch(parts):
+            for name, steps in part.items():
+                if not np.isfinite(steps).all():
+                    raise AudioError(_not_finite(source, name))
+                found[name].append(pools[name].add(steps))
+        duration = audio.samples / self.model.sample_rate
+        features = {n: np.concatenate([*found[n], pools[n].finish(duration)]) for n in self.layers}
+        self.folder.write(source, features)
+        return {n: f.shape for n, f in features.items()}
 
     # -- bookkeeping --
     def _succeeded(
@@ -540,6 +569,8 @@ def extract(
     shard_of: tuple[int, int] | None = None,
     engine: str = "local",
     engine_options: Mapping[str, Any] | None = None,
+    window: float | None = None,
+    hop: float | None = None,
 ) -> ExtractSummary:
     """Extract ``layers`` for every audio file under ``paths`` into the features folder
     ``out`` (see ``extraction/folder.py`` for its layout and resume rules).
@@ -553,16 +584,19 @@ def extract(
 
     ``paths`` may hold URLs (``media/urls.py``). ``shard_of=(i, n)`` keeps slice ``i`` of ``n``
     of the sorted inputs (a Slurm array task). ``fmt="parquet"`` writes a Parquet dataset
-    (``dtype`` float32 or float16, ``part_size`` inputs a part file). ``engine="ray"`` runs
+    (``dtype`` float32 or float16, ``part_size`` inputs a part file). ``window`` (seconds,
+    with ``pool``) pools over sliding windows ``hop`` seconds apart (default: the window),
+    one row per window (``extraction/windows.py``, as ``predict --window``). ``engine="ray"`` runs
     on a Ray cluster (``extraction/engines/ray.py``; ``engine_options``: address, batch sizes,
     concurrency, GPUs per actor).
     """
     layers = list(dict.fromkeys(layers))
     student: Any = model
-    _check_settings(layers, fmt, pool, mix, chunk_seconds, precision, dtype, engine)
+    _check_settings(layers, fmt, pool, mix, chunk_seconds, precision, dtype, engine, window, hop)
     if student is None:
         student = _default_model()
-    infos = {name: feature_of(student, name) for name in layers}  # LayerError: a usage error
+    for name in layers:
+        feature_of(student, name)  # LayerError: a usage error
     if rank is None or world_size is None:
         world = world_from_env()
         rank, world_size = world.rank, world.size
@@ -572,30 +606,11 @@ def extract(
         raise UsageProblem("no audio files found in the given paths")
     slice_index, slices = shard_of or (0, 1)
     mine = shard(shard(sources, slice_index, slices), rank, world_size)
-    from soundnet_cli.weights.identity import identity
-
-    who = identity(student)  # hashes a checkpoint once; later runs read the remembered digest
-    settings = FolderSettings(
-        architecture=str(getattr(student, "architecture", type(student).__name__)),
-        checkpoint=str(who.path) if who.path is not None else None,
-        checkpoint_sha256=who.file_sha256,
-        sample_rate=int(student.sample_rate),
-        layers={
-            name: {
-                "channels": info.channels,
-                "stride": info.stride,
-                "receptive_field": info.receptive_field,
-                "offset": info.offset,
-            }
-            for name, info in infos.items()
-        },
-        fmt=fmt,
-        pool=pool,
-        mix=mix,
-        precision=precision if optimise else "fp32",  # the plain model always runs in fp32
-        resampler=RESAMPLER,
-        dtype=dtype,
-    )
+    precision_run = precision if optimise else "fp32"  # the plain model always runs in fp32
+    settings = folder_settings(
+        student, layers, fmt=fmt, pool=pool, mix=mix, precision=precision_run, dtype=dtype,
+        window=window, hop=hop,
+    )  # fmt: skip
     # each slice of each rank has its own lock and part files in a shared folder
     folder = FeatureFolder(Path(out), settings, rank=slice_index * world_size + rank)
     if part_size is not None:
@@ -659,6 +674,72 @@ def extract(
             _finish(folder, summary)
             summary.elapsed = time.perf_counter() - started
         return summary
+
+
+def folder_settings(
+    student: Student,
+    layers: Sequence[str],
+    *,
+    fmt: str,
+    pool: str | None,
+    mix: str,
+    precision: str,
+    dtype: str,
+    window: float | None = None,
+    hop: float | None = None,
+) -> FolderSettings:
+    """The settings a features folder records (``features.json``) for ``student``'s
+    ``layers``: the same for files and live input. ``precision``: what the model runs in (the
+    plain model always runs in fp32)."""
+    from soundnet_cli.weights.identity import identity
+
+    who = identity(student)  # hashes a checkpoint once; later runs read the remembered digest
+    layer_infos = {name: feature_of(student, name) for name in layers}
+    return FolderSettings(
+        architecture=str(getattr(student, "architecture", type(student).__name__)),
+        checkpoint=str(who.path) if who.path is not None else None,
+        checkpoint_sha256=who.file_sha256,
+        sample_rate=int(student.sample_rate),
+        layers={
+            name: {
+                "channels": info.channels,
+                "stride": info.stride,
+                "receptive_field": info.receptive_field,
+                "offset": info.offset,
+            }
+            for name, info in layer_infos.items()
+        },
+        fmt=fmt,
+        pool=pool,
+        mix=mix,
+        precision=precision,
+        resampler=RESAMPLER,
+        dtype=dtype,
+        window=window,
+        hop=(hop if hop is not None else window) if window is not None else None,
+    )
+
+
+def windowed(folder: FeatureFolder, layer: str, steps: np.ndarray, duration: float) -> np.ndarray:
+    """A layer's steps of a whole input (``duration`` seconds) pooled over the folder's
+    windows: float32 (windows, channels)."""
+    pool = window_pool(folder, layer)
+    return np.concatenate([pool.add(steps), pool.finish(duration)])
+
+
+def window_pool(folder: FeatureFolder, layer: str) -> WindowPool:
+    """A :class:`WindowPool` for ``layer`` with the folder's window, hop and pooling."""
+    settings = folder.settings
+    geometry = settings.layers[layer]
+    assert settings.window is not None and settings.pool is not None
+    return WindowPool(
+        float(step_times(SimpleNamespace(**geometry), 1, settings.sample_rate)[0]),
+        geometry["stride"] / settings.sample_rate,
+        geometry["channels"],
+        settings.window,
+        settings.hop,
+        settings.pool,
+    )
 
 
 def _run_on_ray(
@@ -733,6 +814,8 @@ def _check_settings(
     precision: str,
     dtype: str = "float32",
     engine: str = "local",
+    window: float | None = None,
+    hop: float | None = None,
 ) -> None:
     """Refuse a bad setting (a usage error) before anything is created or loaded."""
     from soundnet_cli.students.inference import PRECISIONS
@@ -759,6 +842,11 @@ def _check_settings(
         require_pyarrow()
     if engine not in ENGINES:
         raise UsageProblem(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    check_window(window, hop)
+    if window is not None and pool is None:
+        raise UsageProblem("--window pools features over windows: give --pool mean or max too")
+    if window is not None and engine != "local":
+        raise UsageProblem("--window runs on the local engine only")
     if engine == "ray":
         from soundnet_cli.runtime import require_ray
 

@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -86,6 +86,8 @@ class FolderSettings:
     precision: str = "fp32"
     resampler: str = RESAMPLER
     dtype: str = "float32"  # of the stored vectors (float16: the parquet format only)
+    window: float | None = None  # seconds: pooled over sliding windows (with ``pool``)
+    hop: float | None = None  # seconds between window starts
 
     # the settings two runs into one folder must share, as named in features.json
     SHARED: ClassVar[tuple[str, ...]] = (
@@ -98,9 +100,22 @@ class FolderSettings:
         "pool",
         "format",
         "dtype",
+        "window",
+        "hop",
     )
 
     def as_dict(self) -> dict[str, Any]:
+        if self.window is not None:  # recorded only when set: other folders read as before
+            return {
+                **self._as_dict(),
+                "window": self.window,
+                "hop": self.hop,
+                "times": "window i covers [i * hop, i * hop + window) seconds (the last one "
+                "cut at the end of the input); its steps pooled by their overlap with it",
+            }
+        return self._as_dict()
+
+    def _as_dict(self) -> dict[str, Any]:
         return {
             "soundnet_cli": __version__,
             "architecture": self.architecture,
@@ -128,8 +143,8 @@ class FolderSettings:
             theirs = recorded.get(key, ASSUMED_FOR_OLD_FOLDERS.get(key))
             if key == "sample_rate" and key not in recorded:
                 continue  # not recorded by the first versions; always 22,050 then
-            if theirs != mine[key]:
-                return f"{key} was {theirs!r}, now {mine[key]!r}"
+            if theirs != mine.get(key):
+                return f"{key} was {theirs!r}, now {mine.get(key)!r}"
         return None
 
 
@@ -183,20 +198,30 @@ class FeatureFolder:
             pool=settings.pool,
             provenance=settings.as_dict(),
             times=self._times,
+            windows=settings.window is not None,
         )
         self.manifest = FeatureManifest(self.path)
         self._suffix_bytes = max(len(n.encode()) for n in self.writer.names("", self.layers))
         self.timing = {  # of every manifest row
             name: {
                 "first_time": round(float(self._times(name, 1)[0]), 9),
-                "step_seconds": geometry["stride"] / settings.sample_rate,
+                "step_seconds": (
+                    settings.hop or settings.window
+                    if settings.window is not None
+                    else geometry["stride"] / settings.sample_rate
+                ),
             }
             for name, geometry in settings.layers.items()
         }
 
-    def _times(self, layer: str, steps: int) -> np.ndarray:
+    def _times(self, layer: str, steps: int, first: int = 0) -> np.ndarray:
+        """Seconds of steps ``first`` to ``first + steps``: their centres, or where each
+        window starts when the folder pools over windows."""
+        if self.settings.window is not None:
+            hop = self.settings.hop or self.settings.window
+            return np.arange(first, first + steps, dtype=np.float64) * hop
         geometry = SimpleNamespace(**self.settings.layers[layer])
-        return step_times(geometry, steps, self.settings.sample_rate)
+        return step_times(geometry, steps, self.settings.sample_rate, first)
 
     # -- names --
     def stem(self, key: str) -> str:
@@ -405,6 +430,58 @@ class FeatureFolder:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    # -- a followed stream, in pieces --
+    def taken(self, key: str) -> str | None:
+        """What of the input ``key`` (a live input's name) the folder holds already: its
+        outputs, or pieces of a followed stream (``key/NNNNNN``); None when nothing."""
+        finding = self.writer.check(self.path, self.stem(key), dict.fromkeys(self.layers))
+        if finding.damage is not None or len(finding.missing) < len(self.layers):
+            return f"the outputs of {key}"
+        prefix = f"{key}/"
+        if any(k.startswith(prefix) for k in self.manifest.rows()) or (self.path / key).is_dir():
+            return f"pieces of {key} (a followed stream)"
+        return None
+
+    def write_piece(
+        self,
+        stream: Source,
+        index: int,
+        features: Mapping[str, np.ndarray],
+        first_steps: Mapping[str, int],
+        duration: float,
+    ) -> Source:
+        """Write piece ``index`` of the followed stream ``stream``: an input of its own, keyed
+        ``<key>/<index:06d>``, whose steps continue the stream's (``first_steps``: the stream's
+        step each layer's piece starts at; step numbers and times count from the stream's
+        start). Its files are written whole (a table format commits a part at once), then its
+        manifest row, and ``manifest.jsonl`` is brought up to date for readers that tail it.
+        ``duration``: seconds of audio that arrived for this piece."""
+        piece = Source(stream.file, f"{stream.key}/{index:06d}")
+        first = {name: int(first_steps.get(name, 0)) for name in self.layers}
+        spec = replace(
+            self.spec,
+            times=lambda layer, steps: self._times(layer, steps, first[layer]),
+            first_steps=first,
+        )
+        stem = self.stem(piece.key)
+        self.writer.write(self.path, stem, features, spec, source=stream.display)
+        self.writer.flush(self.path)
+        row = self._row(piece, "ok", duration)
+        row["layers"] = {
+            name: {
+                "shape": list(features[name].shape),
+                "first_step": first[name],
+                "first_time": round(float(self._times(name, 1, first[name])[0]), 9),
+                "step_seconds": self.timing[name]["step_seconds"],
+            }
+            for name in self.layers
+        }
+        row["stream"] = stream.key
+        row["piece"] = index
+        self.manifest.append(row)
+        self.manifest.merge()
+        return piece
+
     # -- manifest rows --
     def _row(self, source: Source, status: str, duration: float | None) -> dict[str, Any]:
         return {
@@ -424,7 +501,11 @@ class FeatureFolder:
         row = self._row(source, "ok", duration)
         row["layers"] = {
             name: {
-                "shape": [shapes[name][1]] if self.settings.pool else list(shapes[name]),
+                "shape": (
+                    [shapes[name][1]]
+                    if self.settings.pool and self.settings.window is None
+                    else list(shapes[name])
+                ),
                 **self.timing[name],
             }
             for name in self.layers

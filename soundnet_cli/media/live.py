@@ -20,8 +20,11 @@ with a timestamped log line; ``reconnect=True`` reopens a URL with exponential b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import re
+import signal
 import sys
 import threading
 import time
@@ -102,6 +105,34 @@ def parse_input(text: str) -> LiveInput | None:
     if sep and rest and scheme.lower() in URL_SCHEMES:
         return LiveInput("url", text)
     return None
+
+
+def output_name(name: str) -> str:
+    """A file name for the outputs of a live input called ``name``: ``stdin`` for ``-``,
+    ``mic-NAME`` for a sound card, a URL's host and path with other characters replaced."""
+    if name == STDIN:
+        return "stdin"
+    text = re.sub(r"^[a-z0-9+.-]+://", "", name, flags=re.IGNORECASE)
+    text = text.replace(DEVICE_PREFIX, "mic-", 1) if text.startswith(DEVICE_PREFIX) else text
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return text or "stream"
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done (what it computes and writes stays whole), then
+    raise it. A no-op outside the main thread, where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def utc_stamp() -> str:
@@ -462,6 +493,13 @@ class LiveAudio:
                     return
         finally:
             self._stop.set()
+
+    def drain(self) -> np.ndarray:
+        """After the consumer stopped early (Ctrl-C): the samples the resampler still holds,
+        as if the stream had ended there (what a file cut at that point would give)."""
+        tail = self._flush()
+        self.samples += len(tail)
+        return tail
 
     def close(self) -> None:
         self._stop.set()

@@ -25,6 +25,7 @@ import numpy as np
 
 from soundnet_cli.errors import SoundnetError, UsageProblem
 from soundnet_cli.extraction.streamed import StreamedFeatures, latency_samples
+from soundnet_cli.extraction.windows import check_window, pool_spans
 from soundnet_cli.media.audio import Waveform, tile
 from soundnet_cli.prediction.tables import Row, check_threshold
 from soundnet_cli.students.contract import feature_of
@@ -299,20 +300,14 @@ class WindowRows(RowStage):
         self._closed = False
 
     def _pooled(self, start: float, end: float) -> ScoredSpan:
-        weights, parts = [], []
-        for span in self._spans:
-            overlap = min(span.end, end) - max(span.start, start)
-            if overlap > 0:
-                weights.append(overlap)
-                parts.append(span.probs)
-        if not parts:  # a window inside no span (cannot happen for spans covering the input)
-            parts, weights = [self._spans[-1].probs], [1.0]
-        total = float(sum(weights))
-        probs = {
-            head.name: np.sum([w * p[head.name] for w, p in zip(weights, parts, strict=True)], 0)
-            / total
-            for head in self.heads
-        }
+        starts = np.array([s.start for s in self._spans])
+        ends = np.array([s.end for s in self._spans])
+        probs = {}
+        for head in self.heads:
+            values = np.stack([s.probs[head.name] for s in self._spans])
+            pooled = pool_spans(starts, ends, values, start, end, "mean")
+            # a window inside no span (cannot happen for spans covering the input)
+            probs[head.name] = pooled if pooled is not None else values[-1]
         return ScoredSpan(start, end, probs)
 
     def _emit(self, duration: float | None) -> list[Row]:
@@ -346,15 +341,6 @@ class WindowRows(RowStage):
         if self._k > 0 and (self._k - 1) * self.hop + self.window >= duration:
             self._closed = True  # the last window handed out already reached the end
         return self._emit(duration) if self._spans else []
-
-
-def check_window(window: float | None, hop: float | None) -> None:
-    if window is None and hop is None:
-        return
-    if window is None or window <= 0:
-        raise UsageProblem(f"the window must be a positive number of seconds, not {window}")
-    if hop is not None and hop <= 0:
-        raise UsageProblem(f"the hop must be a positive number of seconds, not {hop}")
 
 
 def row_stage(

@@ -10,18 +10,14 @@ arrives while rows are computed or written waits until they are out.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
-import signal
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from soundnet_cli.atomic import atomic_file
 from soundnet_cli.errors import SoundnetError
-from soundnet_cli.media.live import LiveAudio, utc_stamp
+from soundnet_cli.media.live import LiveAudio, deferred_interrupt, output_name, utc_stamp
 from soundnet_cli.prediction.follow import RowStream
 from soundnet_cli.prediction.tables import Row, audacity_labels, delimited, json_lines
 
@@ -107,11 +103,7 @@ class AudacityWriter(RowWriter):
 def label_name(name: str) -> str:
     """A label file name for a live input: ``stdin.txt``, ``mic-NAME.txt``, the URL's host
     and path with other characters replaced."""
-    if name == "-":
-        return "stdin.txt"
-    text = re.sub(r"^[a-z0-9+.-]+://", "", name, flags=re.IGNORECASE).replace("mic:", "mic-")
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return f"{text or 'stream'}.txt"
+    return f"{output_name(name)}.txt"
 
 
 def make_writer(fmt: str, stream: IO[str], out: Path | None, name: str) -> RowWriter:
@@ -125,23 +117,6 @@ def make_writer(fmt: str, stream: IO[str], out: Path | None, name: str) -> RowWr
     if fmt == "table":
         return TableWriter(stream)
     raise SoundnetError(f"--follow writes table, csv, tsv, jsonl or audacity, not {fmt}")
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done (rows are computed and written whole), then raise
-    it. A no-op outside the main thread, where signals cannot be handled."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
 
 
 def follow(audio: LiveAudio, rows: RowStream, writer: RowWriter) -> bool:

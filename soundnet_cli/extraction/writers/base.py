@@ -33,6 +33,12 @@ class WriteSpec:
     pool: str | None  # None, "mean" or "max": features reduced over time to (channels,)
     provenance: Mapping[str, Any]  # the folder's settings (features.json)
     times: Callable[[str, int], np.ndarray]  # (layer, steps) -> centre of each step, seconds
+    # A piece of a followed stream: each layer's first step is this step of the stream
+    # (``times`` counts from it too); empty for a whole input.
+    first_steps: Mapping[str, int] = field(default_factory=dict)
+    # Pooled over sliding windows: each layer is (windows, channels), ``times`` gives where
+    # each window starts, and the provenance holds ``window`` and ``hop`` (seconds).
+    windows: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class NpzWriter(Writer):
         arrays: dict[str, np.ndarray] = {}
         for layer in spec.layers:
             arrays[layer] = np.ascontiguousarray(features[layer], dtype=np.float32)
-            if spec.pool is None:
+            if spec.pool is None or spec.windows:
                 arrays[f"{layer}_times"] = spec.times(layer, features[layer].shape[0])
         arrays["provenance"] = np.array(json.dumps(dict(spec.provenance)))
         with atomic_file(out / f"{stem}.npz") as handle:
@@ -66,7 +66,7 @@ class NpzWriter(Writer):
             with zipfile.ZipFile(final, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 for layer in spec.layers:
                     archive.write(paths[layer], f"{layer}.npy")
-                    if spec.pool is None:
+                    if spec.pool is None or spec.windows:
                         times = spec.times(layer, shapes[layer][0])
                         with archive.open(f"{layer}_times.npy", "w", force_zip64=True) as handle:
                             np.save(handle, times)

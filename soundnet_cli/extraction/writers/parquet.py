@@ -6,7 +6,8 @@ Files: ``part-<layer>-r<rank>-<run>-<n>.parquet``, one row per input, layer and 
     path    string         the input as given (a path or URL)
     key     string         its output stem (the input's key; ``manifest.jsonl`` maps them)
     layer   string
-    step    int32          the step's index (null when the folder pools: one row per input)
+    step    int32          the step's index (null when the folder pools: one row per input;
+                           in a piece of a followed stream, the stream's step)
     start   float64        seconds: where the step's receptive field starts (clipped at 0)
     end     float64        seconds: where it ends (pooled rows: null)
     vector  fixed_size_list<float32 | float16>[channels]
@@ -74,6 +75,7 @@ class _Entry:
     path: str
     stem: str
     features: dict[str, np.ndarray]
+    first_steps: Mapping[str, int] = field(default_factory=dict)  # a followed stream's piece
 
 
 @dataclass
@@ -133,7 +135,14 @@ class ParquetWriter(Writer):
         source: str = "",
     ) -> None:
         self.spec = spec
-        self.buffer.append(_Entry(source or stem, stem, {n: features[n] for n in spec.layers}))
+        self.buffer.append(
+            _Entry(
+                source or stem,
+                stem,
+                {n: features[n] for n in spec.layers},
+                dict(spec.first_steps),
+            )
+        )
         if len(self.buffer) >= self.inputs_per_part:
             self.flush(out)
 
@@ -336,12 +345,19 @@ def _table(entries: Sequence[_Entry], layer: str, spec: WriteSpec) -> Any:
             blocks.append(values[None, :])
             continue
         count = values.shape[0]
-        first = offset + np.arange(count) * stride
+        begin = int(entry.first_steps.get(layer, 0))  # a piece continues its stream's steps
         paths.extend([entry.path] * count)
         keys.extend([entry.stem] * count)
-        steps.extend(range(count))
-        starts.extend(np.maximum(first, 0.0).tolist())
-        ends.extend((first + field_span).tolist())
+        steps.extend(range(begin, begin + count))
+        if spec.windows:  # step k: the window [k * hop, k * hop + window)
+            window = float(settings.get("window") or 0.0)
+            first = np.arange(begin, begin + count) * float(settings.get("hop") or window)
+            starts.extend(first.tolist())
+            ends.extend((first + window).tolist())
+        else:
+            first = offset + np.arange(begin, begin + count) * stride
+            starts.extend(np.maximum(first, 0.0).tolist())
+            ends.extend((first + field_span).tolist())
         blocks.append(values)
     channels = int(blocks[0].shape[1]) if blocks else int(geometry.get("channels", 0))
     flat = (
