@@ -131,6 +131,11 @@ def follow(audio: LiveAudio, rows: RowStream, writer: RowWriter) -> bool:
                     writer.write(rows.push(block))
         except KeyboardInterrupt:
             interrupted = True
+            audio.close()
+            with deferred_interrupt():  # the audio so far ends there, as a file cut there would
+                tail = audio.drain()
+                if len(tail) and rows.predictor.received:
+                    writer.write(rows.push(tail))
             log.warning(
                 "[%s] %s: interrupted at %.1f s of audio; writing the rows it determines",
                 utc_stamp(),
@@ -161,6 +166,11 @@ def collect(audio: LiveAudio, rows: RowStream) -> tuple[list[Row], bool]:
                 out.extend(rows.push(block))
     except KeyboardInterrupt:
         interrupted = True
+        audio.close()
+        with deferred_interrupt():
+            tail = audio.drain()
+            if len(tail) and rows.predictor.received:
+                out.extend(rows.push(tail))
     finally:
         audio.close()
     if rows.predictor.received or not interrupted:

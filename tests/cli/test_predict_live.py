@@ -284,6 +284,40 @@ def test_ctrl_c_flushes_whole_rows_and_exits_130(tmp_path, sharp_checkpoint):
     assert not list(labels.glob(".*part"))
 
 
+def test_ctrl_c_on_a_sound_card_predicts_all_the_audio_that_arrived(
+    tmp_path, sharp_checkpoint, monkeypatch
+):
+    """A (fake) 16 kHz sound card delivers 25 s, then Ctrl-C: the resampler's held-back
+    samples are drained, so the rows equal those of the 25 s as a file (without the drain the
+    last rows end about 0.04 s early and differ)."""
+    import _thread
+
+    from soundnet_cli.media.live import LiveAudio, LiveInput
+    from soundnet_cli.models import load_student
+    from soundnet_cli.prediction.follow import RowStream
+    from soundnet_cli.prediction.live import collect
+
+    from ..unit.test_live_audio import fake_sounddevice
+
+    recorded = varied(25.0, 16000)[:, :1]
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(np.array_split(recorded, 20)))
+    wav = tmp_path / "card.wav"
+    sf.write(str(wav), recorded, 16000, subtype="FLOAT")
+    offline = offline_rows(str(wav), "--checkpoint", str(sharp_checkpoint), "-f", "csv")
+    rows = RowStream(load_student(sharp_checkpoint), "-", chunk_seconds=4.0)
+    timer = threading.Timer(6.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        got, interrupted = collect(LiveAudio(LiveInput("device", "USB Mic")), rows)
+    finally:
+        timer.cancel()
+    assert interrupted
+    streamed = [{k: str(v) for k, v in r.as_dict().items()} for r in got]
+    for row in streamed:  # the CSV's number formatting
+        row["start"], row["end"] = f"{float(row['start']):.3f}", f"{float(row['end']):.3f}"
+    same_rows(streamed, offline)
+
+
 def invoke(*args: str, stdin: bytes | None = None):
     return CliRunner().invoke(build_app(), ["predict", *args], input=stdin)
 
