@@ -61,8 +61,31 @@ def _flags_show_no_type() -> None:
     TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
+def _usage_errors_on_one_line() -> None:
+    """Typer draws a usage error in a box over several lines (the message wrapped inside it),
+    which a script cannot grep and a log splits: print ``Error: <message> (see 'soundnet CMD
+    -h')`` on one line instead, like every other error. Exit code 2 is unchanged."""
+    from typer import rich_utils
+
+    if getattr(rich_utils.rich_format_error, "one_line", False):
+        return
+
+    def one_line(exc: Any) -> None:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was shown instead
+            return
+        ctx = getattr(exc, "ctx", None)
+        hint = ""
+        if ctx is not None and ctx.command.get_help_option(ctx) is not None:
+            hint = f" (see '{ctx.command_path} {ctx.help_option_names[0]}')"
+        _common.error(" ".join(exc.format_message().split()) + hint)
+
+    one_line.one_line = True  # type: ignore[attr-defined]
+    rich_utils.rich_format_error = one_line  # type: ignore[assignment]
+
+
 def build_app() -> typer.Typer:
     _flags_show_no_type()
+    _usage_errors_on_one_line()
     app = typer.Typer(
         name="soundnet",
         help=HELP,

@@ -13,7 +13,8 @@ import pytest
 def usage_error(result, *fragments: str) -> str:
     """Exit 2, click's one-line message naming the option, no traceback, no 'unexpected'."""
     assert result.exit_code == 2, result.output
-    text = " ".join(result.stderr.replace("│", " ").split())  # the rich panel wraps lines
+    text = result.stderr.strip()
+    assert "\n" not in text, text
     assert "unexpected" not in text and "Traceback" not in text
     for fragment in fragments:
         assert fragment in text, text
@@ -235,3 +236,21 @@ def test_library_modules_log_under_the_package_logger():
                 assert name == "__name__", f"{path}: getLogger({name})"
         if path.parent.name != "cli":
             assert "addHandler(" not in text, path
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["extract", "x.wav", "-o", "o", "--precision", "bf17"], ["--precision", "bf17"]),
+        (["extrac"], ["No such command", "extract"]),
+        (["predict", "x.wav", "--top-k", "many"], ["--top-k", "integer"]),
+    ],
+)
+def test_a_usage_error_is_one_line_even_on_a_narrow_terminal(run, args, needles, monkeypatch):
+    """Typer drew usage errors in a box over several lines, the message wrapped inside."""
+    monkeypatch.setenv("COLUMNS", "40")
+    result = run(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert all(n in lines[0] for n in needles) and "-h')" in lines[0]
