@@ -55,10 +55,15 @@ def parse_size(text: str) -> int:
     units); a usage error otherwise."""
     match = _SIZE.match(str(text))
     if not match:
-        raise UsageProblem(f"--max-memory must be a size such as 4G or 512M, not {text!r}")
+        raise UsageProblem(
+            f"the memory budget must be a size such as 4G or 512M, not {text!r}",
+            parameter="max_memory",
+        )
     value = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not value >= 1:
-        raise UsageProblem(f"--max-memory must be at least one byte, not {text!r}")
+        raise UsageProblem(
+            f"the memory budget must be at least one byte, not {text!r}", parameter="max_memory"
+        )
     return int(value)
 
 

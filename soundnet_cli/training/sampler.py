@@ -33,7 +33,8 @@ class StepSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             raise UsageProblem("no training clips in the corpus")
         if batch_size % world_size:
             raise UsageProblem(
-                f"--batch-size {batch_size} must be divisible by the {world_size} processes"
+                f"the batch size {batch_size} must be divisible by the {world_size} processes",
+                parameter="batch_size",
             )
         self.indices = np.asarray(indices)
         self.batch_size = batch_size

@@ -35,13 +35,17 @@ def refuse_changed_settings(given: Mapping[str, Any], resumable: frozenset[str])
         )
 
 
-def check_positive(name: str, value: float, *, zero: bool = False) -> None:
-    """Refuse a setting that is not a finite number above 0 (at least 0 with ``zero``)."""
-    setting = "--" + name.replace("_", "-")
+def check_positive(
+    name: str, value: float, *, zero: bool = False, parameter: str | None = None
+) -> None:
+    """Refuse a setting that is not a finite number above 0 (at least 0 with ``zero``).
+    ``parameter``: the setting's name when ``name`` says more (``head_weight objects``)."""
+    setting = name.replace("_", " ")
+    parameter = parameter or name
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UsageProblem(f"{setting} must be a number, not {value!r}")
+        raise UsageProblem(f"{setting} must be a number, not {value!r}", parameter=parameter)
     if not math.isfinite(value):
-        raise UsageProblem(f"{setting} must be a finite number, not {value}")
+        raise UsageProblem(f"{setting} must be a finite number, not {value}", parameter=parameter)
     if value < 0 or (value == 0 and not zero):
         bound = "at least 0" if zero else "above 0"
-        raise UsageProblem(f"{setting} must be {bound}, not {value:g}")
+        raise UsageProblem(f"{setting} must be {bound}, not {value:g}", parameter=parameter)

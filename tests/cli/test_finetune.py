@@ -78,7 +78,10 @@ def test_init_is_checked(run, sounds, tmp_path):
         "finetune", str(audio), "--labels", str(labels), "-o", str(tmp_path / "r"),
         "--init", "imagenet",
     )  # fmt: skip
-    assert result.exit_code == 2 and "--init must be one of pretrained, scratch" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "'--init': init must be one of pretrained, scratch" in result.stderr
+    )
 
 
 def test_test_accuracy_is_measured_on_the_test_clips(run, tmp_path):

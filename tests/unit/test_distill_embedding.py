@@ -74,8 +74,9 @@ def test_cosine_option_and_unknown_loss():
         0.0, abs=1e-6
     )
     assert float(embedding_loss("cosine", s, -s, torch.tensor(0.0), single())) == pytest.approx(2)
-    with pytest.raises(UsageProblem, match="--embedding-loss"):
+    with pytest.raises(UsageProblem, match="embedding loss must be one of") as refused:
         DistillConfig(embedding_loss="mse")
+    assert refused.value.parameter == "embedding_loss"
 
 
 def test_frame_weights_average_the_steps_of_each_interval():

@@ -89,7 +89,7 @@ def test_network_is_the_student_cut_at_the_layer_with_pretrained_weights(sounds,
     assert not torch.equal(
         scratch.blocks["conv1"].conv.weight, pretrained.blocks["conv1"].conv.weight
     )
-    with pytest.raises(UsageProblem, match="--freeze-below must be auto, none or a layer"):
+    with pytest.raises(UsageProblem, match="freeze below must be auto, none or a layer"):
         build_model(FinetuneConfig(init="scratch", layer="conv3", freeze_below="conv7"), task)
 
 
@@ -163,9 +163,9 @@ def test_a_killed_run_resumes_exactly(sounds, tmp_path):
 
 
 def test_bad_settings_are_usage_errors():
-    with pytest.raises(UsageProblem, match="--init must be one of"):
+    with pytest.raises(UsageProblem, match="init must be one of"):
         FinetuneConfig(init="random").check()
-    with pytest.raises(UsageProblem, match="use --init pretrained"):
+    with pytest.raises(UsageProblem, match="goes with init 'pretrained'"):
         FinetuneConfig(init="scratch", checkpoint="x.safetensors").check()
     with pytest.raises(UsageProblem, match="unknown setting 'epoch'"):
         FinetuneConfig.from_mapping({"epoch": 3})

@@ -78,5 +78,6 @@ def test_sizes_parse(text, size):
 
 @pytest.mark.parametrize("text", ["", "lots", "-1G", "0", "4Q"])
 def test_bad_sizes_are_usage_errors(text):
-    with pytest.raises(UsageProblem, match="--max-memory"):
+    with pytest.raises(UsageProblem, match="memory budget must be") as refused:
         parse_size(text)
+    assert refused.value.parameter == "max_memory"

@@ -137,21 +137,22 @@ def _nan_cross_entropy(real):
 @pytest.mark.parametrize(
     ("setting", "value", "message"),
     [
-        ("lr", math.nan, "--lr must be a finite number, not nan"),
-        ("lr", math.inf, "--lr must be a finite number, not inf"),
-        ("lr", 0.0, "--lr must be above 0, not 0"),
-        ("lr", -1e-3, "--lr must be above 0"),
-        ("kl_scale", 0.0, "--kl-scale must be above 0, not 0"),
-        ("kl_scale", -250.0, "--kl-scale must be above 0"),
-        ("kl_scale", math.nan, "--kl-scale must be a finite number"),
-        ("kl_scale", -math.inf, "--kl-scale must be a finite number"),
-        ("crop_seconds", math.nan, "--crop-seconds must be a finite number"),
-        ("beta1", 1.0, "--beta1 must be below 1"),
+        ("lr", math.nan, "lr must be a finite number, not nan"),
+        ("lr", math.inf, "lr must be a finite number, not inf"),
+        ("lr", 0.0, "lr must be above 0, not 0"),
+        ("lr", -1e-3, "lr must be above 0"),
+        ("kl_scale", 0.0, "kl scale must be above 0, not 0"),
+        ("kl_scale", -250.0, "kl scale must be above 0"),
+        ("kl_scale", math.nan, "kl scale must be a finite number"),
+        ("kl_scale", -math.inf, "kl scale must be a finite number"),
+        ("crop_seconds", math.nan, "crop seconds must be a finite number"),
+        ("beta1", 1.0, "beta1 must be below 1"),
     ],
 )
 def test_distill_settings_no_run_can_use_are_refused(setting, value, message):
-    with pytest.raises(UsageProblem, match=message):
+    with pytest.raises(UsageProblem, match=message) as refused:
         DistillConfig(**{setting: value})
+    assert refused.value.parameter == setting  # the CLI names its flag from it
     with pytest.raises(UsageProblem, match=message):
         new_config({setting: value})
 
@@ -159,10 +160,10 @@ def test_distill_settings_no_run_can_use_are_refused(setting, value, message):
 @pytest.mark.parametrize(
     ("setting", "value", "message"),
     [
-        ("lr", math.nan, "--lr must be a finite number"),
-        ("lr", 0.0, "--lr must be above 0"),
-        ("body_lr", math.inf, "--body-lr must be a finite number"),
-        ("weight_decay", -1.0, "--weight-decay must be at least 0"),
+        ("lr", math.nan, "lr must be a finite number"),
+        ("lr", 0.0, "lr must be above 0"),
+        ("body_lr", math.inf, "body lr must be a finite number"),
+        ("weight_decay", -1.0, "weight decay must be at least 0"),
     ],
 )
 def test_finetune_settings_no_run_can_use_are_refused(setting, value, message):

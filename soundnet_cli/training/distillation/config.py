@@ -56,30 +56,36 @@ class DistillConfig:
     def check(self) -> None:
         """Refuse settings no run can use, in one line naming the setting."""
         if self.loss not in LOSSES:
-            raise UsageProblem(f"--loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+            raise UsageProblem(
+                f"the loss must be one of {', '.join(LOSSES)}, not {self.loss!r}", parameter="loss"
+            )
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_every"):
             if getattr(self, name) < 1:
-                raise UsageProblem(f"--{name.replace('_', '-')} must be at least 1")
+                raise UsageProblem(f"{name.replace('_', ' ')} must be at least 1", parameter=name)
         if not 0 <= self.held_out < 1:
-            raise UsageProblem("--held-out must be in [0, 1)")
+            raise UsageProblem(
+                f"the held-out fraction must be in [0, 1), not {self.held_out:g}",
+                parameter="held_out",
+            )
         if self.workers < 0:
-            raise UsageProblem("--workers must be at least 0")
+            raise UsageProblem("workers must be at least 0", parameter="workers")
         check_positive("lr", self.lr)
         check_positive("kl_scale", self.kl_scale)
         check_positive("crop_seconds", self.crop_seconds)
         if self.embedding_loss not in EMBEDDING_LOSSES:
             raise UsageProblem(
-                f"--embedding-loss must be one of {', '.join(EMBEDDING_LOSSES)}, not "
-                f"{self.embedding_loss!r}"
+                f"the embedding loss must be one of {', '.join(EMBEDDING_LOSSES)}, not "
+                f"{self.embedding_loss!r}",
+                parameter="embedding_loss",
             )
         check_positive("temperature", self.temperature)
         for head, weight in self.head_weights.items():
-            check_positive(f"head_weight {head}", weight, zero=True)
+            check_positive(f"head_weight {head}", weight, zero=True, parameter="head_weight")
         for name in ("beta1", "beta2"):
             value = getattr(self, name)
             check_positive(name, value, zero=True)
             if value >= 1:
-                raise UsageProblem(f"--{name} must be below 1, not {value:g}")
+                raise UsageProblem(f"{name} must be below 1, not {value:g}", parameter=name)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -35,8 +35,9 @@ def crop_plan(corpus: Any, crop_seconds: float) -> CropPlan:
     ratio = crop_seconds / m.frame_interval
     if abs(ratio - round(ratio)) > 1e-6 or ratio < 1:
         raise UsageProblem(
-            f"--crop-seconds ({crop_seconds:g}) must be a multiple of the corpus's frame interval "
-            f"({m.frame_interval:g} s)"
+            f"the crop ({crop_seconds:g} s) must be a multiple of the corpus's frame interval "
+            f"({m.frame_interval:g} s)",
+            parameter="crop_seconds",
         )
     per_frame = m.samples_per_frame
     if abs(per_frame - round(per_frame)) > 1e-6:

@@ -95,4 +95,7 @@ def embedding_loss(
         return info_nce(s, t, logit_scale, world)
     if kind == "cosine":
         return cosine_distance(s, t)
-    raise UsageProblem(f"--embedding-loss must be one of {', '.join(EMBEDDING_LOSSES)}")
+    raise UsageProblem(
+        f"the embedding loss must be one of {', '.join(EMBEDDING_LOSSES)}",
+        parameter="embedding_loss",
+    )

@@ -116,7 +116,10 @@ def make_plan(
     start_step: int,
 ) -> StreamPlan:
     if batch_size % world:
-        raise UsageProblem(f"--batch-size {batch_size} must be divisible by the {world} processes")
+        raise UsageProblem(
+            f"the batch size {batch_size} must be divisible by the {world} processes",
+            parameter="batch_size",
+        )
     counts = tuple(
         sum(1 for c in shard.index["clips"] if c["video"] not in held_videos)
         for shard in shard_set.shard_list

@@ -45,20 +45,23 @@ class FinetuneConfig:
     def check(self) -> None:
         """Refuse settings no run can use, in one line naming the setting."""
         if self.init not in INITS:
-            raise UsageProblem(f"--init must be one of {', '.join(INITS)}, not {self.init!r}")
+            raise UsageProblem(
+                f"init must be one of {', '.join(INITS)}, not {self.init!r}", parameter="init"
+            )
         if self.checkpoint is not None and self.init != "pretrained":
             raise UsageProblem(
-                "--checkpoint gives the weights to start from: use --init pretrained"
+                "a checkpoint gives the weights to start from: it goes with init 'pretrained'",
+                parameter=("checkpoint", "init"),
             )
         for name in ("epochs", "batch_size", "log_every", "workers"):
             if getattr(self, name) < 1:
-                raise UsageProblem(f"--{name.replace('_', '-')} must be at least 1")
+                raise UsageProblem(f"{name.replace('_', ' ')} must be at least 1", parameter=name)
         check_positive("lr", self.lr)
         check_positive("body_lr", self.body_lr, zero=True)
         check_positive("weight_decay", self.weight_decay, zero=True)
         check_positive("crop_seconds", self.crop_seconds)
         if self.eval_every < 0:
-            raise UsageProblem("--eval-every must be at least 0")
+            raise UsageProblem("eval every must be at least 0", parameter="eval_every")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

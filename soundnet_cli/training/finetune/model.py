@@ -48,8 +48,9 @@ def build_model(config: FinetuneConfig, task: Task) -> Any:
     body = [spec.name for spec in model.body_spec]
     if config.freeze_below not in ("auto", "none", *body):
         raise UsageProblem(
-            f"--freeze-below must be auto, none or a layer of the network "
-            f"({', '.join(body)}), not {config.freeze_below!r}"
+            f"freeze below must be auto, none or a layer of the network "
+            f"({', '.join(body)}), not {config.freeze_below!r}",
+            parameter="freeze_below",
         )
     if base is not None:
         state = {
