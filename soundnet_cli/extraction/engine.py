@@ -844,9 +844,12 @@ def _check_settings(
         raise UsageProblem(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     check_window(window, hop)
     if window is not None and pool is None:
-        raise UsageProblem("--window pools features over windows: give --pool mean or max too")
+        raise UsageProblem(
+            "a window pools features over time: it needs pooling (mean or max) too",
+            parameter=("window", "pool"),
+        )
     if window is not None and engine != "local":
-        raise UsageProblem("--window runs on the local engine only")
+        raise UsageProblem("windows run on the local engine only", parameter=("window", "engine"))
     if engine == "ray":
         from soundnet_cli.runtime import require_ray
 

@@ -261,7 +261,9 @@ class FeatureFolder:
         """Make the folder (and its parents); one-line errors when that is impossible."""
         out = self.path
         if out.exists() and not out.is_dir():
-            raise UsageProblem(f"--out {out} is a file; name a folder (it is created if missing)")
+            raise UsageProblem(
+                f"{out} is a file; name a folder (it is created if missing)", parameter="out"
+            )
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -621,7 +623,7 @@ def list_feature_files(folder: Path, layer: str | None = None) -> tuple[str, lis
         layers = sorted(n for n in named if not known or n in known) or known
         if len(layers) != 1:
             what = ", ".join(layers) if layers else "none found"
-            raise UsageProblem(f"{folder}: choose a layer with --layer (layers: {what})")
+            raise UsageProblem(f"{folder}: choose a layer (layers: {what})", parameter="layer")
         layer = layers[0]
     chosen: dict[str, Path] = {}
     for writer, rels in files.items():

@@ -230,14 +230,17 @@ def extract_live(
     )
     if follow and pool is not None and window is None:
         raise UsageProblem(
-            "--pool reduces a whole input to one vector; it cannot go with --follow unless "
-            "--window pools it over windows"
+            "pooling reduces a whole input to one vector; a followed stream is pooled over "
+            "windows only (give a window)",
+            parameter=("pool", "window"),
         )
     student: Any = model if model is not None else _default_model()
     infos = {layer: feature_of(student, layer) for layer in layers}
     key = name or output_name(audio.source.name)
     if not key or key.startswith((".", "/")) or ".." in key.split("/"):
-        raise UsageProblem(f"--name {key!r} cannot name files in the features folder")
+        raise UsageProblem(
+            f"the name {key!r} cannot name files in the features folder", parameter="name"
+        )
     precision_run = precision if optimise else "fp32"
     settings = folder_settings(
         student, layers, fmt=fmt, pool=pool, mix=audio.mix, precision=precision_run, dtype=dtype,

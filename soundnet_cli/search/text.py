@@ -95,7 +95,7 @@ def query_text(
 
     check_k(k)
     if not text.strip():
-        raise UsageProblem("the --text query is empty")
+        raise UsageProblem("the text query is empty", parameter="text")
     setup = read_settings(Path(folder))
     if setup is None:
         raise UsageProblem(f"{folder}: not a features folder written by `soundnet extract`")

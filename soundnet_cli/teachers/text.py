@@ -50,7 +50,10 @@ def parse_labels(text: str | None, lines: Sequence[str] = ()) -> list[str]:
     labels = [part.strip() for part in (text or "").split(",")] + [line.strip() for line in lines]
     labels = [label for label in labels if label]
     if not labels:
-        raise UsageProblem('the label list is empty: give --labels "a,b" or --labels-file FILE')
+        raise UsageProblem(
+            "the label list is empty: give labels (a comma-separated list or a file)",
+            parameter=("labels", "labels_file"),
+        )
     seen: set[str] = set()
     for label in labels:
         if label in seen:

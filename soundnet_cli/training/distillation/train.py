@@ -324,12 +324,17 @@ def _initialise(student: Any, init: str) -> None:
     else:
         path = Path(init).expanduser()
         if not path.is_file():
-            raise UsageProblem(f"--init: no such checkpoint {init!r} (or use 'official')")
+            raise UsageProblem(
+                f"no such checkpoint to start from: {init!r} (or use 'official')", parameter="init"
+            )
     state, _ = split_state(load_file(str(path)))
     own = student.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matching:
-        raise UsageProblem(f"--init: {path} holds no tensor of {student.architecture}")
+        raise UsageProblem(
+            f"the checkpoint to start from, {path}, holds no tensor of {student.architecture}",
+            parameter="init",
+        )
     student.load_state_dict(matching, strict=False)
     log.info("initialised %d of %d tensors from %s", len(matching), len(own), path)
 
