@@ -127,10 +127,16 @@ MUTANTS: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "store": ("soundnet_cli/search/store.py", ["tests/unit/test_search.py"], []),
     "tables": ("soundnet_cli/prediction/tables.py", ["tests/unit/test_prediction_tables.py"], []),
+    # what a resume trusts, redoes or adds, the settings two runs must share, the output names
     "features-folder": (
         "soundnet_cli/extraction/folder.py",
         ["tests/unit/test_extract_folder.py", "tests/unit/test_extract_safety.py"],
-        [],
+        [
+            "FolderSettings.difference",
+            "output_stem",
+            "FeatureFolder.plan",
+            "FeatureFolder._finished",
+        ],
     ),
     "npz-writer": (
         "soundnet_cli/extraction/writers/npz.py",
