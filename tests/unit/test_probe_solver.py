@@ -319,3 +319,22 @@ def test_segments_are_as_few_as_the_windows_need(monkeypatch):
     assert (data.batch, data.x.shape[2]) == (4, 4 + 3 - 1)
     monkeypatch.setattr(solver_module, "SEGMENT_WINDOWS", 13)  # exactly one full segment
     assert WindowData(clips, steps=3).batch == 1
+
+
+def test_fit_linears_arguments_are_checked_and_its_defaults_are_liblinears():
+    """Mutations killed: the messages emptied, ``C <= 0`` turned into ``C < 0`` (C = 0 accepted:
+    zero weights), the default C changed, labels of another integer type refused by one_hot,
+    the number of columns taken from the labels rather than ``n_classes``."""
+    clips, labels = clips_of(12, 3)
+    with pytest.raises(SoundnetError, match="at least two classes"):
+        fit_linear(clips, labels, 1, 3)
+    with pytest.raises(SoundnetError, match="C must be positive, not 0"):
+        fit_linear(clips, labels, 3, 3, C=0)
+    with pytest.raises(SoundnetError, match="unknown loss 'hinge'"):
+        fit_linear(clips, labels, 3, 3, loss="hinge")
+    default = fit_linear(clips, labels.astype(np.int32), 3, 3)
+    np.testing.assert_array_equal(default.coef, fit_linear(clips, labels, 3, 3, C=0.01).coef)
+    # a class without training clips still gets its column (all its windows negative)
+    absent = fit_linear(clips, labels, 4, 3)
+    assert absent.coef.shape == (4, 3 * 5) and absent.intercept.shape == (4,)
+    assert (decisions(absent, windows_of(clips, labels, 3)[0])[:, 3] < 0).all()
