@@ -338,3 +338,22 @@ def test_fit_linears_arguments_are_checked_and_its_defaults_are_liblinears():
     absent = fit_linear(clips, labels, 4, 3)
     assert absent.coef.shape == (4, 3 * 5) and absent.intercept.shape == (4,)
     assert (decisions(absent, windows_of(clips, labels, 3)[0])[:, 3] < 0).all()
+
+
+def test_a_warm_start_at_the_optimum_takes_no_newton_step():
+    """``init`` is where the solver starts: from its own optimum it has nothing left to do, and
+    from another C's optimum it reaches this C's. Mutations killed: ``init`` ignored (a cold
+    start takes Newton steps), the coefficients and intercepts mixed up."""
+    clips, labels = clips_of(24, 3)
+    cold = fit_linear(clips, labels, 3, 3, C=0.05, tol=1e-6)
+    assert cold.report.converged and cold.report.iterations > 0
+    warm = fit_linear(clips, labels, 3, 3, C=0.05, tol=1e-6, init=(cold.coef, cold.intercept))
+    assert warm.report.converged and warm.report.iterations == 0
+    np.testing.assert_array_equal(warm.coef, cold.coef)
+    np.testing.assert_array_equal(warm.intercept, cold.intercept)
+    other = fit_linear(clips, labels, 3, 3, C=1.0, tol=1e-6)
+    moved = fit_linear(clips, labels, 3, 3, C=0.05, tol=1e-6, init=(other.coef, other.intercept))
+    X = windows_of(clips, labels, 3)[0]
+    expected = decisions(cold, X)
+    assert moved.report.converged
+    np.testing.assert_allclose(decisions(moved, X), expected, atol=1e-4 * np.abs(expected).max())
