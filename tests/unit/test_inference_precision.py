@@ -166,7 +166,13 @@ def test_stage_errors_measure_each_convolution_alone_on_its_float32_input(fast, 
 
 
 def test_no_native_half_precision_is_fp32_without_a_check(fast, monkeypatch):
-    monkeypatch.setattr(inference, "half_supported", lambda device, dtype: "no bf16 here")
+    asked = []
+
+    def half_supported(device, dtype):
+        asked.append((device, dtype))
+        return "no bf16 here"
+
+    monkeypatch.setattr(inference, "half_supported", half_supported)
     monkeypatch.setattr(inference, "stage_errors", no_probe)
     memory = Memory()
     assert choose_precision(fast, "bf16", ["pool2"], 0.1, memory) == (
@@ -174,7 +180,7 @@ def test_no_native_half_precision_is_fp32_without_a_check(fast, monkeypatch):
         float("inf"),
         "no bf16 here",
     )
-    assert memory.calls == []
+    assert memory.calls == [] and asked == [(fast.device, torch.bfloat16)]  # the model's device
 
 
 def test_every_convolution_right_runs_all_in_half_precision_and_is_remembered(fast, faults):
@@ -230,6 +236,8 @@ def test_a_remembered_check_decides_without_probing(fast, faults, monkeypatch):
     memory = Memory({("bf16", ("conv3",)): passed})
     expected = (("conv2",), 0.01, "conv2 kept")
     assert choose_precision(fast, "bf16", ["conv3"], 0.1, memory) == expected
+    memory = Memory({("bf16", ("conv3",)): {"error": 0.01, "keep_fp32": []}})  # no note
+    assert choose_precision(fast, "bf16", ["conv3"], 0.1, memory) == ((), 0.01, "")
     memory = Memory({("bf16", ("conv3",)): {"error": 2, "keep_fp32": [], "note": ""}})
     assert choose_precision(fast, "bf16", ["conv3"], 0.1, memory) == (
         None,
