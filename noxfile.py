@@ -140,7 +140,7 @@ MUTANTS: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "npz-writer": (
         "soundnet_cli/extraction/writers/npz.py",
-        ["tests/unit/test_extract_folder.py", "-k", "npz"],
+        ["tests/unit/test_npz_writer.py", "tests/unit/test_extract_folder.py", "-k", "npz"],
         [],
     ),
     "training-loop": (
