@@ -199,6 +199,10 @@ def test_a_convolution_over_the_limit_alone_is_kept_in_fp32(fast, faults):
     assert note == "conv2 kept in fp32 (wrong in bf16 here)"
     remembered = memory.store[("bf16", ("conv3",))]
     assert remembered == {"error": error, "keep_fp32": ["conv2"], "note": note}
+    faults["conv1"] = 0.5
+    kept, error, note = choose_precision(fast, "bf16", ["conv3"], 0.1)
+    assert kept == ("conv1", "conv2") and error < ROUNDING
+    assert note == "conv1, conv2 kept in fp32 (wrong in bf16 here)"
 
 
 def test_every_convolution_over_the_limit_is_fp32_with_the_worst_error(fast, faults):
@@ -248,7 +252,12 @@ def test_a_remembered_check_decides_without_probing(fast, faults, monkeypatch):
 
 @pytest.mark.parametrize(
     "remembered",
-    [{"error": "0.01", "keep_fp32": []}, {"keep_fp32": []}, {"error": 0.01, "keep_fp32": None}],
+    [
+        {"error": "0.01", "keep_fp32": []},
+        {"keep_fp32": []},
+        {"error": 0.01, "keep_fp32": None},
+        {"error": 0.1, "keep_fp32": None},  # at the limit: passed, but nothing to reuse
+    ],
 )
 def test_a_remembered_check_without_a_number_or_a_list_is_measured_again(fast, faults, remembered):
     faults["conv2"] = 1.5
