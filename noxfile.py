@@ -191,22 +191,13 @@ def mutant_pattern(module: str, function: str) -> str:
     return f"{module}.x_{function}__mutmut_*"
 
 
-def mutant_score(work: Path) -> tuple[int, int, dict[str, list[str]]]:
-    """(killed, total, mutants by status) from ``mutmut results --all true``."""
-    import subprocess
-    import sys
-
-    lines = subprocess.run(
-        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+def mutant_score(results: str) -> tuple[int, int, dict[str, list[str]]]:
+    """(killed, total, mutants by status) from the output of ``mutmut results --all true``.
+    Run it with the environment's own ``mutmut`` (``session.run`` in the session)."""
     by_status: dict[str, list[str]] = {}
-    for line in lines:
-        if ": " in line:
-            mutant, status = line.strip().rsplit(": ", 1)
+    for line in results.splitlines():
+        mutant, _, status = line.strip().rpartition(": ")
+        if "__mutmut_" in mutant:
             by_status.setdefault(status, []).append(mutant)
     total = sum(len(v) for k, v in by_status.items() if k != "not checked")
     # A mutant that makes the tests run past their time limit (a loop that never ends) is caught.
@@ -229,7 +220,8 @@ def mutants(session: nox.Session) -> None:
         patterns = (work / "mutant-names").read_text().split()
         with session.chdir(work):
             session.run("mutmut", "run", "--max-children", "2", *patterns)
-        killed, total, by_status = mutant_score(work)
+            results = session.run("mutmut", "results", "--all", "true", silent=True)
+        killed, total, by_status = mutant_score(str(results))
         for mutant in by_status.get("survived", []) + by_status.get("no tests", []):
             session.log(f"{name}: {mutant} not killed (`mutmut show {mutant}` in {work})")
         scores.append(f"{name}: {killed}/{total} killed ({100 * killed / max(total, 1):.0f}%)")
