@@ -123,7 +123,7 @@ def test_precision_error_is_the_worst_clip_at_the_worst_layer(fast, faults):
     assert precision_error(fast, ["conv1", "conv2"], HALF, x) == pytest.approx(0.5, rel=1e-4)
     assert precision_error(fast, ["conv2", "conv1"], HALF, x) == pytest.approx(0.5, rel=1e-4)
     assert precision_error(fast, ["conv1", "conv2"], HALF, x, keep_fp32=["conv2"]) < ROUNDING
-    # the default wave: probe_clips
+    # the default wave: probe_clips (its length: see the last test)
     assert precision_error(fast, ["conv2"], HALF) == pytest.approx(0.5, rel=1e-4)
 
 
@@ -279,19 +279,28 @@ def test_a_device_that_cannot_run_the_precision_is_fp32_with_the_first_line(fast
     assert ("put", "bf16", ("pool2",)) not in memory.calls
 
 
+@pytest.mark.parametrize("check", ["choose_precision", "precision_error"])
 def test_the_check_runs_on_five_second_probe_clips_or_longer_for_deep_layers(
-    fast, faults, monkeypatch
+    fast, faults, monkeypatch, check
 ):
-    lengths = []
-    original = inference.stage_errors
+    """Both checks make their probe clips at the model's rate, 5 s long or 1 s more than the
+    deepest layer needs. The clips asked for are recorded and short ones handed out, so that a
+    wrong length fails fast instead of running on hours of audio."""
+    asked = []
 
-    def spy(fast, dtype, wave):
-        lengths.append(wave.shape[-1])
-        return original(fast, dtype, wave)
+    def clips(count=4, seconds=5.0, sample_rate=None):
+        asked.append((count, seconds, sample_rate))
+        return probe_clips(count, 1.0, RATE)
 
-    monkeypatch.setattr(inference, "stage_errors", spy)
-    choose_precision(fast, "bf16", ["pool2"], 0.1)
+    def run(layers):
+        if check == "choose_precision":
+            choose_precision(fast, "bf16", layers, 0.1)
+        else:
+            precision_error(fast, layers, HALF)
+
+    monkeypatch.setattr(inference, "probe_clips", clips)
+    run(["pool2"])
     needs = {"pool2": RATE, "conv3": 9 * RATE}  # conv3 needs 9 s: the clips last 10
     monkeypatch.setattr(fast, "min_samples", lambda layer: needs[layer])
-    choose_precision(fast, "bf16", ["conv3", "pool2"], 0.1)
-    assert lengths == [5 * RATE, 10 * RATE]
+    run(["conv3", "pool2"])
+    assert asked == [(4, 5.0, RATE), (4, 10.0, RATE)]
