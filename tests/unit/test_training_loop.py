@@ -50,7 +50,8 @@ def train(tmp_path, monkeypatch, *, steps=7, start=0, world=World(0, 1, 0), scor
     board = Board()
     seen = types.SimpleNamespace(losses=[], evaluations=[], saved=[], on_step=[], board=board)
     monkeypatch.setattr(loop, "time", clock)
-    monkeypatch.setattr(loop, "tensorboard", lambda run_dir: board)
+    seen.boards = []
+    monkeypatch.setattr(loop, "tensorboard", lambda run_dir: seen.boards.append(run_dir) or board)
     monkeypatch.setattr(
         loop, "save_training_state", lambda path, m, o, step, settings: seen.saved.append(step)
     )
@@ -116,7 +117,7 @@ def test_steps_log_evaluate_and_checkpoint_on_their_schedule(tmp_path, monkeypat
         expected.append(("loss", r["loss"], r["step"]))
         expected += [(f"agreement/{k}", v, r["step"]) for k, v in r.get("agreement", {}).items()]
     assert seen.board.scalars == expected
-    assert seen.board.closed
+    assert seen.board.closed and seen.boards == [tmp_path]
 
 
 def test_each_logged_window_reports_its_own_samples_per_second_and_data_wait(tmp_path, monkeypatch):
@@ -156,14 +157,19 @@ def test_only_rank_0_evaluates_logs_and_saves(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "global_mean", lambda value, world: float(value))  # no group
     result, seen = train(tmp_path, monkeypatch, world=World(1, 2, 1))
     assert result.steps == 7 and len(result.losses) == 7
-    assert (seen.evaluations, seen.saved, seen.on_step, seen.board.scalars) == ([], [], [], [])
+    assert (seen.evaluations, seen.saved, seen.on_step, seen.boards) == ([], [], [], [])
     assert rundir.read_metrics(tmp_path) == [] and result.scores is None
 
 
-def test_a_nan_after_a_resume_names_the_resumed_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("start", [0, 3])
+def test_a_nan_loss_stops_the_run_with_the_value_the_step_and_the_last_checkpoint(
+    tmp_path, monkeypatch, start
+):
+    """The whole message, word for word: the value, the step, where to resume from (the
+    checkpoint a resumed run started from counts)."""
     monkeypatch.setattr(loop, "time", Clock())
     model = torch.nn.Linear(1, 1)
-    with pytest.raises(loop.TrainingError, match=r"at step 4; .*\(step 3\)"):
+    with pytest.raises(loop.TrainingError) as caught:
         run_loop(
             run_dir=tmp_path,
             model=model,
@@ -171,11 +177,20 @@ def test_a_nan_after_a_resume_names_the_resumed_checkpoint(tmp_path, monkeypatch
             batches=iter(lambda: torch.ones(1, 1), None),
             compute_loss=lambda batch: (model(batch).sum() * float("nan"), {}),
             schedule=Schedule(9, 1, 100, 2, 1),
-            start=3,
+            start=start,
             world=World(0, 1, 0),
             device="cpu",
             settings={},
         )
+    good = (
+        f"the last good checkpoint is {tmp_path / rundir.LAST} (step 3)"
+        if start
+        else "no checkpoint was saved yet"
+    )
+    assert str(caught.value) == (
+        f"the loss is nan at step {start + 1}; training stopped, {good} (check the data and "
+        "lower the learning rate)"
+    )
 
 
 class NeedsTwo(SoundnetError):
