@@ -91,9 +91,10 @@ def test_a_member_cut_short_is_damage(tmp_path):
     np.save(member, np.ones((5, 3), np.float32))
     with zipfile.ZipFile(tmp_path / "a.npz", "w") as archive:
         archive.writestr("conv1.npy", member.read_bytes()[:-4])
-    assert NpzWriter().check(tmp_path, "a", {"conv1": [5, 3]}) == Finding(
-        damage="a.npz: layer 'conv1' truncated"
-    )
+    damaged = Finding(damage="a.npz: layer 'conv1' truncated")
+    assert NpzWriter().check(tmp_path, "a", {"conv1": [5, 3]}) == damaged
+    # a layer added since (missing) does not hide the damage of the layers after it
+    assert NpzWriter().check(tmp_path, "a", {"conv7": None, "conv1": [5, 3]}) == damaged
 
 
 def test_the_reader_parses_lists_and_reads_npz_outputs(tmp_path):
