@@ -43,7 +43,9 @@ class Board:
         self.closed = True
 
 
-def train(tmp_path, monkeypatch, *, steps=7, start=0, world=World(0, 1, 0), scores=None):
+def train(
+    tmp_path, monkeypatch, *, steps=7, start=0, world=World(0, 1, 0), scores=None, device="cpu"
+):
     """Run the loop with log_every=2, eval_every=3, checkpoint_every=4; returns the result and
     what it did (losses computed, evaluations, checkpoints, on_step calls, board)."""
     clock = Clock()
@@ -85,7 +87,7 @@ def train(tmp_path, monkeypatch, *, steps=7, start=0, world=World(0, 1, 0), scor
         schedule=Schedule(steps, 2, 3, 4, BATCH),
         start=start,
         world=world,
-        device="cpu",
+        device=device,
         settings={},
         evaluate=evaluate,
         on_step=seen.on_step.append,
@@ -131,6 +133,17 @@ def test_each_logged_window_reports_its_own_samples_per_second_and_data_wait(tmp
         assert row["samples_per_s"] == pytest.approx(BATCH * len(window) / total, abs=1e-3)
         assert row["data_wait"] == pytest.approx(waited / total, abs=1e-4)
     assert [m.samples_per_s for m in seen.on_step] == pytest.approx([16 / 5, 2, 8 / 5, 16 / 13, 1])
+
+
+def test_on_a_gpu_each_step_is_timed_to_its_end(tmp_path, monkeypatch):
+    """CUDA kernels run asynchronously: without a synchronize the samples/s figure would time
+    the launches. The model here stays on the CPU; only the device name matters."""
+    synchronized = []
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronized.append)
+    train(tmp_path, monkeypatch)
+    assert synchronized == []
+    train(tmp_path, monkeypatch, device="cuda:1")
+    assert synchronized == ["cuda:1"] * 7
 
 
 def test_an_empty_evaluation_keeps_the_last_scores(tmp_path, monkeypatch):
