@@ -320,3 +320,26 @@ def test_writers_are_found_by_format_name():
     assert writer_for("npz").names("d/x", ["pool5", "conv5"]) == ["d/x.npz"]
     with pytest.raises(UsageProblem, match="npy, npz"):
         writer_for("csv")
+
+
+# -- found by mutation testing (issue 30) --------------------------------------------------------
+def test_a_resume_records_nothing_twice_and_overwrite_recomputes_everything(model, tmp_path):
+    """Mutations killed in ``FeatureFolder.plan``: ``--overwrite`` ignored (finished outputs
+    trusted anyway), a finished input's manifest row appended again on every resume, the row of
+    an output recovered without one never written."""
+    for name in ("a", "b"):
+        write_wav(tmp_path / "in" / f"{name}.wav", tone(1.0))
+    out = tmp_path / "out"
+    assert extract([tmp_path / "in"], ["pool5"], out, model=model).extracted == 2
+    manifest = (out / MANIFEST).read_text()
+    again = extract([tmp_path / "in"], ["pool5"], out, model=model)
+    assert (again.extracted, again.skipped) == (0, 2)
+    assert (out / MANIFEST).read_text() == manifest  # nothing recorded twice
+    lost = next(key for key in rows(out) if key.endswith("b"))
+    kept = [line for line in manifest.splitlines() if json.loads(line)["key"] != lost]
+    (out / MANIFEST).write_text("".join(f"{line}\n" for line in kept))
+    recovered = extract([tmp_path / "in"], ["pool5"], out, model=model)
+    assert (recovered.extracted, recovered.skipped) == (0, 2)
+    assert rows(out)[lost]["status"] == "ok"  # its row written again from the outputs
+    redone = extract([tmp_path / "in"], ["pool5"], out, model=model, overwrite=True)
+    assert (redone.extracted, redone.skipped) == (2, 0)
