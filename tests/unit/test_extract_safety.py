@@ -151,3 +151,22 @@ def test_a_read_only_output_folder_is_a_one_line_error(model, tmp_path, monkeypa
     with pytest.raises(SoundnetError, match="cannot write to the output folder"):
         extract([tmp_path / "in"], ["conv1"], out, model=model)
     shutil.rmtree(out)
+
+
+def test_a_damaged_copy_of_a_symlinked_route_is_restored_and_reported(model, tmp_path):
+    """Mutation killed (``FeatureFolder.plan``): the routes' check given no plan to report
+    damage in (it failed only when a copy was damaged)."""
+    data = tmp_path / "data"
+    write_wav(data / "all" / "one.wav", tone(1.0))
+    (data / "train").mkdir()
+    os.symlink(data / "all" / "one.wav", data / "train" / "one.wav")
+    out = tmp_path / "out"
+    extract([data], ["conv1"], out, model=model, workers=1)
+    first = np.load(out / "all" / "one.conv1.npy")
+    copy = out / "train" / "one.conv1.npy"
+    damaged = copy.read_bytes()[:-8]
+    copy.unlink()  # the copy may be a link to the finished file: damage the copy alone
+    copy.write_bytes(damaged)
+    again = extract([data], ["conv1"], out, model=model, workers=1)
+    assert len(again.redone) == 1 and "train/one.conv1.npy: truncated" in again.redone[0]
+    np.testing.assert_array_equal(np.load(copy), first)
