@@ -153,20 +153,35 @@ def test_a_read_only_output_folder_is_a_one_line_error(model, tmp_path, monkeypa
     shutil.rmtree(out)
 
 
-def test_a_damaged_copy_of_a_symlinked_route_is_restored_and_reported(model, tmp_path):
-    """Mutation killed (``FeatureFolder.plan``): the routes' check given no plan to report
+def test_symlinked_routes_on_resume_record_nothing_twice_and_restore_each_copy(model, tmp_path):
+    """Mutations killed in ``FeatureFolder.plan``'s routes loop: a finished route's row
+    appended again on every resume (or a recovered one never written, or written as None); the
+    count of restored copies (``mirrored = 1``); the routes' check given no plan to report
     damage in (it failed only when a copy was damaged)."""
     data = tmp_path / "data"
     write_wav(data / "all" / "one.wav", tone(1.0))
-    (data / "train").mkdir()
-    os.symlink(data / "all" / "one.wav", data / "train" / "one.wav")
+    for split in ("train", "test"):
+        (data / split).mkdir()
+        os.symlink(data / "all" / "one.wav", data / split / "one.wav")
     out = tmp_path / "out"
     extract([data], ["conv1"], out, model=model, workers=1)
     first = np.load(out / "all" / "one.conv1.npy")
-    copy = out / "train" / "one.conv1.npy"
-    damaged = copy.read_bytes()[:-8]
-    copy.unlink()  # the copy may be a link to the finished file: damage the copy alone
-    copy.write_bytes(damaged)
+    manifest = (out / MANIFEST).read_text()
+    lines = [line for line in manifest.splitlines() if json.loads(line)["key"] != "train/one"]
+    (out / MANIFEST).write_text("".join(f"{line}\n" for line in lines))
     again = extract([data], ["conv1"], out, model=model, workers=1)
-    assert len(again.redone) == 1 and "train/one.conv1.npy: truncated" in again.redone[0]
-    np.testing.assert_array_equal(np.load(copy), first)
+    assert (again.extracted, again.skipped) == (0, 3)
+    assert rows(out)["train/one"]["status"] == "ok"  # its row written again
+    recorded = (out / MANIFEST).read_text()
+    assert extract([data], ["conv1"], out, model=model, workers=1).skipped == 3
+    assert (out / MANIFEST).read_text() == recorded  # nothing recorded twice
+    (out / "test" / "one.conv1.npy").unlink()  # one copy lost
+    train = out / "train" / "one.conv1.npy"
+    damaged = train.read_bytes()[:-8]
+    train.unlink()  # the copy may be a link to the finished file: damage the copy alone
+    train.write_bytes(damaged)
+    restored = extract([data], ["conv1"], out, model=model, workers=1)
+    assert (restored.extracted, restored.skipped) == (2, 1)
+    assert len(restored.redone) == 1 and "train/one.conv1.npy: truncated" in restored.redone[0]
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(np.load(out / split / "one.conv1.npy"), first)
