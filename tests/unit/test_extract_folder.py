@@ -327,7 +327,8 @@ def test_a_resume_records_nothing_twice_and_overwrite_recomputes_everything(mode
     """Mutations killed in ``FeatureFolder.plan`` and ``_finished``: ``--overwrite`` ignored
     (finished outputs trusted anyway), a finished input's manifest row appended again on every
     resume, the row of an output recovered without one never written (or written as ""), a
-    failed or incomplete row trusted as it is, damaged layer records crashing the resume."""
+    row without its outputs listed trusted as it is, damaged layer records crashing the
+    resume."""
     for name in ("a", "b"):
         write_wav(tmp_path / "in" / f"{name}.wav", tone(1.0))
     out = tmp_path / "out"
@@ -342,15 +343,15 @@ def test_a_resume_records_nothing_twice_and_overwrite_recomputes_everything(mode
     recovered = extract([tmp_path / "in"], ["pool5"], out, model=model)
     assert (recovered.extracted, recovered.skipped) == (0, 2)
     assert rows(out)[lost]["status"] == "ok"  # its row written again from the outputs
-    # rows that do not vouch for their complete outputs: recovered from the outputs (a failed
-    # row, an ok row without its outputs listed); a row with damaged layer records: kept
+    # a row that does not list its outputs: recovered from them; a row whose layer records are
+    # damaged: its complete outputs still trusted
     table = rows(out)
     other = next(key for key in table if key != lost)
-    table[lost] = {**table[lost], "status": "failed"}
-    table[other] = {**table[other], "outputs": [], "layers": "damaged"}
+    table[lost] = {**table[lost], "outputs": []}
+    table[other] = {**table[other], "layers": "damaged"}
     (out / MANIFEST).write_text("".join(json.dumps(row) + "\n" for row in table.values()))
     trusted = extract([tmp_path / "in"], ["pool5"], out, model=model)
     assert (trusted.extracted, trusted.skipped) == (0, 2)
-    assert rows(out)[lost]["status"] == "ok" and rows(out)[other]["outputs"]
+    assert rows(out)[lost]["outputs"]  # the recovered row lists them
     redone = extract([tmp_path / "in"], ["pool5"], out, model=model, overwrite=True)
     assert (redone.extracted, redone.skipped) == (2, 0)
