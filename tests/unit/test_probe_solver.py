@@ -1,6 +1,8 @@
 """The PyTorch probe solver: window scores by convolution, the objectives of the references,
 convergence on badly scaled features, flags when it stops early, devices."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -332,7 +334,9 @@ def test_fit_linears_arguments_are_checked_and_its_defaults_are_liblinears():
         fit_linear(clips, labels, 3, 3, C=0)
     with pytest.raises(SoundnetError, match="^unknown loss 'hinge'$"):
         fit_linear(clips, labels, 3, 3, loss="hinge")
+    started = time.perf_counter()
     default = fit_linear(clips, labels.astype(np.int32), 3, 3)
+    assert 0 < default.report.seconds <= time.perf_counter() - started
     assert default.report.solver == "torch-newton-squared-hinge"
     np.testing.assert_array_equal(default.coef, fit_linear(clips, labels, 3, 3, C=0.01).coef)
     # a class without training clips still gets its column (all its windows negative)
@@ -352,6 +356,10 @@ def test_a_warm_start_at_the_optimum_takes_no_newton_step():
     assert warm.report.converged and warm.report.iterations == 0
     np.testing.assert_array_equal(warm.coef, cold.coef)
     np.testing.assert_array_equal(warm.intercept, cold.intercept)
+    # a gradient ratio equal to the tolerance has converged (``ratio <= tol``)
+    ratio = warm.report.gradient_ratio
+    edge = fit_linear(clips, labels, 3, 3, C=0.05, tol=ratio, init=(cold.coef, cold.intercept))
+    assert edge.report.gradient_ratio == ratio and edge.report.converged
     other = fit_linear(clips, labels, 3, 3, C=1.0, tol=1e-6)
     moved = fit_linear(clips, labels, 3, 3, C=0.05, tol=1e-6, init=(other.coef, other.intercept))
     X = windows_of(clips, labels, 3)[0]
