@@ -44,11 +44,19 @@ class Board:
 
 
 def train(
-    tmp_path, monkeypatch, *, steps=7, start=0, world=World(0, 1, 0), scores=None, device="cpu"
+    tmp_path,
+    monkeypatch,
+    *,
+    steps=7,
+    start=0,
+    world=World(0, 1, 0),
+    scores=None,
+    device="cpu",
+    clock=None,
 ):
     """Run the loop with log_every=2, eval_every=3, checkpoint_every=4; returns the result and
     what it did (losses computed, evaluations, checkpoints, on_step calls, board)."""
-    clock = Clock()
+    clock = clock or Clock()
     board = Board()
     seen = types.SimpleNamespace(losses=[], evaluations=[], saved=[], on_step=[], board=board)
     monkeypatch.setattr(loop, "time", clock)
@@ -144,6 +152,19 @@ def test_on_a_gpu_each_step_is_timed_to_its_end(tmp_path, monkeypatch):
     assert synchronized == []
     train(tmp_path, monkeypatch, device="cuda:1")
     assert synchronized == ["cuda:1"] * 7
+
+
+class StillClock(Clock):
+    """A clock too coarse to see a step: every window lasts 0 s."""
+
+    def perf_counter(self):
+        return 0.0
+
+
+def test_a_window_too_short_to_time_reports_zero_rates(tmp_path, monkeypatch):
+    train(tmp_path, monkeypatch, clock=StillClock())
+    rows = rundir.read_metrics(tmp_path)
+    assert [(r["samples_per_s"], r["data_wait"]) for r in rows] == [(0.0, 0.0)] * 5
 
 
 def test_an_empty_evaluation_keeps_the_last_scores(tmp_path, monkeypatch):
