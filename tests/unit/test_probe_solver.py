@@ -1,6 +1,7 @@
 """The PyTorch probe solver: window scores by convolution, the objectives of the references,
 convergence on badly scaled features, flags when it stops early, devices."""
 
+import re
 import time
 
 import numpy as np
@@ -334,6 +335,10 @@ def test_fit_linears_arguments_are_checked_and_its_defaults_are_liblinears():
         fit_linear(clips, labels, 3, 3, C=0)
     with pytest.raises(SoundnetError, match="^unknown loss 'hinge'$"):
         fit_linear(clips, labels, 3, 3, loss="hinge")
+    for bad in (clips[0][:, 0], clips[0][:0]):  # one channel's values; no steps at all
+        shape = re.escape(str(bad.shape))
+        with pytest.raises(SoundnetError, match=f"^expected features shaped .*got {shape}$"):
+            fit_linear([bad, *clips[1:]], labels, 3, 3)
     started = time.perf_counter()
     default = fit_linear(clips, labels.astype(np.int32), 3, 3)
     assert 0 < default.report.seconds <= time.perf_counter() - started

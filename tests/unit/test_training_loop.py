@@ -244,8 +244,12 @@ class NeedsTwo(SoundnetError):
             UsageProblem("bad clip"),
         ),
         (
-            NeedsTwo("a", "Original\nOriginal Traceback\nmod.NeedsTwo: clip 3: unreadable"),
-            SoundnetError("clip 3: unreadable"),
+            NeedsTwo("a", "Original\nOriginal Traceback\nmod.NeedsTwo: clip 3: unreadable\n \n"),
+            SoundnetError("clip 3: unreadable"),  # trailing blank lines ignored
+        ),
+        (  # an error without a message: its last line is all there is
+            UsageProblem("Caught UsageProblem\nOriginal Traceback\nsoundnet_cli.UsageProblem"),
+            UsageProblem("soundnet_cli.UsageProblem"),
         ),
     ],
 )
