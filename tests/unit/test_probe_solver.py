@@ -325,9 +325,10 @@ def test_segments_are_as_few_as_the_windows_need(monkeypatch):
 
 
 def test_fit_linears_arguments_are_checked_and_its_defaults_are_liblinears():
-    """Mutations killed: the messages emptied, ``C <= 0`` turned into ``C < 0`` (C = 0 accepted:
-    zero weights), the default C changed, labels of another integer type refused by one_hot,
-    the number of columns taken from the labels rather than ``n_classes``."""
+    """Mutations killed: the messages emptied (also WindowData's), ``C <= 0`` turned into
+    ``C < 0`` (C = 0 accepted: zero weights), the default C changed, labels of another integer
+    type refused by one_hot, float64 features not read as float32, the number of columns taken
+    from the labels rather than ``n_classes``, the report's solver name and seconds."""
     clips, labels = clips_of(12, 3)
     with pytest.raises(SoundnetError, match="^a probe needs training examples of at least two"):
         fit_linear(clips, labels, 1, 3)
@@ -339,8 +340,16 @@ def test_fit_linears_arguments_are_checked_and_its_defaults_are_liblinears():
         shape = re.escape(str(bad.shape))
         with pytest.raises(SoundnetError, match=f"^expected features shaped .*got {shape}$"):
             fit_linear([bad, *clips[1:]], labels, 3, 3)
+    with pytest.raises(SoundnetError, match="^a probe needs training clips$"):
+        WindowData([], steps=3)
+    with pytest.raises(SoundnetError, match="^a window needs at least one step, not 0$"):
+        WindowData(clips, steps=0)
+    with pytest.raises(SoundnetError, match=r"^clips have different channel counts: \[4, 5\]$"):
+        WindowData([clips[0], clips[1][:, :4]], steps=3)
     started = time.perf_counter()
     default = fit_linear(clips, labels.astype(np.int32), 3, 3)
+    as_float64 = fit_linear([c.astype(np.float64) for c in clips], labels, 3, 3)
+    np.testing.assert_array_equal(as_float64.coef, default.coef)  # features read as float32
     assert 0 < default.report.seconds <= time.perf_counter() - started
     assert default.report.solver == "torch-newton-squared-hinge"
     np.testing.assert_array_equal(default.coef, fit_linear(clips, labels, 3, 3, C=0.01).coef)
