@@ -20,7 +20,9 @@ from soundnet_cli.extraction.folder import (
     MAX_OUTPUT_NAME,
     NAME_MAX,
     SETUP,
+    SUFFIX_RESERVE,
     list_feature_files,
+    output_stem,
     read_feature_file,
 )
 from soundnet_cli.extraction.manifest import MANIFEST
@@ -294,22 +296,35 @@ def test_npz_resume_redoes_damaged_outputs_and_says_so(model, tmp_path, spoil):
     again = extract([tmp_path / "in"], ["conv1", "conv2"], out, model=model, fmt="npz")
     assert (again.extracted, again.skipped) == (1, 1)
     assert len(again.redone) == 1 and "b.npz" in again.redone[0]
+    if spoil is _drop_layer:  # the whole reason, word for word
+        assert again.redone[0] == (
+            f"{tmp_path / 'in' / 'b.wav'}: b.npz: no layer 'conv1' inside, the manifest recorded "
+            "it; extracted again"
+        )
     with np.load(out / "b.npz") as data:
         np.testing.assert_array_equal(data["conv1"], first["b"])
         assert "conv2" in data.files
 
 
 def test_an_added_npz_layer_is_an_addition_not_damage(model, tmp_path, caplog):
-    out, first = _npz_folder(model, tmp_path)
+    """Also the log's wording, word for word (mutation testing): a fresh input is not an
+    addition; two added layers are "layers conv2, conv3"."""
     with caplog.at_level(logging.INFO, logger="soundnet_cli.extraction.folder"):
-        more = extract([tmp_path / "in"], ["conv1", "conv2"], out, model=model, fmt="npz")
+        out, first = _npz_folder(model, tmp_path)
+    assert "adding" not in caplog.text
+    caplog.clear()
+    layers = ["conv1", "conv2", "conv3"]
+    with caplog.at_level(logging.INFO, logger="soundnet_cli.extraction.folder"):
+        more = extract([tmp_path / "in"], layers, out, model=model, fmt="npz")
     assert (more.extracted, more.skipped, more.redone) == (2, 0, [])
-    assert "adding layer conv2" in caplog.text and "damaged" not in caplog.text
+    said = sorted(r.getMessage() for r in caplog.records if "adding" in r.getMessage())
+    assert said == [str(tmp_path / "in" / f"{k}.wav: adding layers conv2, conv3") for k in "ab"]
+    assert "damaged" not in caplog.text
     for key in ("a", "b"):
         with np.load(out / f"{key}.npz") as data:
             np.testing.assert_array_equal(data["conv1"], first[key])
-            assert "conv2" in data.files
-    assert set(rows(out)["a"]["layers"]) == {"conv1", "conv2"}
+            assert {"conv2", "conv3"} <= set(data.files)
+    assert set(rows(out)["a"]["layers"]) == set(layers)
 
 
 def test_writers_are_found_by_format_name():
@@ -320,3 +335,61 @@ def test_writers_are_found_by_format_name():
     assert writer_for("npz").names("d/x", ["pool5", "conv5"]) == ["d/x.npz"]
     with pytest.raises(UsageProblem, match="npy, npz"):
         writer_for("csv")
+
+
+# -- found by mutation testing (issue 30) --------------------------------------------------------
+def test_a_resume_records_nothing_twice_and_overwrite_recomputes_everything(model, tmp_path):
+    """Mutations killed in ``FeatureFolder.plan`` and ``_finished``: ``--overwrite`` ignored
+    (finished outputs trusted anyway), a finished input's manifest row appended again on every
+    resume, the row of an output recovered without one never written (or written as ""), a
+    row without its outputs listed trusted as it is, damaged layer records crashing the
+    resume."""
+    for name in ("a", "b"):
+        write_wav(tmp_path / "in" / f"{name}.wav", tone(1.0))
+    out = tmp_path / "out"
+    assert extract([tmp_path / "in"], ["pool5"], out, model=model).extracted == 2
+    manifest = (out / MANIFEST).read_text()
+    again = extract([tmp_path / "in"], ["pool5"], out, model=model)
+    assert (again.extracted, again.skipped) == (0, 2)
+    assert (out / MANIFEST).read_text() == manifest  # nothing recorded twice
+    lost = next(key for key in rows(out) if key.endswith("b"))
+    kept = [line for line in manifest.splitlines() if json.loads(line)["key"] != lost]
+    (out / MANIFEST).write_text("".join(f"{line}\n" for line in kept))
+    recovered = extract([tmp_path / "in"], ["pool5"], out, model=model)
+    assert (recovered.extracted, recovered.skipped) == (0, 2)
+    assert rows(out)[lost]["status"] == "ok"  # its row written again from the outputs
+    # a row that does not list its outputs: recovered from them; a row whose layer records are
+    # damaged: its complete outputs still trusted
+    table = rows(out)
+    other = next(key for key in table if key != lost)
+    table[lost] = {**table[lost], "outputs": []}
+    table[other] = {**table[other], "layers": "damaged"}
+    (out / MANIFEST).write_text("".join(json.dumps(row) + "\n" for row in table.values()))
+    trusted = extract([tmp_path / "in"], ["pool5"], out, model=model)
+    assert (trusted.extracted, trusted.skipped) == (0, 2)
+    assert rows(out)[lost]["outputs"]  # the recovered row lists them
+    redone = extract([tmp_path / "in"], ["pool5"], out, model=model, overwrite=True)
+    assert (redone.extracted, redone.skipped) == (2, 0)
+
+
+def test_output_stem_cuts_only_the_last_part_of_a_long_key():
+    """The name rules of ``output_stem`` directly (mutation testing): a last part of exactly the
+    budget is kept; a longer one is cut, never in the middle of a character, and gets ``~`` and
+    8 hex digits of the whole key's sha256; the folders before it stay; a key with undecodable
+    bytes (surrogate escapes) is shortened and hashed without an error (the cut part drops
+    those bytes: the digest keeps distinct keys apart)."""
+    import hashlib
+
+    budget = MAX_OUTPUT_NAME - SUFFIX_RESERVE
+    exact = "d/" + "x" * budget
+    assert output_stem(exact) == exact
+    for base in ("\u00e9" * budget, "caf\udce9" * budget):  # 2-byte letters; escaped bytes
+        key = f"d1/d2/{base}"
+        stem = output_stem(key)
+        head, _, last = stem.rpartition("/")
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        assert head == "d1/d2" and last.endswith(f"~{digest}")
+        encoded = last.encode("utf-8", "surrogateescape")
+        assert len(encoded) <= budget
+        if base[0] == "\u00e9":  # cut at the last whole character before the budget
+            assert len(encoded) == budget - 1 and base.startswith(last[: -len(digest) - 1])

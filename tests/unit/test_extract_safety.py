@@ -151,3 +151,37 @@ def test_a_read_only_output_folder_is_a_one_line_error(model, tmp_path, monkeypa
     with pytest.raises(SoundnetError, match="cannot write to the output folder"):
         extract([tmp_path / "in"], ["conv1"], out, model=model)
     shutil.rmtree(out)
+
+
+def test_symlinked_routes_on_resume_record_nothing_twice_and_restore_each_copy(model, tmp_path):
+    """Mutations killed in ``FeatureFolder.plan``'s routes loop: a finished route's row
+    appended again on every resume (or a recovered one never written, or written as None); the
+    count of restored copies (``mirrored = 1``); the routes' check given no plan to report
+    damage in (it failed only when a copy was damaged)."""
+    data = tmp_path / "data"
+    write_wav(data / "all" / "one.wav", tone(1.0))
+    for split in ("train", "test"):
+        (data / split).mkdir()
+        os.symlink(data / "all" / "one.wav", data / split / "one.wav")
+    out = tmp_path / "out"
+    extract([data], ["conv1"], out, model=model, workers=1)
+    first = np.load(out / "all" / "one.conv1.npy")
+    manifest = (out / MANIFEST).read_text()
+    lines = [line for line in manifest.splitlines() if json.loads(line)["key"] != "train/one"]
+    (out / MANIFEST).write_text("".join(f"{line}\n" for line in lines))
+    again = extract([data], ["conv1"], out, model=model, workers=1)
+    assert (again.extracted, again.skipped) == (0, 3)
+    assert rows(out)["train/one"]["status"] == "ok"  # its row written again
+    recorded = (out / MANIFEST).read_text()
+    assert extract([data], ["conv1"], out, model=model, workers=1).skipped == 3
+    assert (out / MANIFEST).read_text() == recorded  # nothing recorded twice
+    (out / "test" / "one.conv1.npy").unlink()  # one copy lost
+    train = out / "train" / "one.conv1.npy"
+    damaged = train.read_bytes()[:-8]
+    train.unlink()  # the copy may be a link to the finished file: damage the copy alone
+    train.write_bytes(damaged)
+    restored = extract([data], ["conv1"], out, model=model, workers=1)
+    assert (restored.extracted, restored.skipped) == (2, 1)
+    assert len(restored.redone) == 1 and "train/one.conv1.npy: truncated" in restored.redone[0]
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(np.load(out / split / "one.conv1.npy"), first)

@@ -1,9 +1,13 @@
 """The PyTorch probe solver: window scores by convolution, the objectives of the references,
 convergence on badly scaled features, flags when it stops early, devices."""
 
+import re
+import time
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
@@ -231,3 +235,148 @@ def test_evaluate_fits_its_probes_on_the_requested_device(tmp_path, named_checkp
     reference = evaluate(ESC50(), tree, model, ["pool5"], C=1.0, solver="liblinear")
     assert devices == ["cpu", "cpu"] and reference.solver == "liblinear"
     assert reference.as_dict()["splits"][0]["fit"]["solver"] == "liblinear"
+
+
+# -- found by mutation testing (issue 30) ------------------------------------------------------
+# Every fit above uses clips of one length, so no window was ever masked out: a mask multiplied
+# in was indistinguishable from one divided by (1 / 1 == 1 * 1), and the losses' second
+# derivatives only steer the Newton steps, so a wrong one still reached the same optimum.
+
+
+def _losses_with_masked_windows():
+    """Each loss object on (2 clips, 3 columns, 5 windows) scores, the last two windows of the
+    second clip masked out (label 0 / mask 0, as WindowData.per_window leaves them)."""
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.ones(2, 1, 5, dtype=torch.float64)
+    mask[1, :, 3:] = 0.0
+    signs = torch.where(torch.rand(2, 3, 5, generator=gen) > 0.5, 1.0, -1.0).double() * mask
+    onehot = F.one_hot(torch.randint(0, 3, (2, 5), generator=gen), 3).permute(0, 2, 1) * mask
+    yield "squared-hinge", solver_module._SquaredHinge(signs)
+    yield "binary-logistic", solver_module._BinaryLogistic(signs[:, :1])
+    yield "multinomial", solver_module._Multinomial(onehot.double(), mask)
+
+
+def test_each_losss_gradient_curvature_and_hessian_are_its_derivatives():
+    """grad is d value / d z, hessian(z)(v) the Hessian-vector product and curvature the
+    Hessian's diagonal (each class's own curvature), all zero on masked windows. Mutations
+    killed: a mask or ``|y|`` divided by instead of multiplied, ``2.0 -> 3.0`` in the squared
+    hinge's curvature, ``p * (2 - p)``, ``p / (1 - p)``, the softmax over windows (dim 2)."""
+    for name, loss in _losses_with_masked_windows():
+        columns = loss.columns
+        z = (3 * torch.randn(2, columns, 5, dtype=torch.float64)).requires_grad_()
+        value = loss.value(z)
+        assert value.shape == ((1,) if loss.coupled else (columns,)), name
+        (grad,) = torch.autograd.grad(value.sum(), z, create_graph=True)
+        np.testing.assert_allclose(loss.grad(z).detach(), grad.detach(), rtol=1e-9, atol=1e-12)
+        v = torch.randn_like(z)
+        (hv,) = torch.autograd.grad((grad * v).sum(), z, retain_graph=True)
+        got = loss.hessian(z.detach())(v.float())
+        np.testing.assert_allclose(got, hv, rtol=1e-5, atol=1e-6 * float(hv.abs().max()))
+        diagonal = torch.zeros_like(z)
+        for k in range(columns):  # the windows are independent: one product per class
+            unit = torch.zeros_like(z)
+            unit[:, k] = 1.0
+            (column,) = torch.autograd.grad((grad * unit).sum(), z, retain_graph=True)
+            diagonal[:, k] = column[:, k]
+        curvature = loss.curvature(z.detach())
+        np.testing.assert_allclose(curvature, diagonal, rtol=1e-9, atol=1e-12, err_msg=name)
+        masked = torch.zeros(2, 1, 5, dtype=torch.bool)
+        masked[1, :, 3:] = True
+        masked = masked.expand_as(z)
+        assert (loss.grad(z.detach())[masked] == 0).all() and (curvature[masked] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("loss", "classes"), [("squared-hinge", 3), ("logistic", 2), ("logistic", 3)]
+)
+def test_clips_of_several_lengths_reach_the_windows_optimum(monkeypatch, loss, classes):
+    """Clips of several lengths (one shorter than a window) are cut into overlap-save segments
+    whose straddling windows are masked out; the fit must still be the reference's on exactly
+    the windows ``cut_windows`` gives, with each window labelled by its own clip. Mutations
+    killed: masks divided by, the last clip's windows given the previous clip's label
+    (``np.minimum(owner, len(lengths) - 2)``), the owners not reshaped per segment."""
+    monkeypatch.setattr(solver_module, "SEGMENT_WINDOWS", 16)
+    clips, labels = clips_of(12, classes, steps=9)
+    clips = [c[: 2 + (5 * i) % 8] for i, c in enumerate(clips)]  # lengths 2 to 9
+    X, y = windows_of(clips, labels, 3)
+    X = X.astype(np.float64)
+    solution = fit_linear(clips, labels, classes, 3, loss=loss, C=0.05, tol=1e-7)
+    if loss == "logistic":
+        reference = LogisticRegression(C=0.05, tol=1e-10, max_iter=10_000).fit(X, y)
+    else:
+        reference = LinearSVC(C=0.05, dual=False, tol=1e-10, max_iter=100_000).fit(X, y)
+    expected = reference.decision_function(X).reshape(len(X), -1)
+    assert solution.report.converged
+    np.testing.assert_allclose(decisions(solution, X), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_segments_are_as_few_as_the_windows_need(monkeypatch):
+    """Overlap-save segments of ``SEGMENT_WINDOWS`` windows: ceil(windows / SEGMENT_WINDOWS) of
+    them, each as long as its windows need, never one more (memory and time grow with their
+    count). Mutations killed: ``max(2, ...)``, ``* hop``, ``total + steps``, ``+ 2``."""
+    clips, _ = clips_of(3, 2, steps=6)
+    clips = [clips[0][:4], clips[1][:5], clips[2]]  # 15 steps, 13 windows of 3 steps
+    assert WindowData(clips, steps=3).batch == 1
+    monkeypatch.setattr(solver_module, "SEGMENT_WINDOWS", 4)
+    data = WindowData(clips, steps=3)
+    assert (data.batch, data.x.shape[2]) == (4, 4 + 3 - 1)
+    monkeypatch.setattr(solver_module, "SEGMENT_WINDOWS", 13)  # exactly one full segment
+    assert WindowData(clips, steps=3).batch == 1
+
+
+def test_fit_linears_arguments_are_checked_and_its_defaults_are_liblinears():
+    """Mutations killed: the messages emptied (also WindowData's), ``C <= 0`` turned into
+    ``C < 0`` (C = 0 accepted: zero weights), the default C changed, labels of another integer
+    type refused by one_hot, float64 features not read as float32, the number of columns taken
+    from the labels rather than ``n_classes``, the report's solver name and seconds."""
+    clips, labels = clips_of(12, 3)
+    with pytest.raises(SoundnetError, match="^a probe needs training examples of at least two"):
+        fit_linear(clips, labels, 1, 3)
+    with pytest.raises(SoundnetError, match="^C must be positive, not 0$"):
+        fit_linear(clips, labels, 3, 3, C=0)
+    with pytest.raises(SoundnetError, match="^unknown loss 'hinge'$"):
+        fit_linear(clips, labels, 3, 3, loss="hinge")
+    for bad in (clips[0][:, 0], clips[0][:0]):  # one channel's values; no steps at all
+        shape = re.escape(str(bad.shape))
+        with pytest.raises(SoundnetError, match=f"^expected features shaped .*got {shape}$"):
+            fit_linear([bad, *clips[1:]], labels, 3, 3)
+    with pytest.raises(SoundnetError, match="^a probe needs training clips$"):
+        WindowData([], steps=3)
+    with pytest.raises(SoundnetError, match="^a window needs at least one step, not 0$"):
+        WindowData(clips, steps=0)
+    with pytest.raises(SoundnetError, match=r"^clips have different channel counts: \[4, 5\]$"):
+        WindowData([clips[0], clips[1][:, :4]], steps=3)
+    started = time.perf_counter()
+    default = fit_linear(clips, labels.astype(np.int32), 3, 3)
+    as_float64 = fit_linear([c.astype(np.float64) for c in clips], labels, 3, 3)
+    np.testing.assert_array_equal(as_float64.coef, default.coef)  # features read as float32
+    assert 0 < default.report.seconds <= time.perf_counter() - started
+    assert default.report.solver == "torch-newton-squared-hinge"
+    np.testing.assert_array_equal(default.coef, fit_linear(clips, labels, 3, 3, C=0.01).coef)
+    # a class without training clips still gets its column (all its windows negative)
+    absent = fit_linear(clips, labels, 4, 3)
+    assert absent.coef.shape == (4, 3 * 5) and absent.intercept.shape == (4,)
+    assert (decisions(absent, windows_of(clips, labels, 3)[0])[:, 3] < 0).all()
+
+
+def test_a_warm_start_at_the_optimum_takes_no_newton_step():
+    """``init`` is where the solver starts: from its own optimum it has nothing left to do, and
+    from another C's optimum it reaches this C's. Mutations killed: ``init`` ignored (a cold
+    start takes Newton steps), the coefficients and intercepts mixed up."""
+    clips, labels = clips_of(24, 3)
+    cold = fit_linear(clips, labels, 3, 3, C=0.05, tol=1e-6)
+    assert cold.report.converged and cold.report.iterations > 0
+    warm = fit_linear(clips, labels, 3, 3, C=0.05, tol=1e-6, init=(cold.coef, cold.intercept))
+    assert warm.report.converged and warm.report.iterations == 0
+    np.testing.assert_array_equal(warm.coef, cold.coef)
+    np.testing.assert_array_equal(warm.intercept, cold.intercept)
+    # a gradient ratio equal to the tolerance has converged (``ratio <= tol``)
+    ratio = warm.report.gradient_ratio
+    edge = fit_linear(clips, labels, 3, 3, C=0.05, tol=ratio, init=(cold.coef, cold.intercept))
+    assert edge.report.gradient_ratio == ratio and edge.report.converged
+    other = fit_linear(clips, labels, 3, 3, C=1.0, tol=1e-6)
+    moved = fit_linear(clips, labels, 3, 3, C=0.05, tol=1e-6, init=(other.coef, other.intercept))
+    X = windows_of(clips, labels, 3)[0]
+    expected = decisions(cold, X)
+    assert moved.report.converged
+    np.testing.assert_allclose(decisions(moved, X), expected, atol=1e-4 * np.abs(expected).max())

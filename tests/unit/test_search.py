@@ -379,3 +379,37 @@ def test_progress_counts_the_files_read(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     folder.update(progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
+def test_an_update_in_small_blocks_keeps_every_vector_and_counts_each_removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutants: ``summary.removed = 1`` for ``+= 1`` in _count_failures (two indexed files that
+    now fail counted as one removal); the block loops of _write_vectors (``range(0,
+    BLOCK_ROWS)``, the appended rows' slice ``len(kept) - start``), which only show when an
+    update copies more than one block of kept and of new rows."""
+    monkeypatch.setattr(store, "BLOCK_ROWS", 2)
+    data = clustered(12)
+    folder = Folder(tmp_path, data[:7])
+    folder.update(method="exact")
+    failing = {"clip0001", "clip0002"}
+    original = folder.load
+
+    def load(entry: Entry) -> np.ndarray:
+        if entry.key in failing:
+            raise SoundnetError("unreadable")
+        return original(entry)
+
+    folder.load = load  # type: ignore[method-assign]
+    for key in failing:
+        folder.stamps[key] = 2
+    for i in range(7, 12):
+        folder.vectors[f"clip{i:04d}"] = data[i]
+        folder.stamps[f"clip{i:04d}"] = 1
+    summary = folder.update(method="exact")
+    assert (summary.removed, summary.added, summary.count) == (2, 5, 10)
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and len(index.entries) == 10
+    for entry in index.entries:
+        expected = normalise(data[int(entry.key[4:])][None, :])[0]
+        np.testing.assert_allclose(index.vectors[index.row_of(entry.key)], expected, rtol=1e-6)
