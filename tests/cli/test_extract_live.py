@@ -411,3 +411,117 @@ def test_window_options_need_a_pool(clip, checkpoint, tmp_path):
     one_line_error(invoke(*args, "--hop", "5"), 2, "give --window too")
     one_line_error(invoke(*args, "--pool", "mean", "--window", "-1"), 2, "--window")
     assert not (tmp_path / "out").exists()
+
+
+class ManifestWatcher:
+    """Polls a followed folder's manifest and records when each piece's row first appears."""
+
+    def __init__(self, out: Path) -> None:
+        import threading
+
+        self.manifest, self.seen = out / "manifest.jsonl", {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.poll()
+            time.sleep(0.02)
+
+    def poll(self) -> None:
+        try:
+            lines = self.manifest.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        now = time.monotonic()
+        for line in lines:
+            row = json.loads(line)
+            self.seen.setdefault(row["key"], (now, row))
+
+    def rows(self) -> list[tuple[float, dict]]:
+        self.stop.set()
+        self.thread.join(5)
+        self.poll()
+        return sorted(self.seen.values(), key=lambda seen: seen[1]["key"])
+
+
+def test_every_piece_comes_within_the_documented_latency(checkpoint, tmp_path):
+    """Audio paced at twice real time: each piece's row is in the manifest at most (the deepest
+    layer's receptive field + one chunk) / 2 + 0.5 s after the end of its last step's span was
+    written (docs/commands/extract.md, "Latency")."""
+    from soundnet_cli.models import load_student
+    from soundnet_cli.prediction.follow import latency_seconds
+    from soundnet_cli.students.contract import feature_of
+
+    chunk, speed, seconds = 3.0, 2.0, 26.0
+    model = load_student(checkpoint)
+    bound = latency_seconds(model, chunk, "conv7") / speed + 0.5
+    sf.write(str(tmp_path / "clip.wav"), varied(seconds, RATE)[:, 0], RATE, subtype="PCM_16")
+    blob = (tmp_path / "clip.wav").read_bytes()
+    out = tmp_path / "out"
+    process = cli("extract", "-", "--follow", "-o", str(out), "--checkpoint", str(checkpoint),
+                  "--chunk-seconds", str(chunk), "--layer", "pool5",
+                  "--layer", "conv7")  # fmt: skip
+    err = Reader(process.stderr)
+    err.start()
+    watcher = ManifestWatcher(out)
+    sent: list[tuple[float, int]] = []
+    paced_write(process, blob, RATE * 2, speed=speed, sent=sent)
+    assert process.wait(timeout=60) == 0, err.text()
+    rows = watcher.rows()
+    assert len(rows) >= 5
+    header = 44
+    for arrived, row in rows[:-1]:  # the last piece comes when the stream ends
+        for layer in ("pool5", "conv7"):
+            info = feature_of(model, layer)
+            last = row["layers"][layer]["first_step"] + row["layers"][layer]["shape"][0] - 1
+            needed = header + 2 * (last + 1) * info.stride  # the end of its step's span
+            written = min(t for t, count in sent if count >= min(needed, len(blob)))
+            assert arrived - written <= bound, (row["key"], layer, arrived - written, bound)
+
+
+def test_a_cut_stream_resumes_with_a_reported_gap_and_pieces_that_follow_on(checkpoint, tmp_path):
+    """A local HTTP stream cut half-way and restarted (`--reconnect`): the gap is reported and
+    the pieces go on where the audio stopped, every step once and in order."""
+    from .test_predict_live import serve
+
+    samples = (varied(24.0, RATE)[:, 0] * 32767).astype("<i2")
+    pcm = samples.tobytes()
+    half = len(pcm) // 2
+    first = serve(0, pcm, 0, half)
+    port = first.server_address[1]
+    out = tmp_path / "out"
+    process = cli("extract", f"http://127.0.0.1:{port}/live.wav", "--follow", "--reconnect",
+                  "--name", "radio", "-o", str(out), "--checkpoint", str(checkpoint),
+                  "--chunk-seconds", "3", *layer_args())  # fmt: skip
+    err = Reader(process.stderr)
+    err.start()
+    try:
+        assert first.cut.wait(60), err.text()  # type: ignore[attr-defined]
+        first.shutdown()
+        first.server_close()
+        assert err.wait_for("dropped at 12.0 s", 30), err.text()
+        time.sleep(1.0)  # the stream is down: retries fail, with back-off
+        second = serve(port, pcm, half, len(pcm))
+        assert second.cut.wait(60), err.text()  # type: ignore[attr-defined]
+        second.shutdown()
+        second.server_close()
+        assert err.wait_for("reconnected after a gap of", 30), err.text()
+        assert err.wait_for("dropped at 24.0 s", 30), err.text()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130, err.text()
+    finally:
+        process.kill()
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rows] == [f"radio/{i:06d}" for i in range(len(rows))]
+    assert sum(r["duration"] for r in rows) == pytest.approx(24.0, abs=1e-3)
+    from soundnet_cli.models import load_student
+
+    model = load_student(checkpoint)
+    for layer in LAYERS:
+        firsts = [r["layers"][layer]["first_step"] for r in rows]
+        sizes = [r["layers"][layer]["shape"][0] for r in rows]
+        assert firsts == list(np.cumsum([0, *sizes[:-1]]))  # no step twice, none missing
+        assert sum(sizes) == model.output_length(layer, 24 * RATE)
+    assert "[20" in err.text()  # timestamped lines

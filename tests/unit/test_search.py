@@ -413,3 +413,208 @@ def test_an_update_in_small_blocks_keeps_every_vector_and_counts_each_removal(
     for entry in index.entries:
         expected = normalise(data[int(entry.key[4:])][None, :])[0]
         np.testing.assert_allclose(index.vectors[index.row_of(entry.key)], expected, rtol=1e-6)
+
+
+def test_a_failed_update_leaves_no_half_written_generation_and_the_old_index_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutants of the clean-up in update_index (``shutil.rmtree(None, ...)``, the ``except``
+    removed): a write that fails half-way must leave the index as it was, with no new generation
+    folder beside it, and the next update must succeed."""
+    data = clustered(40)
+    folder = Folder(tmp_path, data[:30])
+    folder.update(method="exact")
+    before = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert before is not None
+    for i in range(30, 40):
+        folder.vectors[f"clip{i:04d}"] = data[i]
+        folder.stamps[f"clip{i:04d}"] = 1
+
+    def disk_full(*args: object) -> None:
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_write_entries", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            folder.update(method="exact")
+    generations = [p.name for p in (tmp_path / store.SEARCH_DIR).iterdir() if p.is_dir()]
+    assert generations == [before.description.generation]
+    still = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert still is not None and still.description.count == 30
+    assert query_self(tmp_path, "clip0007") == ("clip0007", pytest.approx(1.0, abs=1e-6))
+
+    assert folder.update(method="exact").count == 40
+    generations = [p for p in (tmp_path / store.SEARCH_DIR).iterdir() if p.is_dir()]
+    assert len(generations) == 1
+
+
+class IvfCalls:
+    """Records what an update asks of the approximate index: rows added (count, first id) and
+    clears."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.added: list[tuple[int, int]] = []
+        self.cleared = 0
+        add, clear = IvfIndex.add, IvfIndex.clear
+
+        def recording_add(index: IvfIndex, rows: np.ndarray, first_id: int) -> None:
+            self.added.append((len(rows), first_id))
+            add(index, rows, first_id)
+
+        def recording_clear(index: IvfIndex) -> None:
+            self.cleared += 1
+            clear(index)
+
+        monkeypatch.setattr(IvfIndex, "add", recording_add)
+        monkeypatch.setattr(IvfIndex, "clear", recording_clear)
+
+
+def test_an_index_that_only_grew_adds_only_the_new_rows_to_its_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutants of ``appended`` in update_index and of ``appended_only`` in _approximate that
+    refill every cell although only rows were added: right answers at the cost of re-adding the
+    whole index on each update, which appending exists to avoid."""
+    data = clustered(360)
+    folder = Folder(tmp_path, data[:300])
+    folder.update(method="approximate")
+    calls = IvfCalls(monkeypatch)
+    for i in range(300, 360):
+        folder.vectors[f"clip{i:04d}"] = data[i]
+        folder.stamps[f"clip{i:04d}"] = 1
+    folder.update(method="approximate")
+    assert (calls.added, calls.cleared) == ([(60, 300)], 0)
+    assert query_self(tmp_path, "clip0330")[0] == "clip0330"
+
+
+def test_an_index_with_a_removed_row_refills_its_cells_with_the_new_row_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutants that treat an update with a removal as an append (``appended`` always true, or
+    ``len(kept) <= count``): the cells would keep the removed row and the old row numbers, so a
+    search would answer with the wrong files."""
+    data = clustered(301)
+    folder = Folder(tmp_path, data[:300])
+    folder.update(method="approximate")
+    calls = IvfCalls(monkeypatch)
+    del folder.vectors["clip0004"], folder.stamps["clip0004"]
+    folder.vectors["clip0300"], folder.stamps["clip0300"] = data[300], 1
+    summary = folder.update(method="approximate")
+    assert (summary.removed, summary.added, summary.count) == (1, 1, 300)
+    assert calls.cleared == 1 and calls.added == [(300, 0)]
+    for key in ("clip0005", "clip0150", "clip0299", "clip0300"):
+        assert query_self(tmp_path, key)[0] == key
+
+
+def _without_checksums(root: Path) -> None:
+    """The description of an index written before checksums were kept."""
+    path = root / store.SEARCH_DIR / "pool5-mean.json"
+    data = json.loads(path.read_text())
+    data["checksums"] = {}
+    path.write_text(json.dumps(data))
+
+
+DAMAGE = {
+    "entries missing": (store.ENTRIES, "missing", lambda d: (d / store.ENTRIES).unlink()),
+    "entries short": (
+        store.ENTRIES,
+        "299 entries, the description says 300",
+        lambda d: (d / store.ENTRIES).write_text(
+            "".join((d / store.ENTRIES).read_text().splitlines(keepends=True)[:-1])
+        ),
+    ),
+    "vectors missing": (store.VECTORS, "missing", lambda d: (d / store.VECTORS).unlink()),
+    "vectors float64": (
+        store.VECTORS,
+        "dtype float64, not float32",
+        lambda d: np.save(d / store.VECTORS, np.zeros((300, 32))),
+    ),
+    "vectors shape": (
+        store.VECTORS,
+        "shape [300, 16], the description says [300, 32]",
+        lambda d: np.save(d / store.VECTORS, np.zeros((300, 16), np.float32)),
+    ),
+    "vectors truncated": (
+        store.VECTORS,
+        "38272 bytes, its header asks for 38528",
+        lambda d: (d / store.VECTORS).write_bytes((d / store.VECTORS).read_bytes()[:-256]),
+    ),
+    "ivf missing": (store.IVF, "missing", lambda d: (d / store.IVF).unlink()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_each_kind_of_damage_is_named_in_full_with_the_command_that_rebuilds(
+    tmp_path: Path, case: str
+) -> None:
+    """Mutants of the store's messages (``"XX...XX"``, upper-cased, ``None``): the message is
+    what a user acts on, so it is checked word for word: the file, what is wrong with it and the
+    exact command that rebuilds the index."""
+    name, why, damage = DAMAGE[case]
+    Folder(tmp_path, clustered(300)).update(method="approximate")
+    _without_checksums(tmp_path)
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    damage(index.folder)
+    with pytest.raises(store.DamagedIndex) as caught:
+        opened = StoredIndex.open(tmp_path, "pool5", "mean")
+        assert opened is not None
+        opened.search(normalise(clustered(1))[:1], 3)
+    assert str(caught.value) == (
+        f"{index.folder / name}: the search index is damaged ({why}); rebuild it with "
+        f"`soundnet search index {tmp_path} --layer pool5 --pool mean --rebuild`"
+    )
+
+
+def test_an_edited_file_and_a_broken_description_are_named_in_full(tmp_path: Path) -> None:
+    """Mutants of the checksum and description messages (see the test above)."""
+    folder = Folder(tmp_path, clustered(20))
+    folder.update(method="exact")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    entries = index.folder / store.ENTRIES
+    entries.write_text(entries.read_text().replace("clip0001", "clip9999"))
+    rebuild = (
+        f"rebuild it with `soundnet search index {tmp_path} --layer pool5 --pool mean --rebuild`"
+    )
+    with pytest.raises(store.DamagedIndex) as caught:
+        StoredIndex.open(tmp_path, "pool5", "mean")
+    assert str(caught.value) == (
+        f"{entries}: the search index is damaged (its sha256 is not the one recorded when it was"
+        f" written); {rebuild}"
+    )
+    description = tmp_path / store.SEARCH_DIR / "pool5-mean.json"
+    description.write_text('{"version": 1}')
+    with pytest.raises(store.DamagedIndex) as caught:
+        StoredIndex.open(tmp_path, "pool5", "mean")
+    assert str(caught.value) == (
+        f"{description}: not a search index description ('layer'); {rebuild}"
+    )
+    description.write_text('{"version": 7}')
+    with pytest.raises(SoundnetError) as refused:
+        StoredIndex.open(tmp_path, "pool5", "mean")
+    assert str(refused.value) == (
+        "search index format 7 is not 1; rebuild it with `soundnet search index --rebuild`"
+    )
+
+
+def test_a_wrong_key_query_or_method_is_refused_in_full(tmp_path: Path) -> None:
+    """Mutants of the usage messages of row_of, search and choose_kind."""
+    Folder(tmp_path, clustered(5)).update(method="exact")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    with pytest.raises(UsageProblem) as caught:
+        index.row_of("nope")
+    assert str(caught.value) == (
+        "'nope' is not in the index (keys are the features' paths relative to the folder, "
+        "without the layer and extension)"
+    )
+    with pytest.raises(UsageProblem) as caught:
+        index.search(np.ones((1, 7), np.float32), 3)
+    assert str(caught.value) == "the query has 7 channels, the index 32"
+    with pytest.raises(UsageProblem) as caught:
+        store.choose_kind("fast", 10)
+    assert (
+        str(caught.value) == "the index method must be one of auto, exact, approximate, not 'fast'"
+    )
+    assert caught.value.parameter == "method"
