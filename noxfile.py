@@ -130,7 +130,14 @@ MUTANTS: dict[str, tuple[str, list[str], list[str]]] = {
     # what a resume trusts, redoes or adds, the settings two runs must share, the output names
     "features-folder": (
         "soundnet_cli/extraction/folder.py",
-        ["tests/unit/test_extract_folder.py", "tests/unit/test_extract_safety.py"],
+        [
+            "tests/unit/test_extract_folder.py",
+            "tests/unit/test_extract_safety.py",
+            # the Parquet writer is the one whose start/forget take the folder's arguments
+            "tests/unit/test_extract_parquet.py::test_rerun_skips_and_added_inputs_are_never_duplicated",
+            "tests/unit/test_extract_parquet.py::test_linked_routes_get_their_own_rows",
+            "tests/unit/test_extract_parquet.py::test_kill_9_after_a_part_then_rerun_equals_an_uninterrupted_run",
+        ],
         [
             "FolderSettings.difference",
             "output_stem",

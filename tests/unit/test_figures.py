@@ -104,8 +104,9 @@ def test_feature_folder_is_mean_pooled_per_clip(tmp_path):
 
 def test_feature_folder_with_several_layers_needs_a_layer(tmp_path):
     _feature_folder(tmp_path, layers=("pool5", "conv7"))
-    with pytest.raises(UsageProblem, match="--layer.*conv7, pool5"):
+    with pytest.raises(UsageProblem, match=r"choose a layer \(layers: conv7, pool5\)") as caught:
         load_feature_folder(tmp_path)
+    assert caught.value.parameter == "layer"  # the CLI names its --layer
     assert load_feature_folder(tmp_path, "conv7").layer == "conv7"
     with pytest.raises(UsageProblem, match="no features for layer 'conv3'"):
         load_feature_folder(tmp_path, "conv3")
