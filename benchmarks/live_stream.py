@@ -100,6 +100,29 @@ def peak_rss(process: subprocess.Popen, peak: list[int]) -> None:
         time.sleep(0.5)
 
 
+def paced_write(live: subprocess.Popen, blob: bytes, speed: float) -> list[tuple[float, int]]:
+    """Write a stereo 16-bit 22,050-Hz WAV to ``live``'s stdin at ``speed`` times real time, in
+    0.1-s blocks, then close it; (time, bytes written so far) after each block."""
+    per_second = RATE * 4
+    step = per_second // 10
+    sent: list[tuple[float, int]] = []
+    start = time.monotonic()
+    assert live.stdin is not None
+    for at in range(0, len(blob), step):
+        time.sleep(max(0.0, start + at / per_second / speed - time.monotonic()))
+        live.stdin.write(blob[at : at + step])
+        live.stdin.flush()
+        sent.append((time.monotonic(), min(len(blob), at + step)))
+    live.stdin.close()
+    return sent
+
+
+def written_by(sent: list[tuple[float, int]], needed: int) -> float:
+    """When the first ``needed`` bytes (or all there were) had been written."""
+    total = sent[-1][1]
+    return min(t for t, count in sent if count >= min(needed, total))
+
+
 def checkpoint_args(checkpoint: str | None) -> list[str]:
     return ["--checkpoint", checkpoint] if checkpoint else []
 
@@ -135,18 +158,7 @@ def equality(args: argparse.Namespace) -> None:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    blob = path.read_bytes()
-    per_second = RATE * 4
-    step = per_second // 10
-    sent: list[tuple[float, int]] = []
-    start = time.monotonic()
-    assert live.stdin is not None
-    for at in range(0, len(blob), step):
-        time.sleep(max(0.0, start + at / per_second / args.speed - time.monotonic()))
-        live.stdin.write(blob[at : at + step])
-        live.stdin.flush()
-        sent.append((time.monotonic(), min(len(blob), at + step)))
-    live.stdin.close()
+    sent = paced_write(live, path.read_bytes(), args.speed)
     code = live.wait()
     reader.join(10)
     assert live.stderr is not None
@@ -168,7 +180,7 @@ def equality(args: argparse.Namespace) -> None:
     for arrived, line in arrivals[1:]:
         end = float(next(csv.reader([line]))[2])
         needed = 44 + int(round(end * RATE)) * 4
-        written = min((t for t, count in sent if count >= min(needed, len(blob))), default=start)
+        written = written_by(sent, needed)
         lags.append((arrived - written) * args.speed)  # in seconds of audio
     print(
         f"{args.seconds:.0f} s of audio at {args.speed:g}x real time: {len(streamed)} rows "
@@ -267,18 +279,7 @@ def extract_equality(args: argparse.Namespace) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=watch, daemon=True).start()
-    blob = path.read_bytes()
-    per_second = RATE * 4
-    step = per_second // 10
-    sent: list[tuple[float, int]] = []
-    start = time.monotonic()
-    assert live.stdin is not None
-    for at in range(0, len(blob), step):
-        time.sleep(max(0.0, start + at / per_second / args.speed - time.monotonic()))
-        live.stdin.write(blob[at : at + step])
-        live.stdin.flush()
-        sent.append((time.monotonic(), min(len(blob), at + step)))
-    live.stdin.close()
+    sent = paced_write(live, path.read_bytes(), args.speed)
     code = live.wait()
     assert live.stderr is not None
     if code != 0:
@@ -295,7 +296,7 @@ def extract_equality(args: argparse.Namespace) -> None:
     for row in rows[:-1]:  # the last piece waits for the end of the stream
         received += row["duration"]
         needed = 44 + int(round(received * RATE)) * 4
-        written = min((t for t, count in sent if count >= min(needed, len(blob))), default=start)
+        written = written_by(sent, needed)
         seen = pieces_seen.get(row["key"].split("/")[-1])
         if seen is not None:
             lags.append(seen - written)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -213,14 +213,28 @@ def ray_cluster(address: str | None = None) -> Iterator[Any]:
             ray.shutdown()
 
 
-def ray_actors(actors: int | None, gpus_per_actor: float, cpus_per_actor: float) -> int:
-    """Model actors on the connected cluster: ``actors`` when given, else one per
-    ``gpus_per_actor`` GPUs, else one per two CPUs (decoding keeps the rest busy)."""
+@dataclass(frozen=True)
+class RayActorPool:
+    """How many model actors a Ray engine runs and what each asks of the cluster."""
+
+    actors: int
+    gpus_per_actor: float
+    cpus_per_actor: float
+
+
+def ray_actor_pool(options: Mapping[str, Any]) -> RayActorPool:
+    """The actor pool for the engine ``options`` on the connected cluster: ``actors`` when
+    given, else one per ``gpus_per_actor`` GPUs, else one per two CPUs (decoding keeps the rest
+    busy); ``gpus_per_actor`` 0 (CPU actors) and ``cpus_per_actor`` 1 by default."""
     import ray
 
-    if actors:
-        return int(actors)
-    resources = ray.cluster_resources()
-    if gpus_per_actor:
-        return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
-    return max(1, int(resources.get("CPU", 1) // (2 * max(cpus_per_actor, 1e-3))))
+    gpus = float(options.get("gpus_per_actor") or 0)
+    cpus = float(options.get("cpus_per_actor") or 1)
+    actors = options.get("actors")
+    if not actors:
+        resources = ray.cluster_resources()
+        if gpus:
+            actors = max(1, int(resources.get("GPU", 0) // gpus))
+        else:
+            actors = max(1, int(resources.get("CPU", 1) // (2 * max(cpus, 1e-3))))
+    return RayActorPool(int(actors), gpus, cpus)

@@ -14,7 +14,7 @@ import typer
 from soundnet_cli.cli import _common, _options
 
 if TYPE_CHECKING:
-    from soundnet_cli.media.live import LiveInput, RawFormat
+    from soundnet_cli.media.live import LiveAudio, LiveInput, RawFormat
     from soundnet_cli.prediction.tables import Row
 
 
@@ -141,6 +141,19 @@ def check_stdin(stream: Any, command: str = "predict") -> None:
         )
 
 
+def open_live_audio(source: LiveInput, options: LiveOptions, mix: str) -> LiveAudio:
+    """The live input ``source`` opened as the options ask (raw PCM, reconnects, stalls)."""
+    from soundnet_cli.media.live import LiveAudio
+
+    return LiveAudio(
+        source,
+        raw=raw_format(options),
+        mix=mix,  # type: ignore[arg-type]
+        reconnect=options.reconnect,
+        stall_seconds=options.stall_seconds,
+    )
+
+
 def raw_format(options: LiveOptions) -> RawFormat | None:
     from soundnet_cli.errors import UsageProblem
     from soundnet_cli.media.live import RawFormat
@@ -225,18 +238,11 @@ def predict_live(
 ) -> None:
     """Predict a live input: rows as they happen with ``--follow``, else everything at its end
     (written by ``write_offline(run)`` as for files). Exits 130 after Ctrl-C."""
-    from soundnet_cli.media.live import LiveAudio
     from soundnet_cli.prediction import PredictRun
     from soundnet_cli.prediction.live import collect, describe_latency, follow, make_writer
     from soundnet_cli.prediction.run import output_file
 
-    audio = LiveAudio(
-        source,
-        raw=raw_format(options),
-        mix=mix,  # type: ignore[arg-type]
-        reconnect=options.reconnect,
-        stall_seconds=options.stall_seconds,
-    )
+    audio = open_live_audio(source, options, mix)
     whole = not options.follow and options.window is None
     rows = _rows(
         model,
@@ -334,15 +340,8 @@ def extract_live(
     """`soundnet extract` of a live input: whole at its end, or in pieces with ``--follow``.
     Exits 130 after Ctrl-C (what the audio so far determines written whole)."""
     from soundnet_cli.extraction.live import extract_live as run
-    from soundnet_cli.media.live import LiveAudio
 
-    audio = LiveAudio(
-        source,
-        raw=raw_format(options),
-        mix=mix,  # type: ignore[arg-type]
-        reconnect=options.reconnect,
-        stall_seconds=options.stall_seconds,
-    )
+    audio = open_live_audio(source, options, mix)
     if threads is not None:
         import torch
 

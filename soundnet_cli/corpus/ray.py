@@ -63,14 +63,12 @@ def labelled_on_ray(
     cluster's CPUs), ``gpus_per_actor`` (0: CPU actors), ``cpus_per_actor`` (1),
     ``decode_tasks`` (concurrent decode tasks; default: Ray decides), ``actor_batch`` (videos an
     actor labels together, 8)."""
-    from soundnet_cli.runtime import ray_actors, ray_cluster
+    from soundnet_cli.runtime import ray_actor_pool, ray_cluster
 
     if not items:
         return
     with ray_cluster(options.get("address")) as ray:
-        gpus = float(options.get("gpus_per_actor") or 0)
-        cpus = float(options.get("cpus_per_actor") or 1)
-        actors = ray_actors(options.get("actors"), gpus, cpus)
+        actor_pool = ray_actor_pool(options)
         rows = [{"item": item, "index": i} for i, item in enumerate(items)]
         # one block a video: a decode task takes a block, so blocks bound decode parallelism
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4096)))
@@ -92,11 +90,11 @@ def labelled_on_ray(
             fn_constructor_kwargs={
                 "teachers": ray.put(list(teachers)),
                 "batch_size": settings.batch_size,
-                "threads": max(1, int(cpus)),
+                "threads": max(1, int(actor_pool.cpus_per_actor)),
             },
-            compute=ray.data.ActorPoolStrategy(size=int(actors)),
-            num_gpus=gpus,
-            num_cpus=cpus,
+            compute=ray.data.ActorPoolStrategy(size=actor_pool.actors),
+            num_gpus=actor_pool.gpus_per_actor,
+            num_cpus=actor_pool.cpus_per_actor,
         )  # Ray Data replaces a lost actor and retries its batch (max_restarts=-1 by default)
         for row in labelled.iter_rows():
             yield _from_row(row, manifest)

@@ -484,35 +484,12 @@ def test_every_piece_comes_within_the_documented_latency(checkpoint, tmp_path):
 def test_a_cut_stream_resumes_with_a_reported_gap_and_pieces_that_follow_on(checkpoint, tmp_path):
     """A local HTTP stream cut half-way and restarted (`--reconnect`): the gap is reported and
     the pieces go on where the audio stopped, every step once and in order."""
-    from .test_predict_live import serve
+    from .test_predict_live import stream_cut_and_restarted
 
-    samples = (varied(24.0, RATE)[:, 0] * 32767).astype("<i2")
-    pcm = samples.tobytes()
-    half = len(pcm) // 2
-    first = serve(0, pcm, 0, half)
-    port = first.server_address[1]
     out = tmp_path / "out"
-    process = cli("extract", f"http://127.0.0.1:{port}/live.wav", "--follow", "--reconnect",
-                  "--name", "radio", "-o", str(out), "--checkpoint", str(checkpoint),
-                  "--chunk-seconds", "3", *layer_args())  # fmt: skip
-    err = Reader(process.stderr)
-    err.start()
-    try:
-        assert first.cut.wait(60), err.text()  # type: ignore[attr-defined]
-        first.shutdown()
-        first.server_close()
-        assert err.wait_for("dropped at 12.0 s", 30), err.text()
-        time.sleep(1.0)  # the stream is down: retries fail, with back-off
-        second = serve(port, pcm, half, len(pcm))
-        assert second.cut.wait(60), err.text()  # type: ignore[attr-defined]
-        second.shutdown()
-        second.server_close()
-        assert err.wait_for("reconnected after a gap of", 30), err.text()
-        assert err.wait_for("dropped at 24.0 s", 30), err.text()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130, err.text()
-    finally:
-        process.kill()
+    options = ["--follow", "--reconnect", "--name", "radio", "-o", str(out), "--checkpoint",
+               str(checkpoint), "--chunk-seconds", "3", *layer_args()]  # fmt: skip
+    _, err = stream_cut_and_restarted(lambda url: ["extract", url, *options])
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["key"] for r in rows] == [f"radio/{i:06d}" for i in range(len(rows))]
     assert sum(r["duration"] for r in rows) == pytest.approx(24.0, abs=1e-3)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -213,14 +214,16 @@ def serve(port: int, pcm: bytes, start: int, stop: int) -> ThreadingHTTPServer:
     return server
 
 
-def test_a_cut_stream_resumes_with_a_reported_gap(sharp_checkpoint):
+def stream_cut_and_restarted(args: Callable[[str], list[str]]) -> tuple[Reader, Reader]:
+    """Runs the CLI (``args(url)``) on 24 s of audio served from 127.0.0.1, cut after 12 s and
+    served again from there a second later; Ctrl-C once the stream has ended the second time.
+    The readers of stdout and stderr, after the exit (130)."""
     samples = (varied(24.0, RATE)[:, 0] * 32767).astype("<i2")
     pcm = samples.tobytes()
     half = len(pcm) // 2
     first = serve(0, pcm, 0, half)
     port = first.server_address[1]
-    process = cli("predict", f"http://127.0.0.1:{port}/live.wav", "--follow", "-f", "csv",
-                  "--reconnect", "--checkpoint", str(sharp_checkpoint), "-k", "1")  # fmt: skip
+    process = cli(*args(f"http://127.0.0.1:{port}/live.wav"))
     out, err = Reader(process.stdout), Reader(process.stderr)
     out.start(), err.start()
     try:
@@ -240,6 +243,13 @@ def test_a_cut_stream_resumes_with_a_reported_gap(sharp_checkpoint):
     finally:
         process.kill()
     out.join(5)
+    err.join(5)
+    return out, err
+
+
+def test_a_cut_stream_resumes_with_a_reported_gap(sharp_checkpoint):
+    options = ["--follow", "-f", "csv", "--reconnect", "--checkpoint", str(sharp_checkpoint)]
+    out, err = stream_cut_and_restarted(lambda url: ["predict", url, *options, "-k", "1"])
     rows = list(csv.DictReader(io.StringIO(out.text())))
     assert rows
     for head in ("objects", "scenes"):

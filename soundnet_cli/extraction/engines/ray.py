@@ -77,14 +77,12 @@ def results_on_ray(
     the cluster's CPUs), ``gpus_per_actor`` (0: CPU actors), ``cpus_per_actor`` (1),
     ``decode_tasks`` (concurrent decode tasks; default: Ray decides), ``decode_batch`` (inputs a
     decode task takes, 8)."""
-    from soundnet_cli.runtime import ray_actors, ray_cluster
+    from soundnet_cli.runtime import ray_actor_pool, ray_cluster
 
     if not files:
         return
     with ray_cluster(options.get("address")) as ray:
-        gpus = float(options.get("gpus_per_actor") or 0)
-        cpus = float(options.get("cpus_per_actor") or 1)
-        actors = ray_actors(options.get("actors"), gpus, cpus)
+        actor_pool = ray_actor_pool(options)
         layers = list(layers)
         sample_rate = int(student.sample_rate)
         chunk_samples = int(chunk_seconds * sample_rate)
@@ -112,11 +110,11 @@ def results_on_ray(
                 "optimise": optimise,
                 "precision": precision,
                 "chunk_samples": chunk_samples,
-                "threads": max(1, int(cpus)),
+                "threads": max(1, int(actor_pool.cpus_per_actor)),
             },
-            compute=ray.data.ActorPoolStrategy(size=int(actors)),
-            num_gpus=gpus,
-            num_cpus=cpus,
+            compute=ray.data.ActorPoolStrategy(size=actor_pool.actors),
+            num_gpus=actor_pool.gpus_per_actor,
+            num_cpus=actor_pool.cpus_per_actor,
         )  # Ray Data restarts a lost actor and retries its batch (max_restarts=-1 by default)
         for row in computed.iter_rows():
             error = str(row.get("error") or "")
