@@ -37,7 +37,7 @@ from soundnet_cli.extraction.engine import (
     folder_settings,
     window_pool,
 )
-from soundnet_cli.extraction.folder import FeatureFolder
+from soundnet_cli.extraction.folder import MAX_OUTPUT_NAME, SUFFIX_RESERVE, FeatureFolder
 from soundnet_cli.extraction.inputs import Source
 from soundnet_cli.extraction.streamed import StreamedFeatures
 from soundnet_cli.media.live import LiveAudio, deferred_interrupt, output_name, utc_stamp
@@ -240,6 +240,13 @@ def extract_live(
     if not key or key.startswith((".", "/")) or ".." in key.split("/"):
         raise UsageProblem(
             f"the name {key!r} cannot name files in the features folder", parameter="name"
+        )
+    longest = max(len(part.encode("utf-8", "surrogateescape")) for part in key.split("/"))
+    if longest > MAX_OUTPUT_NAME - SUFFIX_RESERVE:
+        raise UsageProblem(
+            f"the name {key[:40]}... is too long: each part of it may be at most "
+            f"{MAX_OUTPUT_NAME - SUFFIX_RESERVE} bytes, not {longest}",
+            parameter="name",
         )
     precision_run = precision if optimise else "fp32"
     settings = folder_settings(

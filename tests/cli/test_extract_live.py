@@ -239,6 +239,8 @@ def test_bad_live_input_is_one_line(clip, checkpoint, tmp_path, monkeypatch):
     one_line_error(invoke("-", "--shard", "0/2", *args), 2, "--shard")
     one_line_error(invoke("-", str(clip), *args), 2, "must be the only input")
     one_line_error(invoke("-", "--name", "../up", *args, stdin=clip.read_bytes()), 2, "--name")
+    too_long = invoke("-", "--name", "x" * 300, *args, stdin=clip.read_bytes())
+    one_line_error(too_long, 2, "at most 224 bytes, not 300")
     monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice([]))
     one_line_error(invoke("mic:Nope", "--follow", *args), 2, "no input device 'Nope'")
     one_line_error(invoke("--device-input", "Nope", *args), 2, "'USB Mic'")
