@@ -308,7 +308,7 @@ def test_npz_resume_redoes_damaged_outputs_and_says_so(model, tmp_path, spoil):
 
 def test_an_added_npz_layer_is_an_addition_not_damage(model, tmp_path, caplog):
     """Also the log's wording, word for word (mutation testing): a fresh input is not an
-    addition; two added layers are "layers conv2, conv3"."""
+    addition; two added layers are "layers conv2, conv3", one is "layer conv4"."""
     with caplog.at_level(logging.INFO, logger="soundnet_cli.extraction.folder"):
         out, first = _npz_folder(model, tmp_path)
     assert "adding" not in caplog.text
@@ -325,6 +325,11 @@ def test_an_added_npz_layer_is_an_addition_not_damage(model, tmp_path, caplog):
             np.testing.assert_array_equal(data["conv1"], first[key])
             assert {"conv2", "conv3"} <= set(data.files)
     assert set(rows(out)["a"]["layers"]) == set(layers)
+    caplog.clear()  # one layer more: "layer", not "layers"
+    with caplog.at_level(logging.INFO, logger="soundnet_cli.extraction.folder"):
+        extract([tmp_path / "in"], [*layers, "conv4"], out, model=model, fmt="npz")
+    said = sorted(r.getMessage() for r in caplog.records if "adding" in r.getMessage())
+    assert said == [str(tmp_path / "in" / f"{k}.wav: adding layer conv4") for k in "ab"]
 
 
 def test_writers_are_found_by_format_name():
@@ -370,6 +375,22 @@ def test_a_resume_records_nothing_twice_and_overwrite_recomputes_everything(mode
     assert rows(out)[lost]["outputs"]  # the recovered row lists them
     redone = extract([tmp_path / "in"], ["pool5"], out, model=model, overwrite=True)
     assert (redone.extracted, redone.skipped) == (2, 0)
+
+
+def test_a_long_key_is_cut_to_exactly_the_budget_with_or_without_folders():
+    """Mutants of ``output_stem``: the cut one byte shorter than the budget allows (``budget -
+    10``), and a key without folders given a leading ``/`` (``if head or True``), which would
+    name a file at the root of the file system."""
+    import hashlib
+
+    budget = MAX_OUTPUT_NAME - SUFFIX_RESERVE
+    for key in ("x" * (budget + 1), "d/" + "y" * (budget + 40)):
+        stem = output_stem(key)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        head, _, last = key.rpartition("/")
+        want = last[: budget - 9] + "~" + digest
+        assert stem == (f"{head}/{want}" if head else want)
+        assert len(stem.rpartition("/")[2].encode()) == budget
 
 
 def test_output_stem_cuts_only_the_last_part_of_a_long_key():

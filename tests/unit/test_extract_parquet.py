@@ -145,6 +145,25 @@ def test_rerun_skips_and_added_inputs_are_never_duplicated(tmp_path: Path, model
     assert len(redone) == len(after) and not redone.duplicated(["key", "layer", "step"]).any()
 
 
+def test_a_rerun_removes_the_temporary_parts_a_killed_run_of_its_rank_left(
+    tmp_path: Path, model
+) -> None:
+    """A part being written when its run was killed stays as a hidden ``.tmp`` file; the next
+    run of the same rank removes it (the folder's plan starts the writer on the folder: a
+    mutant starting it on None left them), and leaves another rank's alone (it may be
+    running)."""
+    audio = clips(tmp_path / "audio", 2)
+    out = tmp_path / "feats"
+    extract([audio], ["pool5"], out, model=model, fmt="parquet")
+    mine = out / ".part-pool5-r0000-0123456789ab-000007.parquet.tmp"
+    theirs = out / ".part-pool5-r0001-0123456789ab-000007.parquet.tmp"
+    for leftover in (mine, theirs):
+        leftover.write_bytes(b"PAR1 half a part")
+    again = extract([audio], ["pool5"], out, model=model, fmt="parquet")
+    assert again.skipped == 2
+    assert not mine.exists() and theirs.exists()
+
+
 KILL_SCRIPT = """
 import sys, time
 from soundnet_cli.extraction import engine
