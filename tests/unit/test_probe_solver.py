@@ -145,8 +145,9 @@ def test_preconditioner_split_between_exact_and_global_parts_still_matches(monke
 def test_features_with_nan_are_refused_in_one_line():
     clips, labels = clips_of(6, 2)
     clips[2][3, 1] = np.nan
-    with pytest.raises(SoundnetError, match="NaN or infinite"):
+    with pytest.raises(SoundnetError) as caught:
         fit_linear(clips, labels, 2, 3)
+    assert str(caught.value) == "the probe's features contain NaN or infinite values"
 
 
 def test_a_solver_that_stops_early_says_so():
@@ -380,3 +381,36 @@ def test_a_warm_start_at_the_optimum_takes_no_newton_step():
     expected = decisions(cold, X)
     assert moved.report.converged
     np.testing.assert_allclose(decisions(moved, X), expected, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_one_clip_is_windowed_like_many(steps):
+    """Mutants that read the second clip's length (``lengths[1]`` for ``lengths[0]``): scoring a
+    single clip, as probe predict does for one file, raised IndexError."""
+    (clip,), _ = clips_of(1, 1, steps=7, dim=4)
+    data = WindowData([clip], steps=steps)
+    theta = torch.randn(2, data.dim, dtype=torch.float64)
+    got = data.scores(theta).permute(0, 2, 1)[data.mask[:, 0] > 0].numpy()
+    X = cut_windows(clip, steps)
+    expected = X @ theta[:, :-1].numpy().T + theta[:, -1].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_clips_of_one_length_are_a_batch_and_one_step_windows_need_no_spectra():
+    """What the docstring promises about cost, asserted (mutants: ``!=`` for ``==`` sent clips
+    of one length through overlap-save segments; ``steps >= 1`` kept the spectra of the
+    features for one-step windows, which never use them: memory the size of the features)."""
+    clips, _ = clips_of(4, 2, steps=9, dim=3)
+    stacked = WindowData(clips, steps=3)
+    assert (stacked.batch, stacked.windows, stacked.n_windows) == (4, 7, 28)
+    assert len(stacked.spectra) >= 1
+    assert WindowData(clips, steps=1).spectra == []
+
+
+def test_the_bias_gradient_is_summed_in_float64():
+    """Mutant: the adjoint's sum over windows left in float32 (``dtype=None``), where a large
+    window weight swallows the small ones: 1e8 + 1 - 1e8 is 0 in float32."""
+    clips = [np.zeros((3, 2), np.float32)]
+    data = WindowData(clips, steps=1)
+    r = torch.tensor([[[1e8, 1.0, -1e8]]], dtype=torch.float64)
+    assert float(data.adjoint(r)[0, -1]) == 1.0
