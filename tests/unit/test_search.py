@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -540,6 +541,23 @@ DAMAGE = {
         lambda d: (d / store.VECTORS).write_bytes((d / store.VECTORS).read_bytes()[:-256]),
     ),
     "ivf missing": (store.IVF, "missing", lambda d: (d / store.IVF).unlink()),
+    "entries not json": (
+        store.ENTRIES,
+        "line 301: JSONDecodeError: Expecting value: line 1 column 1 (char 0)",
+        lambda d: (d / store.ENTRIES).open("a").write("not json\n"),
+    ),
+    "entries not objects": (
+        store.ENTRIES,
+        "line 1: TypeError: not an object",
+        lambda d: (d / store.ENTRIES).write_text(
+            "[1, 2]\n" + (d / store.ENTRIES).read_text().split("\n", 1)[1]
+        ),
+    ),
+    "vectors nan": (
+        store.VECTORS,
+        "it holds NaN or infinite values",
+        lambda d: np.save(d / store.VECTORS, np.full((300, 32), np.nan, np.float32)),
+    ),
 }
 
 
@@ -551,7 +569,7 @@ def test_each_kind_of_damage_is_named_in_full_with_the_command_that_rebuilds(
     what a user acts on, so it is checked word for word: the file, what is wrong with it and the
     exact command that rebuilds the index."""
     name, why, damage = DAMAGE[case]
-    Folder(tmp_path, clustered(300)).update(method="approximate")
+    Folder(tmp_path, clustered(300)).update(method="exact" if "nan" in case else "approximate")
     _without_checksums(tmp_path)
     index = StoredIndex.open(tmp_path, "pool5", "mean")
     assert index is not None
@@ -618,3 +636,191 @@ def test_a_wrong_key_query_or_method_is_refused_in_full(tmp_path: Path) -> None:
         str(caught.value) == "the index method must be one of auto, exact, approximate, not 'fast'"
     )
     assert caught.value.parameter == "method"
+
+
+def test_an_unreadable_vectors_file_or_cells_file_is_named_with_its_cause(tmp_path: Path) -> None:
+    """Mutants of the messages for files numpy or faiss cannot read (the file's name or the
+    reason dropped, the reason's first line for its last) and for cells holding another count
+    of vectors."""
+    folder = Folder(tmp_path, clustered(300))
+    folder.update(method="approximate")
+    _without_checksums(tmp_path)
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.ivf is not None
+    rebuild = (
+        f"rebuild it with `soundnet search index {tmp_path} --layer pool5 --pool mean --rebuild`"
+    )
+
+    def damaged(name: str, why: str) -> str:
+        return f"{index.folder / name}: the search index is damaged ({why}); {rebuild}"
+
+    cells = index.folder / store.IVF
+    whole = cells.read_bytes()
+    cells.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RuntimeError) as faiss_error:  # what faiss says, read here directly
+        IvfIndex.load(cells, index.description.ivf)
+    first_line = str(faiss_error.value).strip().splitlines()[0]
+    with pytest.raises(store.DamagedIndex) as caught:
+        index.load_ivf(index.description.ivf)
+    assert str(caught.value) == damaged(store.IVF, first_line)
+
+    other = Folder(tmp_path / "other", clustered(200, seed=3))
+    other.update(method="approximate")
+    other_index = StoredIndex.open(tmp_path / "other", "pool5", "mean")
+    assert other_index is not None
+    cells.write_bytes((other_index.folder / store.IVF).read_bytes())
+    with pytest.raises(store.DamagedIndex) as caught:
+        index.load_ivf(index.description.ivf)
+    assert str(caught.value) == damaged(store.IVF, "200 vectors, the description says 300")
+
+    (index.folder / store.VECTORS).write_bytes(b"garbage, not an .npy file")
+    with pytest.raises(store.DamagedIndex) as caught:
+        StoredIndex.open(tmp_path, "pool5", "mean")
+    message = str(caught.value)
+    assert message.startswith(f"{index.folder / store.VECTORS}: the search index is damaged (")
+    assert message.endswith(f"); {rebuild}") and "(unreadable: " in message
+    assert "magic string" in message  # numpy's reason, not None
+
+
+def test_large_files_are_hashed_when_an_update_opens_them_not_for_a_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mutants: ``>=`` for ``>`` at CHECKSUM_ON_OPEN (a file of exactly the limit is hashed)
+    and ``thorough=True`` by default (every query hashing files of gigabytes)."""
+    Folder(tmp_path, clustered(20)).update(method="exact")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    vectors_file = index.folder / store.VECTORS
+    data = np.load(vectors_file)
+    data[3] = data[4]  # same size, another vector: only the sha256 tells
+    np.save(vectors_file, data)
+    size = vectors_file.stat().st_size
+    monkeypatch.setattr(store, "CHECKSUM_ON_OPEN", size)  # at the limit: still hashed
+    with pytest.raises(store.DamagedIndex, match="sha256"):
+        StoredIndex.open(tmp_path, "pool5", "mean")
+    monkeypatch.setattr(store, "CHECKSUM_ON_OPEN", size - 1)  # above it: a query does not hash
+    assert StoredIndex.open(tmp_path, "pool5", "mean") is not None
+    with pytest.raises(store.DamagedIndex, match="sha256"):  # an update does
+        StoredIndex.open(tmp_path, "pool5", "mean", thorough=True)
+
+
+def test_an_approximate_index_records_the_checksum_of_its_cells(tmp_path: Path) -> None:
+    """Mutant: the cells file left out of the checksums (an edited cells file that faiss still
+    reads would answer with wrong rows)."""
+    Folder(tmp_path, clustered(300)).update(method="approximate")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    assert set(index.description.checksums) == {store.VECTORS, store.ENTRIES, store.IVF}
+    assert index.description.checksums[store.IVF] == store.file_digest(index.folder / store.IVF)
+
+
+def test_entries_read_back_as_written_and_failures_are_reported_as_keys_and_errors(
+    tmp_path: Path,
+) -> None:
+    """Mutants of _read_entries (the source read as None), of UpdateSummary.as_dict's failure
+    fields and of _load_fresh's reasons: the NaN message, the channel count message, an
+    exception without a message named by its type (not NoneType), a message for its type."""
+    folder = Folder(tmp_path, clustered(6))
+    folder.update(method="exact")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    assert index.entries == folder.listing()
+
+    folder.vectors["clip0001"], folder.stamps["clip0001"] = np.full(32, np.inf), 2
+    folder.vectors["clip0002"], folder.stamps["clip0002"] = np.ones(16), 2
+    folder.stamps["clip0003"] = 2
+    original = folder.load
+
+    def load(entry: Entry) -> np.ndarray:
+        if entry.key == "clip0003":
+            raise OSError()
+        if entry.key == "clip0004":
+            raise ValueError("cannot read clip0004.pool5.npy")
+        return original(entry)
+
+    folder.load = load  # type: ignore[method-assign]
+    folder.stamps["clip0004"] = 2
+    folder.stamps["clip0000"] = 2  # read first: the others are compared with its 32 channels
+    summary = folder.update(method="exact")
+    assert sorted(summary.failures) == [
+        ("clip0001", "features contain NaN or infinite values"),
+        ("clip0002", "16 channels where other files have 32"),
+        ("clip0003", "OSError"),
+        ("clip0004", "cannot read clip0004.pool5.npy"),
+    ]
+    assert sorted(summary.as_dict()["failures"], key=lambda f: f["key"]) == [
+        {"key": key, "error": error} for key, error in sorted(summary.failures)
+    ]
+
+
+def test_a_vector_stored_as_one_row_is_indexed_by_its_channels(tmp_path: Path) -> None:
+    """Mutant: ``reshape(None)`` for ``reshape(-1)`` in _load_fresh (a pooled vector saved as
+    (1, channels) taken for one channel)."""
+    data = clustered(5)
+    folder = Folder(tmp_path, data)
+    folder.vectors = {key: row[None, :] for key, row in folder.vectors.items()}
+    assert folder.update(method="exact").count == 5
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None and index.description.channels == 32
+
+
+def test_a_new_channel_count_with_a_failing_file_still_reports_it_under_the_indexs_name(
+    tmp_path: Path,
+) -> None:
+    """Mutants of the re-plan after a channel change: its summary dropped (a failing file then
+    crashed the update) and the index's name dropped from it."""
+    folder = Folder(tmp_path, clustered(8, channels=32))
+    folder.update()
+    wider = clustered(8, channels=48, seed=1)
+    folder.stamps = {key: 2 for key in folder.stamps}
+    folder.vectors = {key: wider[i] for i, key in enumerate(sorted(folder.vectors))}
+    folder.vectors["clip0005"] = np.full(48, np.nan)
+    summary = folder.update()
+    assert summary.rebuilt and summary.count == 7
+    assert summary.failures == [("clip0005", "features contain NaN or infinite values")]
+    assert summary.as_dict()["index"] == "pool5-mean"
+
+
+def test_a_damaged_index_is_logged_in_one_line_and_built_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mutants of the two warnings (an update finding the index damaged; the cells damaged):
+    the file and the damage, without the advice to rebuild that the update follows itself."""
+    folder = Folder(tmp_path, clustered(300))
+    folder.update(method="approximate")
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    _without_checksums(tmp_path)
+    (index.folder / store.IVF).write_bytes((index.folder / store.IVF).read_bytes()[:-64])
+    folder.stamps["clip0001"] = 2
+    with caplog.at_level(logging.WARNING, logger="soundnet_cli.search.store"):
+        folder.update(method="approximate")
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{index.folder / store.IVF}: the search index is damaged (")
+    assert warning.endswith("); training it anew")
+    caplog.clear()
+    index = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert index is not None
+    (index.folder / store.ENTRIES).unlink()
+    with caplog.at_level(logging.WARNING, logger="soundnet_cli.search.store"):
+        folder.update(method="approximate")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{index.folder / store.ENTRIES}: the search index is damaged (missing); building it anew"
+    ]
+
+
+def test_cells_are_reused_up_to_exactly_four_times_the_rows_they_were_trained_on(
+    tmp_path: Path,
+) -> None:
+    """Mutant: ``<`` for ``<=`` at RETRAIN_GROWTH (cells retrained at exactly four times)."""
+    data = clustered(1200)
+    folder = Folder(tmp_path, data[:300])
+    folder.update(method="approximate")
+    trained = StoredIndex.open(tmp_path, "pool5", "mean").description.ivf.trained_rows  # type: ignore[union-attr]
+    assert trained == 300
+    for i in range(300, 1200):
+        folder.vectors[f"clip{i:04d}"], folder.stamps[f"clip{i:04d}"] = data[i], 1
+    folder.update(method="approximate")
+    grown = StoredIndex.open(tmp_path, "pool5", "mean")
+    assert grown is not None and grown.description.count == 4 * trained
+    assert grown.description.ivf.trained_rows == trained  # type: ignore[union-attr]
