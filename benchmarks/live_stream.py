@@ -117,6 +117,20 @@ def paced_write(live: subprocess.Popen, blob: bytes, speed: float) -> list[tuple
     return sent
 
 
+def write_unpaced(live: subprocess.Popen, frames: int, peak: list[int]) -> None:
+    """Write ``frames`` of mono audio to ``live``'s stdin as a WAV of unknown length, as fast as
+    it reads, printing the peak RSS so far every 20 minutes of audio; then close it."""
+    assert live.stdin is not None
+    live.stdin.write(wav_header(RATE, 1, None))
+    block = RATE * 30
+    for at in range(0, frames, block):
+        live.stdin.write(audio_block(at, min(block, frames - at), channels=1).tobytes())
+        if at // block % 40 == 0:
+            rss = peak[0] / 2**20
+            print(f"  {at / RATE / 3600:.2f} h written, peak RSS so far {rss:.0f} MiB", flush=True)
+    live.stdin.close()
+
+
 def written_by(sent: list[tuple[float, int]], needed: int) -> float:
     """When the first ``needed`` bytes (or all there were) had been written."""
     total = sent[-1][1]
@@ -205,30 +219,10 @@ def memory(args: argparse.Namespace) -> None:
             rows[0] += 1
 
     peak = [0]
-
-    def watch() -> None:  # VmHWM: the process's own peak resident set
-        status = Path(f"/proc/{live.pid}/status")
-        while live.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
-            except OSError:
-                break
-            time.sleep(0.5)
-
-    for target in (read, watch):
-        threading.Thread(target=target, daemon=True).start()
+    threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=peak_rss, args=(live, peak), daemon=True).start()
     started = time.perf_counter()
-    assert live.stdin is not None
-    live.stdin.write(wav_header(RATE, 1, None))
-    block = RATE * 30
-    for at in range(0, frames, block):
-        live.stdin.write(audio_block(at, min(block, frames - at), channels=1).tobytes())
-        if at // block % 40 == 0:
-            rss = peak[0] / 2**20
-            print(f"  {at / RATE / 3600:.2f} h written, peak RSS so far {rss:.0f} MiB", flush=True)
-    live.stdin.close()
+    write_unpaced(live, frames, peak)
     code = live.wait()
     elapsed = time.perf_counter() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
@@ -322,15 +316,7 @@ def extract_memory(args: argparse.Namespace) -> None:
     peak = [0]
     threading.Thread(target=peak_rss, args=(live, peak), daemon=True).start()
     started = time.perf_counter()
-    assert live.stdin is not None
-    live.stdin.write(wav_header(RATE, 1, None))
-    block = RATE * 30
-    for at in range(0, frames, block):
-        live.stdin.write(audio_block(at, min(block, frames - at), channels=1).tobytes())
-        if at // block % 40 == 0:
-            rss = peak[0] / 2**20
-            print(f"  {at / RATE / 3600:.2f} h written, peak RSS so far {rss:.0f} MiB", flush=True)
-    live.stdin.close()
+    write_unpaced(live, frames, peak)
     code = live.wait()
     elapsed = time.perf_counter() - started
     assert live.stderr is not None
